@@ -4,7 +4,7 @@ in one batched matmul instead of a Python loop."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -47,7 +47,7 @@ class StackedMLP(nn.Module):
         self.members = members
         sizes = [in_features, *hidden, out_features]
         layers: list[nn.Module] = []
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
             layers.append(StackedLinear(members, fan_in, fan_out))
             if i < len(sizes) - 2:
                 layers.append(ACTIVATIONS[activation]())

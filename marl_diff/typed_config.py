@@ -4,7 +4,8 @@ validated against it, so a wrong key or type fails with a clear message before a
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -32,9 +33,7 @@ def to_dataclass(node: Mapping[str, Any] | DictConfig, cls: type[T], prefix: str
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except ValidationError as err:
         key = err.full_key or "?"
-        raise ConfigError(
-            f"bad value for '{prefix}.{key}': {_first_line(err)}"
-        ) from None
+        raise ConfigError(f"bad value for '{prefix}.{key}': {_first_line(err)}") from None
     except ConfigKeyError as err:
         raise ConfigError(f"bad key under '{prefix}': {_first_line(err)}") from None
     except OmegaConfBaseException as err:

@@ -7,7 +7,8 @@ YAML is validated against and takes `(config, num_envs, device, seed)`.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

@@ -19,8 +19,9 @@ Conventions (all tensors on the env's torch device, batch first):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -31,6 +32,7 @@ class ScenarioConfig:
 
     name: str = "unnamed"
     backend: str = "unknown"
+    default_runner: str = "off_policy"  # runner YAML used when the command line names none
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,9 @@ class EnvSpec:
 
 
 def _dims_mask(dims: Sequence[int], device) -> torch.Tensor:
-    return torch.arange(max(dims), device=device)[None, :] < torch.tensor(dims, device=device)[:, None]
+    return (
+        torch.arange(max(dims), device=device)[None, :] < torch.tensor(dims, device=device)[:, None]
+    )
 
 
 class StepResult(NamedTuple):

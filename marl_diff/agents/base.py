@@ -1,0 +1,172 @@
+"""The agent interface the runner drives without knowing the algorithm, and the shared
+off-policy actor-critic machinery (centralised twin critic, target network, Q_i evaluation)."""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from marl_diff.agents.networks import CentralCritic, substitute_each_agent
+from marl_diff.buffer import Batch
+from marl_diff.envs.base import EnvSpec
+
+
+@dataclass
+class AgentConfig:
+    name: str = "agent"
+    algorithm: str = "unknown"
+
+
+class Agent(nn.Module, ABC):
+    """Decentralised actors (agent i acts from o_i only) trained from replay batches.
+
+    `update` returns detached scalar tensors keyed by their TensorBoard tag; the runner
+    averages them between log events (no host sync per update).
+    """
+
+    Config: type[AgentConfig] = AgentConfig
+
+    def __init__(self, config: AgentConfig, spec: EnvSpec, device: torch.device):
+        super().__init__()
+        self.config = config
+        self.spec = spec
+        self.device = device
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    @abstractmethod
+    def act(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
+        """obs [B, N, D] -> actions [B, N, A] in [-1, 1], padded entries zero."""
+
+    @abstractmethod
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One gradient update from a replay batch."""
+
+    def training_state(self) -> dict:
+        """Everything needed to resume: parameters, optimiser states, counters."""
+        return {
+            "modules": self.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+        }
+
+    def load_training_state(self, state: dict) -> None:
+        self.load_state_dict(state["modules"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+
+
+@dataclass
+class ActorCriticConfig(AgentConfig):
+    gamma: float = 0.99
+    tau: float = 0.005  # polyak rate of the target critic
+    reward_scale: float = 1.0
+    critic_lr: float = 3e-4
+    critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    critic_activation: str = "relu"
+    # Where the other agents' actions come from when evaluating Q_i(s, a_i, a_-i):
+    # "replay" (HASAC-style, the batch's actions) or "policy" (fresh samples of their policies).
+    others_actions: str = "replay"
+    policy_delay: int = 1  # actor updates once every `policy_delay` critic updates
+    grad_clip: float = 0.0  # 0 = no clipping
+
+
+class ActorCriticAgent(Agent):
+    """Centralised twin Q critic over (state, joint action) shared by every policy class.
+
+    The team reward is the mean of the agents' rewards. Subclasses provide the policy: how to
+    act, how to draw next actions (with any soft-value bonus) for the critic target, and the
+    actor update.
+    """
+
+    Config = ActorCriticConfig
+    OTHERS_ACTIONS = ("replay", "policy")
+
+    def __init__(self, config: ActorCriticConfig, spec: EnvSpec, device: torch.device):
+        super().__init__(config, spec, device)
+        if config.others_actions not in self.OTHERS_ACTIONS:
+            from marl_diff.errors import ConfigError
+
+            raise ConfigError(
+                f"agent.others_actions must be one of {', '.join(self.OTHERS_ACTIONS)}, "
+                f"not '{config.others_actions}'"
+            )
+        self.critic = CentralCritic(
+            spec.state_dim,
+            spec.n_agents,
+            spec.act_dim,
+            config.critic_hidden,
+            activation=config.critic_activation,
+        )
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.register_buffer("act_mask", spec.act_mask().float())
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def setup_optimizers(self) -> None:
+        """Call at the end of a subclass __init__, after `.to(device)`."""
+        self.optimizers["critic"] = torch.optim.Adam(
+            self.critic.parameters(), lr=self.config.critic_lr
+        )
+
+    @abstractmethod
+    def target_action(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next joint action [B, N, A] for the critic target and the soft bonus [B] added to
+        min Q' (e.g. -sum_i alpha_i log pi_i; zero for policies without an entropy term)."""
+
+    @abstractmethod
+    def update_actor(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One policy update (and temperature update, if any)."""
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        metrics = self.update_critic(batch)
+        if int(self.updates) % self.config.policy_delay == 0:
+            self.critic.requires_grad_(False)
+            metrics.update(self.update_actor(batch))
+            self.critic.requires_grad_(True)
+        self.soft_update_target()
+        self.updates += 1
+        return metrics
+
+    def update_critic(self, batch: Batch) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        with torch.no_grad():
+            next_action, bonus = self.target_action(batch.next_obs)
+            next_q = self.critic_target(batch.next_state, next_action).min(0).values + bonus
+            team_reward = batch.reward.mean(-1) * cfg.reward_scale
+            target = team_reward + cfg.gamma * (1.0 - batch.terminated) * next_q
+        q = self.critic(batch.state, batch.action)
+        loss = (q - target).pow(2).mean(-1).sum()
+        self.step_optimizer("critic", loss, self.critic.parameters())
+        return {"loss/critic": loss.detach(), "q/mean": q.mean().detach()}
+
+    def step_optimizer(self, name: str, loss: torch.Tensor, params) -> None:
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        opt.step()
+
+    @torch.no_grad()
+    def soft_update_target(self) -> None:
+        torch._foreach_lerp_(
+            list(self.critic_target.parameters()), list(self.critic.parameters()), self.config.tau
+        )
+
+    def others_base(self, batch: Batch, fresh_action: torch.Tensor) -> torch.Tensor:
+        """The joint action the other agents play when evaluating each Q_i."""
+        return batch.action if self.config.others_actions == "replay" else fresh_action.detach()
+
+    def q_each_agent(
+        self, state: torch.Tensor, base: torch.Tensor, own: torch.Tensor
+    ) -> torch.Tensor:
+        """Q_i(s, own_i, base_-i) = min over the twin critics, for every agent at once.
+
+        state [B, S], base [B, N, A], own [..., B, N, A] (e.g. M candidates) -> [..., B, N].
+        """
+        joint = substitute_each_agent(base, own)  # [..., B, N, N, A]
+        n = base.shape[-2]
+        states = state[:, None, :].expand(*joint.shape[:-4], state.shape[0], n, state.shape[-1])
+        return self.critic(states, joint).min(0).values

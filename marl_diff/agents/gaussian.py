@@ -1,0 +1,109 @@
+"""DecSPG with Gaussian policies: per-agent tanh-Gaussian actors trained with the soft policy
+gradient against the centralised twin soft Q, per-agent automatic temperature (MASAC/HASAC-like).
+
+Agents are updated simultaneously in one batched call rather than sequentially in a random
+order as HASAC does; with `others_actions=replay` each agent's Q_i uses the other agents'
+replayed actions, which is the HASAC objective for one agent at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from marl_diff.agents.base import ActorCriticAgent, ActorCriticConfig
+from marl_diff.agents.networks import PerAgentMLP
+from marl_diff.buffer import Batch
+from marl_diff.envs.base import EnvSpec
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+@dataclass
+class GaussianConfig(ActorCriticConfig):
+    actor_lr: float = 3e-4
+    actor_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    actor_activation: str = "relu"
+    share_parameters: bool = False
+    auto_alpha: bool = True
+    init_alpha: float = 0.2
+    alpha_lr: float = 3e-4
+    target_entropy_scale: float = 1.0  # target entropy of agent i = -scale * act_dim_i
+
+
+class TanhGaussianPolicy(torch.nn.Module):
+    """N per-agent tanh-squashed Gaussians evaluated in one stacked call."""
+
+    def __init__(self, spec: EnvSpec, hidden, activation: str, share: bool):
+        super().__init__()
+        self.net = PerAgentMLP(
+            spec.n_agents, spec.obs_dim, hidden, 2 * spec.act_dim, activation, share
+        )
+        self.register_buffer("act_mask", spec.act_mask().float())
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False):
+        """obs [B, N, D] -> action [B, N, A] (padded dims zero), log-prob [B, N]."""
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        if deterministic:
+            return torch.tanh(mean) * self.act_mask, None
+        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
+        # log N(u; mean, std) - log |d tanh(u)/du|, per action dimension
+        log_prob = (
+            -0.5 * ((pre_tanh - mean) / log_std.exp()).pow(2)
+            - log_std
+            - 0.5 * math.log(2 * math.pi)
+            - 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))
+        )
+        return torch.tanh(pre_tanh) * self.act_mask, (log_prob * self.act_mask).sum(-1)
+
+
+class GaussianAgent(ActorCriticAgent):
+    Config = GaussianConfig
+
+    def __init__(self, config: GaussianConfig, spec: EnvSpec, device: torch.device):
+        super().__init__(config, spec, device)
+        self.policy = TanhGaussianPolicy(
+            spec, config.actor_hidden, config.actor_activation, config.share_parameters
+        )
+        self.log_alpha = torch.nn.Parameter(
+            torch.full((spec.n_agents,), math.log(config.init_alpha)),
+            requires_grad=config.auto_alpha,
+        )
+        self.register_buffer(
+            "target_entropy",
+            -config.target_entropy_scale * torch.tensor(spec.act_dims, dtype=torch.float32),
+        )
+        self.to(device)
+        self.setup_optimizers()
+        self.optimizers["actor"] = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
+        if config.auto_alpha:
+            self.optimizers["alpha"] = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
+        return self.policy(obs, deterministic=not explore)[0]
+
+    def target_action(self, next_obs: torch.Tensor):
+        action, log_prob = self.policy(next_obs)
+        return action, -(self.log_alpha.exp() * log_prob).sum(-1)
+
+    def update_actor(self, batch: Batch) -> dict[str, torch.Tensor]:
+        action, log_prob = self.policy(batch.obs)
+        q = self.q_each_agent(batch.state, self.others_base(batch, action), action)  # [B, N]
+        alpha = self.log_alpha.exp().detach()
+        actor_loss = (alpha * log_prob - q).mean(0).sum()
+        self.step_optimizer("actor", actor_loss, self.policy.parameters())
+        metrics = {
+            "loss/actor": actor_loss.detach(),
+            "policy/entropy": -log_prob.detach().mean(),
+            "alpha/mean": alpha.mean(),
+        }
+        if self.config.auto_alpha:
+            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean(0).sum()
+            self.step_optimizer("alpha", alpha_loss, [self.log_alpha])
+            metrics["loss/alpha"] = alpha_loss.detach()
+        return metrics

@@ -1,0 +1,85 @@
+"""Building blocks shared by every agent: per-agent networks and the centralised twin critic."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from marl_diff.nn import StackedMLP
+
+
+class PerAgentMLP(nn.Module):
+    """One MLP per agent, all evaluated in one batched call.
+
+    x [..., N, in] -> [..., N, out]. With `share=True` the agents share one network and a one-hot
+    agent id is appended to the input (parameter sharing is an option, not the default).
+    """
+
+    def __init__(
+        self,
+        n_agents: int,
+        in_features: int,
+        hidden: Sequence[int],
+        out_features: int,
+        activation: str = "relu",
+        share: bool = False,
+    ):
+        super().__init__()
+        self.n_agents = n_agents
+        self.share = share
+        extra = n_agents if share else 0
+        members = 1 if share else n_agents
+        self.mlp = StackedMLP(members, in_features + extra, hidden, out_features, activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-2]
+        n, features = x.shape[-2], x.shape[-1]
+        agents_first = x.reshape(-1, n, features).transpose(0, 1)  # [N, M, in]
+        if self.share:
+            ids = torch.eye(n, device=x.device, dtype=x.dtype)[:, None, :]
+            agents_first = torch.cat([agents_first, ids.expand(-1, agents_first.shape[1], -1)], -1)
+            out = self.mlp(agents_first.reshape(1, -1, agents_first.shape[-1]))
+            out = out.reshape(n, -1, out.shape[-1])
+        else:
+            out = self.mlp(agents_first)
+        return out.transpose(0, 1).reshape(*lead, n, -1)
+
+
+class CentralCritic(nn.Module):
+    """Twin (or n-fold) Q over (global state, joint action), the Q networks stacked in one call.
+
+    Joint actions are the padded per-agent actions flattened [N * A]; padded entries are always
+    zero so they carry no information.
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        n_agents: int,
+        act_dim: int,
+        hidden: Sequence[int],
+        n_q: int = 2,
+        activation: str = "relu",
+    ):
+        super().__init__()
+        self.n_q = n_q
+        self.q = StackedMLP(n_q, state_dim + n_agents * act_dim, hidden, 1, activation)
+
+    def forward(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
+        """state [..., S], joint_action [..., N, A] -> Q values [n_q, ...]."""
+        lead = state.shape[:-1]
+        flat = torch.cat([state, joint_action.flatten(-2)], dim=-1)
+        return self.q(flat.reshape(-1, flat.shape[-1])).reshape(self.n_q, *lead)
+
+
+def substitute_each_agent(base: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """Joint actions in which agent i plays `own[..., i]` and the others play `base`.
+
+    base [B, N, A], own [..., B, N, A] -> [..., B, N(i), N, A], entry i holding the joint action
+    used to evaluate Q_i(s, a_i) (the other agents' actions come from `base`).
+    """
+    n = base.shape[-2]
+    eye = torch.eye(n, dtype=torch.bool, device=base.device)[:, :, None]  # [N(i), N, 1]
+    return torch.where(eye, own.unsqueeze(-3), base.unsqueeze(-3))

@@ -1,0 +1,69 @@
+"""Device-resident, preallocated replay buffer of batched multi-agent transitions."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from marl_diff.envs.base import EnvSpec
+
+
+class Batch(NamedTuple):
+    obs: torch.Tensor  # [B, N, D]
+    state: torch.Tensor  # [B, S]
+    action: torch.Tensor  # [B, N, A] in [-1, 1]
+    reward: torch.Tensor  # [B, N]
+    next_obs: torch.Tensor  # [B, N, D]
+    next_state: torch.Tensor  # [B, S]
+    terminated: torch.Tensor  # [B] float (1 = no bootstrap); timeouts are not terminals
+
+
+class ReplayBuffer:
+    """Ring buffer; `add` writes a whole env batch with one indexed copy per field."""
+
+    def __init__(self, capacity: int, spec: EnvSpec, device: torch.device):
+        self.capacity = capacity
+        self.device = device
+        n, d, a, s = spec.n_agents, spec.obs_dim, spec.act_dim, spec.state_dim
+        self.storage = Batch(
+            obs=torch.zeros(capacity, n, d, device=device),
+            state=torch.zeros(capacity, s, device=device),
+            action=torch.zeros(capacity, n, a, device=device),
+            reward=torch.zeros(capacity, n, device=device),
+            next_obs=torch.zeros(capacity, n, d, device=device),
+            next_state=torch.zeros(capacity, s, device=device),
+            terminated=torch.zeros(capacity, device=device),
+        )
+        self.position = 0
+        self.size = 0
+
+    def add(self, transitions: Batch) -> None:
+        count = transitions.obs.shape[0]
+        if count > self.capacity:
+            raise ValueError(f"cannot add {count} transitions to a buffer of {self.capacity}")
+        idx = (torch.arange(count, device=self.device) + self.position) % self.capacity
+        for store, value in zip(self.storage, transitions, strict=False):
+            store[idx] = value.to(store.dtype)
+        self.position = (self.position + count) % self.capacity
+        self.size = min(self.size + count, self.capacity)
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
+        idx = torch.randint(self.size, (batch_size,), device=self.device, generator=generator)
+        return Batch(*(store[idx] for store in self.storage))
+
+    def state_dict(self) -> dict:
+        """The filled part only, in insertion order, so a resumed buffer is compact."""
+        order = torch.arange(self.size, device=self.device)
+        if self.size == self.capacity:
+            order = (order + self.position) % self.capacity
+        return {
+            name: store[order].cpu()
+            for name, store in zip(Batch._fields, self.storage, strict=False)
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = self.size = 0
+        count = min(state["obs"].shape[0], self.capacity)
+        if count:
+            self.add(Batch(*(state[name][-count:].to(self.device) for name in Batch._fields)))

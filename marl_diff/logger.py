@@ -1,0 +1,28 @@
+"""Run logging: TensorBoard event files plus metrics.jsonl (one JSON object per log event)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path):
+        self.writer = SummaryWriter(log_dir=str(run_dir))
+        self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.start = time.time()
+
+    def log(self, env_steps: int, scalars: dict[str, float]) -> None:
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, env_steps)
+        record = {"env_steps": env_steps, "wall_time": round(time.time() - self.start, 3)}
+        record.update(scalars)
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+        self.jsonl.close()

@@ -1,0 +1,244 @@
+"""`python -m marl_diff.run scenario=NAME agent=NAME [runner=NAME] [key=value ...]`
+
+Hydra composes the config from the YAML catalog (so `-m` sweeps work); before Hydra sees the
+command line we check every name and key against the catalog, so a typo gets one clear message
+with the valid choices. `python -m marl_diff.run list` prints the catalog.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from marl_diff import catalog
+from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
+from marl_diff.runners import RUNNERS
+from marl_diff.typed_config import to_dataclass
+
+DEFAULTS = {"scenario": "pendulum", "agent": "gaussian"}
+TOP_LEVEL = {"seed": 0, "device": "auto", "run_dir": None, "resume": None}
+DEVICES = ("auto", "cpu", "cuda")
+# The only settings a resumed run may change: its budgets, logging and the device.
+RESUMABLE_PREFIXES = ("runner.", "device=")
+
+
+# ------------------------------------------------------------------ command-line checks
+def _parse(args: list[str]):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create().parse_overrides(overrides=args)
+    except HydraException as err:
+        raise ConfigError(f"cannot parse the command line: {str(err).splitlines()[0]}") from None
+
+
+def _values(override) -> list[str]:
+    if override.is_sweep_override():
+        return [str(v) for v in override.sweep_string_iterator()]
+    return [override.get_value_element_as_str()]
+
+
+def prepare_arguments(args: list[str]) -> list[str]:
+    """Validate names and keys against the catalog and return Hydra's argument list.
+
+    Adds the scenario's `default_runner` when no runner is chosen, and turns keys under a
+    mapping-valued entry (e.g. `scenario.env_kwargs.N=4`) into Hydra's `++` form.
+    """
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    parsed = _parse(overrides)
+    chosen: dict[str, list[str]] = {}
+    for ov in parsed:
+        if ov.key_or_group in catalog.GROUPS:
+            for name in _values(ov):
+                catalog.load(ov.key_or_group, name)  # raises with the valid names
+            chosen[ov.key_or_group] = _values(ov)
+    for group, name in DEFAULTS.items():
+        chosen.setdefault(group, [name])
+    if "runner" not in chosen:
+        runners = {
+            str(catalog.load("scenario", s).get("default_runner", "off_policy"))
+            for s in chosen["scenario"]
+        }
+        runner = runners.pop() if len(runners) == 1 else "off_policy"
+        catalog.load("runner", runner)
+        chosen["runner"] = [runner]
+        overrides.append(f"runner={runner}")
+
+    result = []
+    for raw, ov in zip(overrides, parsed, strict=False):
+        key = ov.key_or_group
+        head = key.split(".")[0]
+        if key.startswith("hydra") or key in catalog.GROUPS or raw.startswith(("+", "~")):
+            result.append(raw)
+        elif head in catalog.GROUPS:
+            result.append(_check_key(raw, key, head, chosen[head]))
+        elif key in TOP_LEVEL:
+            result.append(raw)
+        else:
+            valid = [*TOP_LEVEL, *(f"{g}.<key>" for g in catalog.GROUPS), *catalog.GROUPS]
+            raise ConfigError(f"unknown setting '{key}'. Valid settings: {choices(valid)}.")
+    result.extend(overrides[len(parsed) :])  # the runner we added
+    return flags + result
+
+
+def _check_key(raw: str, key: str, group: str, names: list[str]) -> str:
+    path = key.split(".")[1:]
+    for name in names:
+        node = catalog.load(group, name)
+        for depth, part in enumerate(path):
+            if isinstance(node, DictConfig) and part in node:
+                node = node[part]
+                continue
+            if depth > 0 and isinstance(node, DictConfig):
+                return "++" + raw  # a new entry in a free-form mapping such as env_kwargs
+            valid = list(node.keys()) if isinstance(node, DictConfig) else []
+            where = ".".join([group, *path[:depth]])
+            raise ConfigError(
+                f"unknown key '{key}' for {group} '{name}'. Valid keys of {where}: "
+                f"{choices(str(k) for k in valid)}."
+            )
+    return raw
+
+
+# ------------------------------------------------------------------ the run itself
+def resolve_device(name: str) -> torch.device:
+    if name not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, not '{name}'")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device=cuda was requested but no CUDA GPU is available; use device=cpu or device=auto"
+        )
+    return torch.device(name)
+
+
+def default_run_dir(cfg: DictConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("results/runs") / str(cfg.scenario.name) / str(cfg.agent.name) / stamp
+    candidate, k = base, 1
+    while candidate.exists():
+        candidate, k = base.with_name(f"{stamp}-{k}"), k + 1
+    return candidate
+
+
+def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConfig, Path]:
+    """The saved config of the run being resumed, with only runner/device changes applied."""
+    run_dir = Path(str(cfg.resume))
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        raise MarlDiffError(
+            f"cannot resume: '{saved_file}' does not exist (resume= takes a run "
+            "directory made by marl_diff.run)"
+        )
+    saved = OmegaConf.load(saved_file)
+    for override in user_overrides:
+        key = override.lstrip("+~").split("=")[0]
+        if key in ("resume", "run_dir") or override.startswith(RESUMABLE_PREFIXES):
+            continue
+        if OmegaConf.select(saved, key, default=None) != OmegaConf.select(cfg, key, default=None):
+            raise MarlDiffError(
+                f"cannot resume with '{override}': the checkpoint in {run_dir} was made with "
+                f"{key}={OmegaConf.select(saved, key, default=None)}, an incompatible config. "
+                "Only runner.* settings and device may change on resume."
+            )
+    changes = [o for o in user_overrides if o.startswith(RESUMABLE_PREFIXES)]
+    merged = OmegaConf.merge(saved, OmegaConf.from_dotlist([o.lstrip("+") for o in changes]))
+    merged.resume = str(run_dir)
+    merged.run_dir = str(run_dir)
+    return merged, run_dir  # type: ignore[return-value]
+
+
+def launch(cfg: DictConfig, user_overrides: list[str]) -> dict:
+    """Train one run from a composed config; returns the final evaluation report."""
+    if not isinstance(cfg.seed, int):
+        raise ConfigError(f"seed must be an integer, not '{cfg.seed}'")
+    if cfg.resume:
+        cfg, run_dir = resumed_config(cfg, user_overrides)
+    else:
+        run_dir = Path(str(cfg.run_dir)) if cfg.run_dir else default_run_dir(cfg)
+    device = resolve_device(str(cfg.device))
+    kind = str(cfg.runner.get("kind", "off_policy"))
+    if kind not in RUNNERS:
+        raise ConfigError(f"unknown runner kind '{kind}'. Valid choices: {choices(RUNNERS)}.")
+    runner_cls, runner_config_cls = RUNNERS[kind]
+    runner_cfg = to_dataclass(cfg.runner, runner_config_cls, "runner")
+    if not cfg.resume and (run_dir / "checkpoints").exists():
+        raise MarlDiffError(
+            f"run_dir '{run_dir}' already holds a run; pass resume={run_dir} "
+            "to continue it, or choose another run_dir"
+        )
+    runner = runner_cls(cfg, run_dir, runner_cfg, device)  # validates scenario and agent
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    print(f"marl_diff: {cfg.scenario.name} / {cfg.agent.name} on {device} -> {run_dir}")
+    report = runner.train(resume=bool(cfg.resume))
+    print(
+        f"final evaluation: return {report['mean_return']:.3f} +- {report['std_return']:.3f} "
+        f"over {report['episodes']} episodes; results in {run_dir}"
+    )
+    return report
+
+
+# ------------------------------------------------------------------ Hydra wiring
+def register_catalog() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for group in catalog.GROUPS:
+        for name in catalog.names(group):
+            store.store(group=group, name=name, node=catalog.load(group, name))
+    store.store(
+        name="marl_diff",
+        node={
+            "defaults": [
+                {"scenario": DEFAULTS["scenario"]},
+                {"agent": DEFAULTS["agent"]},
+                {"runner": "off_policy"},
+                {"override hydra/job_logging": "none"},
+                {"override hydra/hydra_logging": "none"},
+                "_self_",
+            ],
+            **TOP_LEVEL,
+            "hydra": {
+                "output_subdir": None,
+                "run": {"dir": "."},
+                "sweep": {"dir": "results/runs/multirun", "subdir": "${hydra.job.num}"},
+                "job": {"chdir": False},
+            },
+        },
+    )
+
+
+def hydra_task(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return launch(cfg, list(HydraConfig.get().overrides.task))["mean_return"]
+    except MarlDiffError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+@exit_cleanly_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args in (["list"], ["--list"]):
+        print(catalog.listing())
+        return
+    hydra_args = prepare_arguments(args)
+    register_catalog()
+    import hydra
+
+    sys.argv = [sys.argv[0], *hydra_args]
+    hydra.main(version_base="1.3", config_path=None, config_name="marl_diff")(hydra_task)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""The off-policy CTDE training loop: random warm-up, batched env stepping, device-resident
+replay, update-to-data ratio, periodic evaluation, logging and atomic checkpoints.
+
+It drives any `Agent` through `act` / `update` and knows nothing of the algorithm.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from marl_diff.agents import make_agent
+from marl_diff.buffer import Batch, ReplayBuffer
+from marl_diff.checkpoint import checkpoint_paths, load_latest, save_checkpoint
+from marl_diff.envs import make_env
+from marl_diff.errors import ConfigError, MarlDiffError, TrainingDiverged
+from marl_diff.logger import RunLogger
+from marl_diff.runners.evaluation import evaluate_episodes
+
+
+@dataclass
+class OffPolicyConfig:
+    name: str = "off_policy"
+    kind: str = "off_policy"
+    total_steps: int = 20_000  # env steps, summed over the parallel copies
+    num_envs: int = 1
+    warmup_steps: int = 1_000  # uniform random actions before the policy acts
+    buffer_size: int = 1_000_000
+    batch_size: int = 256
+    utd_ratio: float = 1.0  # gradient updates per collected transition (per env step)
+    eval_every: int = 5_000
+    eval_episodes: int = 10
+    eval_num_envs: int = 10
+    checkpoint_every: int = 10_000
+    keep_checkpoints: int = 3
+    log_every: int = 1_000
+    save_buffer: bool = False
+    progress: bool = True
+
+
+def _validate(cfg: OffPolicyConfig) -> None:
+    positive = [
+        "total_steps",
+        "num_envs",
+        "buffer_size",
+        "batch_size",
+        "eval_episodes",
+        "eval_num_envs",
+        "log_every",
+    ]
+    for key in positive:
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"runner.{key} must be positive, got {getattr(cfg, key)}")
+    if cfg.utd_ratio < 0 or cfg.warmup_steps < 0:
+        raise ConfigError("runner.utd_ratio and runner.warmup_steps must be >= 0")
+    if cfg.num_envs > cfg.buffer_size:
+        raise ConfigError("runner.buffer_size must hold at least one batch of runner.num_envs")
+
+
+class OffPolicyRunner:
+    def __init__(
+        self, cfg: DictConfig, run_dir: Path, runner_cfg: OffPolicyConfig, device: torch.device
+    ):
+        self.cfg = cfg
+        self.rc = runner_cfg
+        _validate(runner_cfg)
+        self.run_dir = run_dir
+        self.device = device
+        seed = int(cfg.seed)
+        torch.manual_seed(seed)
+        scenario = OmegaConf.to_container(cfg.scenario, resolve=True)
+        self.env = make_env(scenario, runner_cfg.num_envs, device, seed)
+        self.eval_env = make_env(scenario, runner_cfg.eval_num_envs, device, seed + 10_007)
+        self.spec = self.env.spec
+        self.agent = make_agent(OmegaConf.to_container(cfg.agent, resolve=True), self.spec, device)
+        self.buffer = ReplayBuffer(runner_cfg.buffer_size, self.spec, device)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.env_steps = 0
+        self.updates = 0
+        self.episodes = 0
+        self.update_credit = 0.0
+        self.last_eval: dict | None = None
+
+    # ---------------------------------------------------------------- checkpoints
+    def checkpoint_payload(self) -> dict:
+        payload = {
+            "format": 1,
+            "env_steps": self.env_steps,
+            "updates": self.updates,
+            "episodes": self.episodes,
+            "update_credit": self.update_credit,
+            "spec": self.spec.summary(),
+            "scenario": OmegaConf.to_container(self.cfg.scenario, resolve=True),
+            "agent_config": OmegaConf.to_container(self.cfg.agent, resolve=True),
+            "agent": self.agent.training_state(),
+            "torch_rng": torch.get_rng_state(),
+            "sampler_rng": self.generator.get_state(),
+        }
+        return payload
+
+    def save(self) -> None:
+        save_checkpoint(
+            self.run_dir / "checkpoints",
+            self.env_steps,
+            self.checkpoint_payload(),
+            self.rc.keep_checkpoints,
+        )
+        if self.rc.save_buffer:
+            tmp = self.run_dir / ".buffer.pt.tmp"
+            torch.save(self.buffer.state_dict(), tmp)
+            tmp.replace(self.run_dir / "buffer.pt")
+
+    def restore(self) -> None:
+        state = load_latest(self.run_dir / "checkpoints", map_location=self.device)
+        if state.get("spec") != self.spec.summary():
+            raise MarlDiffError(
+                "checkpoint from an incompatible config: it was made for agents/spaces "
+                f"{state.get('spec')}, but this scenario has {self.spec.summary()}"
+            )
+        try:
+            self.agent.load_training_state(state["agent"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise MarlDiffError(
+                f"checkpoint from an incompatible agent config: {str(err).splitlines()[0]}"
+            ) from None
+        self.env_steps = int(state["env_steps"])
+        self.updates = int(state["updates"])
+        self.episodes = int(state["episodes"])
+        self.update_credit = float(state["update_credit"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.generator.set_state(state["sampler_rng"].cpu())
+        buffer_file = self.run_dir / "buffer.pt"
+        if self.rc.save_buffer and buffer_file.exists():
+            self.buffer.load_state_dict(torch.load(buffer_file, weights_only=True))
+
+    # ---------------------------------------------------------------- training
+    def train(self, resume: bool = False) -> dict:
+        rc = self.rc
+        if resume:
+            self.restore()
+        logger = RunLogger(self.run_dir)
+        obs, state = self.env.reset(seed=int(self.cfg.seed) + self.env_steps)
+        num_envs = self.env.num_envs
+        ep_return = torch.zeros(num_envs, device=self.device)
+        ep_length = torch.zeros(num_envs, device=self.device)
+        # finished-episode statistics accumulated on the device, read at log time only
+        finished_return = torch.zeros((), device=self.device)
+        finished_length = torch.zeros((), device=self.device)
+        finished_count = torch.zeros((), device=self.device)
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        counts: dict[str, int] = defaultdict(int)
+        next_log = self._next_multiple(rc.log_every)
+        next_eval = self._next_multiple(rc.eval_every)
+        next_ckpt = self._next_multiple(rc.checkpoint_every)
+        window_start, window_steps, window_updates = time.time(), 0, 0
+        bar = tqdm(
+            total=rc.total_steps,
+            initial=self.env_steps,
+            disable=not rc.progress,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        try:
+            while self.env_steps < rc.total_steps:
+                if self.env_steps < rc.warmup_steps:
+                    actions = self.env.random_actions(self.generator)
+                else:
+                    actions = self.agent.act(obs, explore=True)
+                result = self.env.step(actions)
+                self.buffer.add(
+                    Batch(
+                        obs,
+                        state,
+                        actions,
+                        result.reward,
+                        result.next_obs,
+                        result.next_state,
+                        result.terminated.float(),
+                    )
+                )
+                ep_return += result.reward.mean(-1)
+                ep_length += 1
+                done = (result.terminated | result.truncated).float()
+                finished_return += (ep_return * done).sum()
+                finished_length += (ep_length * done).sum()
+                finished_count += done.sum()
+                ep_return *= 1.0 - done
+                ep_length *= 1.0 - done
+                obs, state = result.obs, result.state
+                self.env_steps += num_envs
+                window_steps += num_envs
+                bar.update(num_envs)
+
+                if self.env_steps >= rc.warmup_steps and self.buffer.size >= rc.batch_size:
+                    self.update_credit += rc.utd_ratio * num_envs
+                    n_updates = int(self.update_credit)
+                    self.update_credit -= n_updates
+                    for _ in range(n_updates):
+                        metrics = self.agent.update(
+                            self.buffer.sample(rc.batch_size, self.generator)
+                        )
+                        self._check_finite(metrics)
+                        for key, value in metrics.items():
+                            sums[key] += value
+                            counts[key] += 1
+                    self.updates += n_updates
+                    window_updates += n_updates
+
+                if self.env_steps >= next_log or self.env_steps >= rc.total_steps:
+                    next_log = self._next_multiple(rc.log_every)
+                    elapsed = max(time.time() - window_start, 1e-9)
+                    scalars = {key: float(sums[key]) / counts[key] for key in sums}
+                    scalars["perf/env_steps_per_s"] = window_steps / elapsed
+                    scalars["perf/updates_per_s"] = window_updates / elapsed
+                    scalars["perf/updates"] = self.updates
+                    if float(finished_count) > 0:
+                        self.episodes += int(finished_count)
+                        scalars["train/episode_return"] = float(finished_return / finished_count)
+                        scalars["train/episode_length"] = float(finished_length / finished_count)
+                        bar.set_postfix(
+                            ret=f"{scalars['train/episode_return']:.2f}",
+                            ups=f"{scalars['perf/updates_per_s']:.0f}",
+                        )
+                    scalars["train/episodes"] = self.episodes
+                    logger.log(self.env_steps, scalars)
+                    finished_return.zero_(), finished_length.zero_(), finished_count.zero_()
+                    sums.clear(), counts.clear()
+                    window_start, window_steps, window_updates = time.time(), 0, 0
+
+                if self.env_steps >= next_eval and self.env_steps < rc.total_steps:
+                    next_eval = self._next_multiple(rc.eval_every)
+                    self._evaluate(logger)
+
+                if self.env_steps >= next_ckpt and self.env_steps < rc.total_steps:
+                    next_ckpt = self._next_multiple(rc.checkpoint_every)
+                    self._check_parameters()
+                    self.save()
+
+            self._check_parameters()
+            report = self._evaluate(logger)
+            self.save()
+            with open(self.run_dir / "eval.json", "w", encoding="utf-8") as handle:
+                json.dump(report, handle, indent=1)
+            return report
+        finally:
+            bar.close()
+            logger.close()
+            self.env.close()
+            self.eval_env.close()
+
+    def _next_multiple(self, every: int) -> int:
+        if every <= 0:
+            return math.inf  # type: ignore[return-value]
+        return (self.env_steps // every + 1) * every
+
+    def _evaluate(self, logger: RunLogger) -> dict:
+        report = evaluate_episodes(
+            self.agent, self.eval_env, self.rc.eval_episodes, seed=int(self.cfg.seed) + 1_000_003
+        )
+        report["env_steps"] = self.env_steps
+        scalars = {"eval/return": report["mean_return"], "eval/return_std": report["std_return"]}
+        if "distinct_goals" in report:
+            scalars["eval/distinct_goals"] = report["distinct_goals"]
+        logger.log(self.env_steps, scalars)
+        self.last_eval = report
+        return report
+
+    def _check_finite(self, metrics: dict[str, torch.Tensor]) -> None:
+        if metrics and not bool(torch.isfinite(torch.stack(list(metrics.values()))).all()):
+            bad = [k for k, v in metrics.items() if not torch.isfinite(v)]
+            raise TrainingDiverged(self._diverged_message(f"non-finite {', '.join(bad)}"))
+
+    def _check_parameters(self) -> None:
+        for name, param in self.agent.named_parameters():
+            if not bool(torch.isfinite(param).all()):
+                raise TrainingDiverged(self._diverged_message(f"non-finite parameter {name}"))
+
+    def _diverged_message(self, what: str) -> str:
+        kept = checkpoint_paths(self.run_dir / "checkpoints")
+        last = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint was written"
+        return f"training diverged at env step {self.env_steps}: {what}; stopped, {last}."
