@@ -216,6 +216,16 @@ def register_catalog() -> None:
     )
 
 
+def compose(args: list[str]) -> DictConfig:
+    """The config `python -m marl_diff.run ARGS` would train, for use from Python."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize
+
+    register_catalog()
+    with initialize(version_base="1.3", config_path=None):
+        return hydra_compose("marl_diff", overrides=prepare_arguments(args))
+
+
 def hydra_task(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 

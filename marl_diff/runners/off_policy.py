@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,26 +140,75 @@ class OffPolicyRunner:
         if self.rc.save_buffer and buffer_file.exists():
             self.buffer.load_state_dict(torch.load(buffer_file, weights_only=True))
 
+    # ---------------------------------------------------------------- collection
+    def start_collection(self) -> None:
+        """Reset the training envs and the per-episode statistics."""
+        self.obs, self.state = self.env.reset(seed=int(self.cfg.seed) + self.env_steps)
+        zeros = torch.zeros(self.env.num_envs, device=self.device)
+        self.ep_return, self.ep_length = zeros.clone(), zeros.clone()
+        # finished-episode sums [return, length, count], kept on the device and read only at
+        # log time, so collection never waits for the host
+        self.finished = torch.zeros(3, device=self.device)
+
+    def collect_step(self) -> None:
+        """One batched env step with the exploring policy (uniform actions during warm-up)."""
+        if self.env_steps < self.rc.warmup_steps:
+            actions = self.env.random_actions(self.generator)
+        else:
+            actions = self.agent.act(self.obs, explore=True)
+        result = self.env.step(actions)
+        self.buffer.add(
+            Batch(
+                self.obs,
+                self.state,
+                actions,
+                result.reward,
+                result.next_obs,
+                result.next_state,
+                result.terminated.float(),
+            )
+        )
+        self.ep_return += result.reward.mean(-1)
+        self.ep_length += 1
+        done = (result.terminated | result.truncated).float()
+        self.finished += torch.stack(
+            [(self.ep_return * done).sum(), (self.ep_length * done).sum(), done.sum()]
+        )
+        self.ep_return *= 1.0 - done
+        self.ep_length *= 1.0 - done
+        self.obs, self.state = result.obs, result.state
+        self.env_steps += self.env.num_envs
+
+    def update_step(self, sums: dict[str, torch.Tensor], counts: dict[str, int]) -> int:
+        """The gradient updates this env step earns under the update-to-data ratio."""
+        rc = self.rc
+        if self.env_steps < rc.warmup_steps or self.buffer.size < rc.batch_size:
+            return 0
+        self.update_credit += rc.utd_ratio * self.env.num_envs
+        n_updates = int(self.update_credit)
+        self.update_credit -= n_updates
+        for _ in range(n_updates):
+            metrics = self.agent.update(self.buffer.sample(rc.batch_size, self.generator))
+            self._check_finite(metrics)
+            for key, value in metrics.items():
+                sums[key] = sums[key] + value if key in sums else value
+                counts[key] = counts.get(key, 0) + 1
+        self.updates += n_updates
+        return n_updates
+
     # ---------------------------------------------------------------- training
     def train(self, resume: bool = False) -> dict:
         rc = self.rc
         if resume:
             self.restore()
         logger = RunLogger(self.run_dir)
-        obs, state = self.env.reset(seed=int(self.cfg.seed) + self.env_steps)
-        num_envs = self.env.num_envs
-        ep_return = torch.zeros(num_envs, device=self.device)
-        ep_length = torch.zeros(num_envs, device=self.device)
-        # finished-episode statistics accumulated on the device, read at log time only
-        finished_return = torch.zeros((), device=self.device)
-        finished_length = torch.zeros((), device=self.device)
-        finished_count = torch.zeros((), device=self.device)
-        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
-        counts: dict[str, int] = defaultdict(int)
+        self.start_collection()
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
         next_log = self._next_multiple(rc.log_every)
         next_eval = self._next_multiple(rc.eval_every)
         next_ckpt = self._next_multiple(rc.checkpoint_every)
-        window_start, window_steps, window_updates = time.time(), 0, 0
+        window = (time.time(), self.env_steps, self.updates)
         bar = tqdm(
             total=rc.total_steps,
             initial=self.env_steps,
@@ -170,70 +218,21 @@ class OffPolicyRunner:
         )
         try:
             while self.env_steps < rc.total_steps:
-                if self.env_steps < rc.warmup_steps:
-                    actions = self.env.random_actions(self.generator)
-                else:
-                    actions = self.agent.act(obs, explore=True)
-                result = self.env.step(actions)
-                self.buffer.add(
-                    Batch(
-                        obs,
-                        state,
-                        actions,
-                        result.reward,
-                        result.next_obs,
-                        result.next_state,
-                        result.terminated.float(),
-                    )
-                )
-                ep_return += result.reward.mean(-1)
-                ep_length += 1
-                done = (result.terminated | result.truncated).float()
-                finished_return += (ep_return * done).sum()
-                finished_length += (ep_length * done).sum()
-                finished_count += done.sum()
-                ep_return *= 1.0 - done
-                ep_length *= 1.0 - done
-                obs, state = result.obs, result.state
-                self.env_steps += num_envs
-                window_steps += num_envs
-                bar.update(num_envs)
-
-                if self.env_steps >= rc.warmup_steps and self.buffer.size >= rc.batch_size:
-                    self.update_credit += rc.utd_ratio * num_envs
-                    n_updates = int(self.update_credit)
-                    self.update_credit -= n_updates
-                    for _ in range(n_updates):
-                        metrics = self.agent.update(
-                            self.buffer.sample(rc.batch_size, self.generator)
-                        )
-                        self._check_finite(metrics)
-                        for key, value in metrics.items():
-                            sums[key] += value
-                            counts[key] += 1
-                    self.updates += n_updates
-                    window_updates += n_updates
+                self.collect_step()
+                self.update_step(sums, counts)
+                bar.update(self.env.num_envs)
 
                 if self.env_steps >= next_log or self.env_steps >= rc.total_steps:
                     next_log = self._next_multiple(rc.log_every)
-                    elapsed = max(time.time() - window_start, 1e-9)
-                    scalars = {key: float(sums[key]) / counts[key] for key in sums}
-                    scalars["perf/env_steps_per_s"] = window_steps / elapsed
-                    scalars["perf/updates_per_s"] = window_updates / elapsed
-                    scalars["perf/updates"] = self.updates
-                    if float(finished_count) > 0:
-                        self.episodes += int(finished_count)
-                        scalars["train/episode_return"] = float(finished_return / finished_count)
-                        scalars["train/episode_length"] = float(finished_length / finished_count)
+                    scalars = self._train_scalars(sums, counts, window)
+                    logger.log(self.env_steps, scalars)
+                    if "train/episode_return" in scalars:
                         bar.set_postfix(
                             ret=f"{scalars['train/episode_return']:.2f}",
                             ups=f"{scalars['perf/updates_per_s']:.0f}",
                         )
-                    scalars["train/episodes"] = self.episodes
-                    logger.log(self.env_steps, scalars)
-                    finished_return.zero_(), finished_length.zero_(), finished_count.zero_()
                     sums.clear(), counts.clear()
-                    window_start, window_steps, window_updates = time.time(), 0, 0
+                    window = (time.time(), self.env_steps, self.updates)
 
                 if self.env_steps >= next_eval and self.env_steps < rc.total_steps:
                     next_eval = self._next_multiple(rc.eval_every)
@@ -255,6 +254,22 @@ class OffPolicyRunner:
             logger.close()
             self.env.close()
             self.eval_env.close()
+
+    def _train_scalars(self, sums, counts, window) -> dict[str, float]:
+        start_time, start_steps, start_updates = window
+        elapsed = max(time.time() - start_time, 1e-9)
+        scalars = {key: float(sums[key]) / counts[key] for key in sums}
+        scalars["perf/env_steps_per_s"] = (self.env_steps - start_steps) / elapsed
+        scalars["perf/updates_per_s"] = (self.updates - start_updates) / elapsed
+        scalars["perf/updates"] = self.updates
+        ret_sum, len_sum, count = self.finished.tolist()
+        if count > 0:
+            self.episodes += int(count)
+            scalars["train/episode_return"] = ret_sum / count
+            scalars["train/episode_length"] = len_sum / count
+        scalars["train/episodes"] = self.episodes
+        self.finished.zero_()
+        return scalars
 
     def _next_multiple(self, every: int) -> int:
         if every <= 0:
