@@ -20,10 +20,10 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from statistics import median
-from typing import Callable
 
 import torch
 from omegaconf import OmegaConf
@@ -78,8 +78,13 @@ def _raw_stepper(scenario: dict, num_envs: int, device: torch.device, seed: int)
     import vmas
 
     env = vmas.make_env(
-        scenario["scenario"], num_envs=num_envs, device=device, continuous_actions=True,
-        max_steps=scenario["max_steps"], seed=seed, n_agents=scenario["n_agents"],
+        scenario["scenario"],
+        num_envs=num_envs,
+        device=device,
+        continuous_actions=True,
+        max_steps=scenario["max_steps"],
+        seed=seed,
+        n_agents=scenario["n_agents"],
         **scenario["kwargs"],
     )
     env.reset()
@@ -103,11 +108,22 @@ def rollout(args: list[str]) -> str:
     except ValueError:
         raise ConfigError("num_envs, steps and repeats must be integers") from None
     device = resolve_device(values["device"])
-    cfg = compose([f"scenario={values['scenario']}", f"agent={values['agent']}",
-                   f"device={device.type}", *passthrough])
+    cfg = compose(
+        [
+            f"scenario={values['scenario']}",
+            f"agent={values['agent']}",
+            f"device={device.type}",
+            *passthrough,
+        ]
+    )
     scenario = OmegaConf.to_container(cfg.scenario, resolve=True)
-    runner_cfg = OffPolicyConfig(num_envs=num_envs, warmup_steps=0, eval_num_envs=1,
-                                 buffer_size=num_envs * (steps + 2) * repeats, progress=False)
+    runner_cfg = OffPolicyConfig(
+        num_envs=num_envs,
+        warmup_steps=0,
+        eval_num_envs=1,
+        buffer_size=num_envs * (steps + 2) * repeats,
+        progress=False,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         runner = OffPolicyRunner(cfg, Path(tmp), runner_cfg, device)
         runner.start_collection()

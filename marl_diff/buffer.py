@@ -42,9 +42,14 @@ class ReplayBuffer:
         count = transitions.obs.shape[0]
         if count > self.capacity:
             raise ValueError(f"cannot add {count} transitions to a buffer of {self.capacity}")
-        idx = (torch.arange(count, device=self.device) + self.position) % self.capacity
-        for store, value in zip(self.storage, transitions, strict=False):
-            store[idx] = value.to(store.dtype)
+        end = self.position + count
+        if end <= self.capacity:  # contiguous: plain slice copies
+            for store, value in zip(self.storage, transitions, strict=True):
+                store[self.position : end] = value
+        else:
+            idx = (torch.arange(count, device=self.device) + self.position) % self.capacity
+            for store, value in zip(self.storage, transitions, strict=True):
+                store[idx] = value.to(store.dtype)
         self.position = (self.position + count) % self.capacity
         self.size = min(self.size + count, self.capacity)
 
