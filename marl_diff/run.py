@@ -60,6 +60,7 @@ def prepare_arguments(args: list[str]) -> list[str]:
             chosen[ov.key_or_group] = _values(ov)
     for group, name in DEFAULTS.items():
         chosen.setdefault(group, [name])
+    resuming = any(ov.key_or_group == "resume" for ov in parsed)
     if "runner" not in chosen:
         runners = {
             str(catalog.load("scenario", s).get("default_runner", "off_policy"))
@@ -68,7 +69,8 @@ def prepare_arguments(args: list[str]) -> list[str]:
         runner = runners.pop() if len(runners) == 1 else "off_policy"
         catalog.load("runner", runner)
         chosen["runner"] = [runner]
-        overrides.append(f"runner={runner}")
+        if not resuming:  # a resumed run keeps its saved runner
+            overrides.append(f"runner={runner}")
 
     result = []
     for raw, ov in zip(overrides, parsed, strict=False):
@@ -141,6 +143,16 @@ def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConf
     for override in user_overrides:
         key = override.lstrip("+~").split("=")[0]
         if key in ("resume", "run_dir") or override.startswith(RESUMABLE_PREFIXES):
+            continue
+        if key in catalog.GROUPS:  # a catalog name: compare it with the saved one
+            name = override.partition("=")[2]
+            saved_name = OmegaConf.select(saved, f"{key}.name", default=None)
+            if name != saved_name:
+                raise MarlDiffError(
+                    f"cannot resume with '{override}': the checkpoint in {run_dir} was made "
+                    f"with {key}={saved_name}. Only runner.* settings and device may change "
+                    "on resume."
+                )
             continue
         if OmegaConf.select(saved, key, default=None) != OmegaConf.select(cfg, key, default=None):
             raise MarlDiffError(
@@ -220,8 +232,10 @@ def compose(args: list[str]) -> DictConfig:
     """The config `python -m marl_diff.run ARGS` would train, for use from Python."""
     from hydra import compose as hydra_compose
     from hydra import initialize
+    from hydra.core.global_hydra import GlobalHydra
 
     register_catalog()
+    GlobalHydra.instance().clear()
     with initialize(version_base="1.3", config_path=None):
         return hydra_compose("marl_diff", overrides=prepare_arguments(args))
 

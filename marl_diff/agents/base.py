@@ -13,6 +13,13 @@ from torch import nn
 from marl_diff.agents.networks import CentralCritic, substitute_each_agent
 from marl_diff.buffer import Batch
 from marl_diff.envs.base import EnvSpec
+from marl_diff.errors import ConfigError
+from marl_diff.nn import ACTIVATIONS
+
+
+def check_activation(key: str, name: str) -> None:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"{key} must be one of {', '.join(sorted(ACTIVATIONS))}, not '{name}'")
 
 
 @dataclass
@@ -87,12 +94,13 @@ class ActorCriticAgent(Agent):
     def __init__(self, config: ActorCriticConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)
         if config.others_actions not in self.OTHERS_ACTIONS:
-            from marl_diff.errors import ConfigError
-
             raise ConfigError(
                 f"agent.others_actions must be one of {', '.join(self.OTHERS_ACTIONS)}, "
                 f"not '{config.others_actions}'"
             )
+        check_activation("agent.critic_activation", config.critic_activation)
+        if config.policy_delay < 1:
+            raise ConfigError(f"agent.policy_delay must be >= 1, got {config.policy_delay}")
         self.critic = CentralCritic(
             spec.state_dim,
             spec.n_agents,

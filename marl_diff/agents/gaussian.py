@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from marl_diff.agents.base import ActorCriticAgent, ActorCriticConfig
+from marl_diff.agents.base import ActorCriticAgent, ActorCriticConfig, check_activation
 from marl_diff.agents.networks import PerAgentMLP
 from marl_diff.buffer import Batch
 from marl_diff.envs.base import EnvSpec
+from marl_diff.errors import ConfigError
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -66,6 +67,9 @@ class GaussianAgent(ActorCriticAgent):
 
     def __init__(self, config: GaussianConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)
+        check_activation("agent.actor_activation", config.actor_activation)
+        if config.init_alpha <= 0:
+            raise ConfigError(f"agent.init_alpha must be positive, got {config.init_alpha}")
         self.policy = TanhGaussianPolicy(
             spec, config.actor_hidden, config.actor_activation, config.share_parameters
         )

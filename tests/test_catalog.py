@@ -1,0 +1,70 @@
+"""Every catalog YAML: a leading comment, `name` equal to its file stem, exactly the fields of
+its class's Config dataclass, and it validates against that dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from omegaconf import DictConfig, OmegaConf
+
+from marl_diff import catalog
+from marl_diff.agents import agent_class
+from marl_diff.envs import backend_class
+from marl_diff.errors import BackendMissing
+from marl_diff.runners import RUNNERS
+from marl_diff.typed_config import to_dataclass
+
+ENTRIES = [(group, name) for group in catalog.GROUPS for name in catalog.names(group)]
+
+
+def config_class(group: str, node: DictConfig) -> type:
+    if group == "scenario":
+        try:
+            return backend_class(str(node.backend)).Config  # type: ignore[attr-defined]
+        except (BackendMissing, ImportError) as err:  # a backend still being written
+            pytest.skip(f"backend '{node.backend}' not available: {err}")
+    if group == "agent":
+        return agent_class(str(node.algorithm)).Config
+    return RUNNERS[str(node.kind)][1]
+
+
+def test_catalog_is_not_empty():
+    for group in catalog.GROUPS:
+        assert catalog.names(group), group
+    assert "pendulum" in catalog.names("scenario")
+    assert "gaussian" in catalog.names("agent")
+    assert "off_policy" in catalog.names("runner")
+
+
+@pytest.mark.parametrize("group, name", ENTRIES, ids=[f"{g}-{n}" for g, n in ENTRIES])
+def test_yaml_matches_its_config_dataclass(group, name):
+    path = catalog.group_dir(group) / f"{name}.yaml"
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("#"), f"{path} must start with a comment describing it"
+    node = OmegaConf.load(path)
+    assert isinstance(node, DictConfig)
+    assert node.name == name, f"{path}: name '{node.name}' differs from the file stem"
+    cls = config_class(group, node)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    keys = {str(k) for k in node.keys()}
+    assert keys == fields, (
+        f"{path}: missing {sorted(fields - keys)}, not in {cls.__name__}: {sorted(keys - fields)}"
+    )
+    typed = to_dataclass(node, cls, group)
+    assert typed.name == name
+    if group == "scenario":
+        assert typed.default_runner in catalog.names("runner"), typed.default_runner
+
+
+def test_catalog_load_unknown_name_lists_choices():
+    from marl_diff.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pendulum"):
+        catalog.load("scenario", "nope")
+
+
+def test_listing_names_every_entry():
+    text = catalog.listing()
+    for _, name in ENTRIES:
+        assert f"  {name}" in text.splitlines()

@@ -1,0 +1,218 @@
+"""`python -m marl_diff.run` / `marl_diff.evaluate` end to end in subprocesses: run artifacts,
+the catalog listing, default run dirs, multirun sweeps and clean one-line errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from marl_diff import catalog
+
+EXPECTED_TAGS = [
+    "train/episode_return",
+    "eval/return",
+    "loss/critic",
+    "loss/actor",
+    "alpha/mean",
+    "q/mean",
+    "perf/env_steps_per_s",
+    "perf/updates_per_s",
+]
+
+
+def assert_clean_error(proc, *needles: str) -> str:
+    """Non-zero exit, one 'error: ...' message naming every needle, no traceback anywhere."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny run made by the CLI with the default run_dir, from a scratch working dir."""
+    from conftest import TINY_ARGS, run_module
+
+    cwd = tmp_path_factory.mktemp("cli")
+    proc = run_module("marl_diff.run", [*TINY_ARGS, "runner.keep_checkpoints=2"], cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    runs = list((cwd / "results" / "runs" / "pendulum" / "gaussian").iterdir())
+    assert len(runs) == 1
+    return runs[0]
+
+
+# ---------------------------------------------------------------------------- a run
+def test_default_run_dir_is_under_results_of_the_working_dir(trained):
+    assert trained.parts[-5:-1] == ("results", "runs", "pendulum", "gaussian")
+    assert trained.name[:8].isdigit() and "-" in trained.name  # a timestamp
+
+
+def test_run_writes_resolved_config(trained):
+    text = (trained / "config.yaml").read_text()
+    assert "${" not in text
+    cfg = OmegaConf.load(trained / "config.yaml")
+    assert cfg.scenario.name == "pendulum" and cfg.agent.name == "gaussian"
+    assert cfg.runner.name == "off_policy" and cfg.runner.total_steps == 300
+    assert list(cfg.agent.actor_hidden) == [32, 32]
+    assert cfg.seed == 0 and cfg.device == "cpu"
+
+
+def test_run_writes_tensorboard_and_metrics(trained):
+    assert list(trained.glob("events.out.tfevents.*"))
+    lines = (trained / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert records
+    for record in records:
+        assert isinstance(record["env_steps"], int) and "wall_time" in record
+    steps = [r["env_steps"] for r in records]
+    assert steps == sorted(steps) and steps[-1] == 300
+    tags = set().union(*records)
+    missing = [tag for tag in EXPECTED_TAGS if tag not in tags]
+    assert not missing, f"missing tags {missing} in {sorted(tags)}"
+    for record in records:
+        for key, value in record.items():
+            assert isinstance(value, int | float), (key, value)
+
+
+def test_run_keeps_last_k_checkpoints_and_writes_eval(trained):
+    files = sorted(p.name for p in (trained / "checkpoints").iterdir())
+    assert files == ["step_000000000200.pt", "step_000000000300.pt"]  # keep_checkpoints=2
+    state = torch.load(trained / "checkpoints" / files[-1], weights_only=True)
+    assert state["env_steps"] == 300
+    report = json.loads((trained / "eval.json").read_text())
+    assert len(report["returns"]) == 2
+    assert report["mean_return"] == pytest.approx(sum(report["returns"]) / 2, rel=1e-5)
+    assert report["std_return"] >= 0
+
+
+def test_rerun_into_existing_run_dir_does_not_overwrite(trained, run_cli, tmp_path, tiny_args):
+    before = digests(trained / "checkpoints")
+    proc = run_cli([*tiny_args, f"run_dir={trained}"], tmp_path)
+    assert_clean_error(proc, "already holds a run", "resume=")
+    assert digests(trained / "checkpoints") == before
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("scenario.max_steps=50", "scenario.max_steps"),
+        ("agent.actor_hidden=[64]", "actor_hidden"),
+        ("runner=mujoco", "runner=off_policy"),
+    ],
+)
+def test_resume_with_incompatible_config_fails(trained, run_cli, tmp_path, override, needle):
+    before = digests(trained / "checkpoints")
+    proc = run_cli([f"resume={trained}", "runner.total_steps=600", override], tmp_path)
+    assert_clean_error(proc, "cannot resume", needle)
+    assert digests(trained / "checkpoints") == before
+
+
+def test_evaluate_cli(trained, run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    (run_dir / "eval.json").unlink()
+    proc = run_cli(
+        [f"run_dir={run_dir}", "episodes=3", "device=cpu"], tmp_path, "marl_diff.evaluate"
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert len(report["returns"]) == 3 and report["episodes"] == 3
+    assert report["env_steps"] == 300
+    assert report["mean_return"] == pytest.approx(sum(report["returns"]) / 3, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["episodes=3"], ["run_dir"]),
+        (["run_dir=RUN", "episodes=many"], ["episodes", "many"]),
+        (["run_dir=RUN", "bogus=1"], ["bogus", "episodes=", "run_dir="]),
+        (["run_dir=NOWHERE"], ["config.yaml"]),
+    ],
+)
+def test_evaluate_cli_errors(trained, tmp_path, capsys, args, needles):
+    """In-process (the entry point's own error handling; a subprocess costs seconds each)."""
+    from marl_diff import evaluate
+
+    args = [a.replace("RUN", str(trained)).replace("NOWHERE", str(tmp_path / "x")) for a in args]
+    with pytest.raises(SystemExit) as info:
+        evaluate.main(args)
+    assert info.value.code == 2
+    out = capsys.readouterr()
+    proc = subprocess.CompletedProcess(args, info.value.code, out.out, out.err)
+    assert_clean_error(proc, *needles)
+
+
+# ---------------------------------------------------------------------------- listing, sweeps
+def test_list_prints_the_catalog(run_cli, tmp_path):
+    proc = run_cli(["list"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for group in catalog.GROUPS:
+        assert f"{group}s:" in proc.stdout
+        for name in catalog.names(group):
+            assert f"  {name}" in proc.stdout.splitlines()
+    assert "pendulum" in proc.stdout and "gaussian" in proc.stdout
+    assert "off_policy" in proc.stdout
+
+
+def test_multirun_makes_one_run_dir_per_job(run_cli, tmp_path, tiny_args):
+    args = [a for a in tiny_args if not a.startswith("runner.total_steps")]
+    proc = run_cli(["-m", "seed=0,1", *args, "runner.total_steps=100"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    runs = sorted((tmp_path / "results" / "runs" / "pendulum" / "gaussian").iterdir())
+    assert len(runs) == 2
+    seeds = sorted(OmegaConf.load(r / "config.yaml").seed for r in runs)
+    assert seeds == [0, 1]
+    for run in runs:
+        assert (run / "eval.json").is_file()
+
+
+# ---------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["scenario=nope"], ["scenario 'nope'", "pendulum", "mamujoco_ant_2x4"]),
+        (["agent=nope"], ["agent 'nope'", "gaussian"]),
+        (["runner=nope"], ["runner 'nope'", "off_policy", "mujoco"]),
+        (["scenario.nope=1"], ["scenario.nope", "env_id", "max_steps"]),
+        (["agent.nope=1"], ["agent.nope", "actor_lr", "critic_hidden"]),
+        (["runner.nope=1"], ["runner.nope", "total_steps"]),
+        (["bogus=1"], ["bogus", "seed", "run_dir"]),
+        (["runner.total_steps=abc"], ["runner.total_steps", "abc"]),
+        (["agent.actor_lr=fast"], ["agent.actor_lr", "fast"]),
+        (["agent.actor_activation=wiggle"], ["agent.actor_activation", "wiggle", "relu"]),
+        (["device=gpu"], ["device", "gpu", "cuda"]),
+    ],
+)
+def test_bad_command_lines_fail_cleanly(run_cli, tmp_path, tiny_args, args, needles):
+    proc = run_cli([*tiny_args, *args, f"run_dir={tmp_path / 'run'}"], tmp_path)
+    assert_clean_error(proc, *needles)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is available")
+def test_cuda_without_gpu_fails_cleanly(run_cli, tmp_path, tiny_args):
+    proc = run_cli([*tiny_args, "device=cuda", f"run_dir={tmp_path / 'run'}"], tmp_path)
+    assert_clean_error(proc, "device=cuda", "no CUDA GPU", "device=cpu")
+
+
+def test_agent_count_the_scenario_cannot_do_fails_cleanly(run_cli, tmp_path):
+    pytest.importorskip("gymnasium_robotics")
+    args = ["scenario=mamujoco_ant_2x4", "scenario.n_agents=3", f"run_dir={tmp_path / 'run'}"]
+    proc = run_cli([*args, "runner.progress=false", "device=cpu"], tmp_path)
+    assert_clean_error(proc, "n_agents", "3", "2")
