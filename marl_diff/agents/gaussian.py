@@ -45,13 +45,15 @@ class TanhGaussianPolicy(torch.nn.Module):
         )
         self.register_buffer("act_mask", spec.act_mask().float())
 
-    def forward(self, obs: torch.Tensor, deterministic: bool = False):
-        """obs [B, N, D] -> action [B, N, A] (padded dims zero), log-prob [B, N]."""
+    def forward(self, obs: torch.Tensor, deterministic: bool = False, with_log_prob: bool = True):
+        """obs [B, N, D] -> action [B, N, A] (padded dims zero), log-prob [B, N] (or None)."""
         mean, log_std = self.net(obs).chunk(2, dim=-1)
         if deterministic:
             return torch.tanh(mean) * self.act_mask, None
         log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
         pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
+        if not with_log_prob:
+            return torch.tanh(pre_tanh) * self.act_mask, None
         # log N(u; mean, std) - log |d tanh(u)/du|, per action dimension
         log_prob = (
             -0.5 * ((pre_tanh - mean) / log_std.exp()).pow(2)
@@ -89,7 +91,7 @@ class GaussianAgent(ActorCriticAgent):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
-        return self.policy(obs, deterministic=not explore)[0]
+        return self.policy(obs, deterministic=not explore, with_log_prob=False)[0]
 
     def target_action(self, next_obs: torch.Tensor):
         action, log_prob = self.policy(next_obs)
