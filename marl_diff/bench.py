@@ -10,6 +10,14 @@ Measures, in one process and interleaved over the repeats (this machine is noisy
 - runner: the training runner's collection step (policy forward, env step, replay insert,
   episode statistics) with the agent's exploring policy.
 Extra `scenario.*` / `agent.*` overrides pass through to the config.
+
+`python -m marl_diff.bench sampling [agents=1,2,4,8,16] [batches=64,1024] [steps=5,10,20]
+[repeats=3] [device=cpu] [hidden=256,256,256] [obs_dim=16] [act_dim=4] [schedule=vp]
+[out=results/sampling_speed.md]`
+
+Time of one `DiffusionPolicy.sample()` call (ancestral DDPM, T denoising steps) for N agents
+stacked in one policy vs a Python loop over N separate single-agent policies of the same sizes
+(what per-agent modules would cost), interleaved over the repeats, median.
 """
 
 from __future__ import annotations
@@ -41,20 +49,44 @@ ROLLOUT_SETTINGS = {
 }
 
 
-def _split(args: list[str], settings: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+def _split(
+    args: list[str], settings: dict[str, str], passthrough_groups: tuple[str, ...] = ()
+) -> tuple[dict[str, str], list[str]]:
+    """Benchmark settings from KEY=VALUE args; `group.key=` args of `passthrough_groups` are
+    returned apart, to be forwarded to the composed config."""
     values, passthrough = dict(settings), []
     for arg in args:
         key, sep, value = arg.partition("=")
         if sep and key in settings:
             values[key] = value
-        elif sep and key.split(".")[0] in ("scenario", "agent"):
+        elif sep and key.split(".")[0] in passthrough_groups and "." in key:
             passthrough.append(arg)
         else:
-            raise ConfigError(
-                f"unknown argument '{arg}'. Valid: {choices(k + '=' for k in settings)}, "
-                "scenario.<key>=, agent.<key>="
-            )
+            valid = [f"{k}=" for k in settings] + [f"{g}.<key>=" for g in passthrough_groups]
+            raise ConfigError(f"unknown argument '{arg}'. Valid: {choices(valid)}")
     return values, passthrough
+
+
+def _header(title: str, benchmark: str, args: list[str], device: torch.device, how: str) -> list:
+    command = f"python -m marl_diff.bench {benchmark} " + " ".join(shlex.quote(a) for a in args)
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{command.strip()}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads, device {device}; {date.today().isoformat()}. "
+        + how,
+        "",
+    ]
+
+
+def _write(lines: list[str], out: str) -> str:
+    table = "\n".join(lines) + "\n"
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(table, encoding="utf-8")
+    return table
 
 
 def _time_steps(step: Callable[[], None], steps: int, device: torch.device) -> float:
@@ -102,7 +134,7 @@ def rollout(args: list[str]) -> str:
     from marl_diff.run import compose, resolve_device
     from marl_diff.runners import OffPolicyConfig, OffPolicyRunner
 
-    values, passthrough = _split(args, ROLLOUT_SETTINGS)
+    values, passthrough = _split(args, ROLLOUT_SETTINGS, ("scenario", "agent"))
     try:
         num_envs, steps, repeats = (int(values[k]) for k in ("num_envs", "steps", "repeats"))
     except ValueError:
@@ -152,31 +184,115 @@ def rollout(args: list[str]) -> str:
         "env": "marl_diff env (uniform random actions)",
         "runner": f"runner collection, {cfg.agent.name} policy",
     }
-    command = "python -m marl_diff.bench rollout " + " ".join(shlex.quote(a) for a in args)
-    lines = [
-        f"# Rollout throughput: {cfg.scenario.name}, {num_envs} envs, {device.type}",
-        "",
-        f"Command: `{command.strip()}`",
-        "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} torch threads, device {device}; "
-        f"{date.today().isoformat()}. Median of {repeats} interleaved repeats of {steps} "
-        "batched steps each.",
-        "",
-        f"| what | env-steps/s | ratio to {base} |",
-        "|---|---:|---:|",
-    ]
+    lines = _header(
+        f"Rollout throughput: {cfg.scenario.name}, {num_envs} envs, {device.type}",
+        "rollout",
+        args,
+        device,
+        f"Median of {repeats} interleaved repeats of {steps} batched steps each.",
+    )
+    lines += [f"| what | env-steps/s | ratio to {base} |", "|---|---:|---:|"]
     for name in steppers:
         lines.append(f"| {labels[name]} | {rate[name]:,.0f} | {rate[name] / rate[base]:.2f} |")
-    table = "\n".join(lines) + "\n"
-    out = values["out"]
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(table, encoding="utf-8")
-    return table
+    return _write(lines, values["out"])
 
 
-BENCHMARKS = {"rollout": rollout}
+SAMPLING_SETTINGS = {
+    "agents": "1,2,4,8,16",
+    "batches": "64,1024",
+    "steps": "5,10,20",
+    "repeats": "3",
+    "device": "cpu",
+    "hidden": "256,256,256",
+    "obs_dim": "16",
+    "act_dim": "4",
+    "schedule": "vp",
+    "out": "results/sampling_speed.md",
+}
+
+
+def _ints(values: dict[str, str], key: str) -> list[int]:
+    try:
+        return [int(v) for v in values[key].split(",") if v]
+    except ValueError:
+        raise ConfigError(f"{key} must be a comma-separated list of integers") from None
+
+
+def _sampling_calls(stacked, singles, obs: torch.Tensor) -> dict[str, Callable[[], None]]:
+    """One stacked call vs a loop in which each agent's own policy samples from its own obs."""
+    own_obs = [obs[:, i : i + 1].contiguous() for i in range(len(singles))]
+
+    def loop() -> None:
+        for single, o in zip(singles, own_obs, strict=True):
+            single.sample(o)
+
+    return {"stacked": lambda: stacked.sample(obs), "loop": loop}
+
+
+def sampling(args: list[str]) -> str:
+    from marl_diff.diffusion import DiffusionPolicy, make_schedule
+    from marl_diff.run import resolve_device
+
+    values, _ = _split(args, SAMPLING_SETTINGS)
+    agents, batches, steps_list, hidden = (
+        _ints(values, k) for k in ("agents", "batches", "steps", "hidden")
+    )
+    try:
+        repeats, obs_dim, act_dim = (int(values[k]) for k in ("repeats", "obs_dim", "act_dim"))
+    except ValueError:
+        raise ConfigError("repeats, obs_dim and act_dim must be integers") from None
+    device = resolve_device(values["device"])
+    try:
+        make_schedule(values["schedule"], 1)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+    rows = []
+    for steps in steps_list:
+        for n in agents:
+            torch.manual_seed(0)
+            stacked, *singles = (
+                DiffusionPolicy(
+                    members,
+                    obs_dim,
+                    act_dim,
+                    schedule=make_schedule(values["schedule"], steps),
+                    hidden=hidden,
+                ).to(device)
+                for members in [n] + [1] * n
+            )
+            for batch in batches:
+                obs = torch.randn(batch, n, obs_dim, device=device)
+                calls = _sampling_calls(stacked, singles, obs)
+                seconds: dict[str, list[float]] = {name: [] for name in calls}
+                for _ in range(repeats):
+                    for name, call in calls.items():
+                        seconds[name].append(_time_steps(call, 5, device))
+                ms = {name: 1e3 * median(times) for name, times in seconds.items()}
+                rows.append((n, batch, steps, ms["stacked"], ms["loop"]))
+
+    lines = _header(
+        f"Diffusion sampling: stacked agents vs a loop over per-agent policies, {device.type}",
+        "sampling",
+        args,
+        device,
+        f"One ancestral `sample()` call ({values['schedule']} schedule), denoiser MLP "
+        f"{'x'.join(map(str, hidden))} mish, obs_dim {obs_dim}, act_dim {act_dim}; median of "
+        f"{repeats} interleaved repeats, 5 calls each, after two warm-up calls.",
+    )
+    lines += [
+        "| agents | batch | T | stacked ms/call | per-agent loop ms/call | speed-up |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, batch, steps, stacked_ms, loop_ms in rows:
+        lines.append(
+            f"| {n} | {batch} | {steps} | {stacked_ms:,.2f} | {loop_ms:,.2f} | "
+            f"{loop_ms / stacked_ms:.2f}x |"
+        )
+    return _write(lines, values["out"])
+
+
+BENCHMARKS = {"rollout": rollout, "sampling": sampling}
 
 
 @exit_cleanly_on_user_error

@@ -1,0 +1,194 @@
+"""Per-agent diffusion policies pi_i(a_i | o_i), all agents stacked in one module.
+
+Every diffusion agent (DDPL/ISSM, DACER, QVPO, DDiffPG, BC for the offline methods) uses the two
+operations here: `sample` (the reverse chain, optionally differentiable for DACER, optionally
+drawing M candidates per state for ISSM / QVPO / best-of-N) and `dsm_loss` (per-sample,
+optionally weighted denoising score matching). Execution stays decentralised: agent i's actions
+depend only on o_i and agent i's parameters, the stacking is only a batching device.
+
+Actions live in [-1, 1]. Padded action entries (heterogeneous agents, see `EnvSpec.act_mask`)
+are held at exactly zero along the whole chain and never enter the loss.
+
+Extension points. The forward process is the `schedule` object and one reverse step is
+`denoise_step`; `dsm_loss` is the matching training objective. An EDM-style model (DTQL,
+sigma_data = 0.5, preconditioned denoiser) or the mean-reverting SDE of the Q-ensemble paper
+(closed-form optimal reverse step, tractable entropy) would subclass this with its own schedule,
+override `denoise_step`, `dsm_loss` and `_initial_noise`, and reuse `sample`'s loop, candidate
+batching, masking and gradient handling. Neither is implemented yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from marl_diff.diffusion.denoiser import StackedDenoiser
+from marl_diff.diffusion.schedules import NoiseSchedule, make_schedule
+
+
+class DiffusionPolicy(nn.Module):
+    """N agents' DDPM policies with eps-prediction, over a shared `NoiseSchedule`.
+
+    `act_mask` [N, A] bool marks real action entries (default: all real). Further keyword
+    arguments (hidden, activation, time_embed_dim, share) go to `StackedDenoiser`.
+    """
+
+    def __init__(
+        self,
+        n_agents: int,
+        obs_dim: int,
+        act_dim: int,
+        act_mask: torch.Tensor | None = None,
+        schedule: NoiseSchedule | None = None,
+        **denoiser_kwargs,
+    ):
+        super().__init__()
+        self.n_agents, self.obs_dim, self.act_dim = n_agents, obs_dim, act_dim
+        self.schedule = schedule if schedule is not None else make_schedule("vp", 20)
+        self.denoiser = StackedDenoiser(n_agents, obs_dim, act_dim, **denoiser_kwargs)
+        if act_mask is None:
+            act_mask = torch.ones(n_agents, act_dim, dtype=torch.bool)
+        if tuple(act_mask.shape) != (n_agents, act_dim):
+            raise ValueError(
+                f"act_mask must be [{n_agents}, {act_dim}], got {list(act_mask.shape)}"
+            )
+        self.register_buffer("act_mask", act_mask.to(torch.float32), persistent=False)
+        self.padded = not bool(act_mask.all())
+
+    @property
+    def steps(self) -> int:
+        return self.schedule.steps
+
+    def _mask(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.act_mask if self.padded else x
+
+    def _initial_noise(self, shape, like: torch.Tensor, generator) -> torch.Tensor:
+        """x_T ~ N(0, I) (a VP process ends at the standard normal)."""
+        return torch.randn(shape, device=like.device, dtype=like.dtype, generator=generator)
+
+    def denoise_step(
+        self,
+        x: torch.Tensor,
+        obs: torch.Tensor,
+        t: int,
+        noise: torch.Tensor | None = None,
+        *,
+        deterministic: bool = False,
+        clip_x0: bool = True,
+        time_feat: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One reverse step x_t -> x_{t-1} at Python-int step t (T-1 .. 0).
+
+        The model predicts eps, hence x0 = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t), clamped to
+        [-1, 1] when `clip_x0` (actions are bounded, and the clamp keeps short chains stable).
+        Ancestral (DDPM): the posterior mean of q(x_{t-1} | x_t, x0) plus sigma_t * `noise`
+        (no noise at t = 0; `noise` None means no noise). Deterministic: DDIM with eta = 0, with
+        eps re-derived from the clamped x0. `time_feat` lets `sample` pass the time features it
+        precomputed for this step.
+        """
+        c = self.schedule.coef
+        if time_feat is None:
+            time_feat = self.denoiser.time_features(
+                torch.full((self.n_agents,), t, device=x.device, dtype=torch.long)
+            )
+        eps = self.denoiser(x, obs, time_feat=time_feat)
+        x0 = torch.add(
+            c["sqrt_recip_alpha_bars"][t] * x, eps, alpha=-c["sqrt_recipm1_alpha_bars"][t]
+        )
+        if clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+        if deterministic:
+            if clip_x0:
+                eps = (c["sqrt_recip_alpha_bars"][t] * x - x0) / c["sqrt_recipm1_alpha_bars"][t]
+            out = c["sqrt_alpha_bars_prev"][t] * x0 + c["sqrt_one_minus_alpha_bars_prev"][t] * eps
+        else:
+            out = torch.add(
+                c["posterior_mean_coef1"][t] * x0, x, alpha=c["posterior_mean_coef2"][t]
+            )
+            if t > 0 and noise is not None:
+                out = out.add_(noise, alpha=c["posterior_variance"][t] ** 0.5)
+        return self._mask(out)
+
+    def sample(
+        self,
+        obs: torch.Tensor,
+        *,
+        deterministic: bool = False,
+        clip_x0: bool = True,
+        grad: bool = False,
+        noise_scale: float = 1.0,
+        candidates: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Run the reverse chain: obs [..., N, D] -> actions [..., N, A] in [-1, 1].
+
+        With `candidates=M`, M independent actions per state come from the same batched call:
+        [M, ..., N, A]. `noise_scale` scales the noise injected by each ancestral step (not x_T;
+        0 makes the ancestral chain deterministic given x_T). `grad=True` keeps the graph through
+        every step (DACER's policy loss backpropagates through the whole chain); otherwise the
+        chain runs under no_grad. The only Python loop is over the T steps.
+        """
+        if obs.shape[-2:] != (self.n_agents, self.obs_dim):
+            raise ValueError(
+                f"obs must end in [{self.n_agents}, {self.obs_dim}], got {list(obs.shape)}"
+            )
+        lead = obs.shape[:-2] if candidates is None else (candidates, *obs.shape[:-2])
+        shape = (*lead, self.n_agents, self.act_dim)
+        context = contextlib.nullcontext() if grad else torch.no_grad()
+        with context:
+            obs = obs.expand(*lead, self.n_agents, self.obs_dim)
+            x = self._mask(self._initial_noise(shape, obs, generator))
+            steps = torch.arange(self.steps, device=obs.device)
+            # Time features depend on t alone: one call for all T steps, [T, N, E].
+            time_feats = self.denoiser.time_features(steps[:, None].expand(-1, self.n_agents))
+            stochastic = not deterministic and noise_scale != 0
+            for t in reversed(range(self.steps)):
+                noise = None
+                if stochastic and t > 0:
+                    noise = torch.randn(shape, device=x.device, dtype=x.dtype, generator=generator)
+                    if noise_scale != 1.0:
+                        noise = noise * noise_scale
+                x = self.denoise_step(
+                    x,
+                    obs,
+                    t,
+                    noise,
+                    deterministic=deterministic,
+                    clip_x0=clip_x0,
+                    time_feat=time_feats[t],
+                )
+            return x.clamp(-1.0, 1.0)
+
+    def dsm_loss(
+        self,
+        actions: torch.Tensor,
+        obs: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Denoising score matching per sample and agent: actions [..., N, A] -> loss [..., N].
+
+        A fresh uniform step t and noise eps per sample and agent; the squared error of the eps
+        prediction is summed over real action entries only, then multiplied by `weights`
+        [..., N] if given (ISSM importance weights, QVPO's Q weights). Callers average. `obs`
+        broadcasts against the actions' leading dims (e.g. candidates [M, B, N, A] with
+        obs [B, N, D]).
+        """
+        actions = self._mask(actions)
+        lead = actions.shape[:-1]
+        s = self.schedule
+        t = torch.randint(0, s.steps, lead, device=actions.device, generator=generator)
+        eps = self._mask(
+            torch.randn(
+                actions.shape, device=actions.device, dtype=actions.dtype, generator=generator
+            )
+        )
+        noised = (
+            s.sqrt_alpha_bars[t].unsqueeze(-1) * actions
+            + s.sqrt_one_minus_alpha_bars[t].unsqueeze(-1) * eps
+        )
+        err = (self.denoiser(noised, obs, t) - eps).square()
+        loss = (err * self.act_mask).sum(-1) if self.padded else err.sum(-1)
+        return loss if weights is None else loss * weights

@@ -1,0 +1,259 @@
+"""The diffusion core: schedules, the stacked denoiser, batched sampling and the DSM loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from marl_diff.diffusion import (
+    SCHEDULE_KINDS,
+    DiffusionPolicy,
+    NoiseSchedule,
+    StackedDenoiser,
+    make_schedule,
+)
+
+N, OBS, ACT = 3, 5, 3
+# Heterogeneous agents: 3, 1 and 2 real action entries, the rest padding.
+MASK = torch.tensor([[True, True, True], [True, False, False], [True, True, False]])
+SMALL = {"hidden": (32, 32), "time_embed_dim": 8}
+
+
+def small_policy(kind: str = "vp", steps: int = 5, seed: int = 0, **kwargs) -> DiffusionPolicy:
+    torch.manual_seed(seed)
+    return DiffusionPolicy(N, OBS, ACT, MASK, make_schedule(kind, steps), **SMALL, **kwargs)
+
+
+def agent_copy(policy: DiffusionPolicy, i: int) -> DiffusionPolicy:
+    """A standalone single-agent policy holding member i of the stacked parameters."""
+    single = DiffusionPolicy(
+        1, OBS, ACT, policy.act_mask[i : i + 1].bool(), make_schedule("vp", policy.steps), **SMALL
+    )
+    single.schedule = policy.schedule
+    with torch.no_grad():
+        for name, param in single.named_parameters():
+            param.copy_(policy.get_parameter(name)[i : i + 1])
+    return single
+
+
+def run_chain(policy, obs, x_t, noises, deterministic):
+    """The reverse chain written out with `denoise_step` and given noise."""
+    with torch.no_grad():
+        for t in reversed(range(policy.steps)):
+            noise = noises.get(t) if noises is not None else None
+            x_t = policy.denoise_step(x_t, obs, t, noise, deterministic=deterministic)
+    return x_t.clamp(-1, 1)
+
+
+# ---------------------------------------------------------------------------- schedules
+
+
+@pytest.mark.parametrize("kind", SCHEDULE_KINDS)
+@pytest.mark.parametrize("steps", [1, 5, 20])
+def test_schedule_tables(kind, steps):
+    s = make_schedule(kind, steps)
+    assert s.steps == steps
+    for name in ("betas", "alpha_bars", "posterior_variance", "posterior_log_variance_clipped"):
+        assert getattr(s, name).shape == (steps,)
+        assert len(s.coef[name]) == steps
+    assert ((s.betas > 0) & (s.betas < 1)).all()
+    assert ((s.alpha_bars > 0) & (s.alpha_bars <= 1)).all()
+    assert (s.alpha_bars[1:] < s.alpha_bars[:-1]).all()
+    total = s.sqrt_alpha_bars**2 + s.sqrt_one_minus_alpha_bars**2
+    torch.testing.assert_close(total, torch.ones(steps))
+    assert s.posterior_variance[0] == 0 and (s.posterior_variance >= 0).all()
+    assert torch.isfinite(s.posterior_log_variance_clipped).all()
+    # Posterior mean of x_{t-1} given x_t and x0 must equal x0 when x_t is x0 noised with 0 noise
+    # at t=0 (coef1 + coef2 * sqrt(alpha_0) == 1 because alpha_bar_prev is 1 there).
+    assert math.isclose(
+        s.coef["posterior_mean_coef1"][0] + s.coef["posterior_mean_coef2"][0], 1.0, rel_tol=1e-6
+    )
+
+
+def test_schedule_values():
+    t = 10
+    vp = make_schedule("vp", t)
+    expected = [math.exp(-0.1 / t - 0.5 * 9.9 * (2 * k - 1) / t**2) for k in range(1, t + 1)]
+    torch.testing.assert_close(vp.alphas, torch.tensor(expected))
+    cos = make_schedule("cosine", t)
+    assert cos.betas.max() <= 0.999 and cos.alpha_bars[-1] < 1e-3
+    linear = make_schedule("linear", 1000)
+    betas = linear.coef["betas"]
+    assert math.isclose(betas[0], 1e-4) and math.isclose(betas[-1], 2e-2)
+    unscaled = make_schedule("linear", 20, beta_start=1e-4, beta_end=2e-2)
+    assert math.isclose(unscaled.coef["betas"][-1], 2e-2)
+    assert make_schedule("linear", 20).alpha_bars[-1] < 1e-3  # scaled ends: noise at any T
+
+
+def test_unknown_schedule_lists_kinds():
+    with pytest.raises(ValueError, match="cosine"):
+        make_schedule("sigmoid", 10)
+
+
+def test_schedule_follows_module_device_and_dtype():
+    policy = small_policy().to(torch.float64)
+    assert isinstance(policy.schedule, NoiseSchedule)
+    assert policy.schedule.alpha_bars.dtype == torch.float64
+    assert "schedule.alpha_bars" in dict(policy.named_buffers())
+
+
+# ---------------------------------------------------------------------------- denoiser
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_denoiser_shapes(share):
+    net = StackedDenoiser(N, OBS, ACT, share=share, **SMALL)
+    a, obs = torch.randn(7, N, ACT), torch.randn(7, N, OBS)
+    t = torch.randint(0, 5, (7,))
+    out = net(a, obs, t)
+    assert out.shape == (7, N, ACT)
+    torch.testing.assert_close(net(a, obs, t[:, None].expand(7, N)), out)  # per-agent t
+    # A leading candidate dim, observations broadcast over it.
+    cand = torch.randn(4, 7, N, ACT)
+    assert net(cand, obs, torch.randint(0, 5, (4, 7, N))).shape == (4, 7, N, ACT)
+    torch.testing.assert_close(net(cand, obs, t.expand(4, 7))[2], net(cand[2], obs, t))
+    # Precomputed time features are the same as passing t.
+    feat = net.time_features(torch.full((N,), 3))
+    torch.testing.assert_close(net(a, obs, time_feat=feat), net(a, obs, torch.full((7,), 3)))
+
+
+def test_agents_own_parameters():
+    """Changing one agent's input changes only that agent's output."""
+    net = StackedDenoiser(N, OBS, ACT, **SMALL)
+    a, obs, t = torch.randn(4, N, ACT), torch.randn(4, N, OBS), torch.zeros(4, dtype=torch.long)
+    obs2 = obs.clone()
+    obs2[:, 1] += 1.0
+    diff = (net(a, obs2, t) - net(a, obs, t)).abs().sum((0, 2))
+    assert diff[1] > 0 and diff[0] == 0 and diff[2] == 0
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_sample_shapes_bounds_and_padding(deterministic):
+    policy = small_policy()
+    obs = torch.randn(6, N, OBS)
+    out = policy.sample(obs, deterministic=deterministic)
+    assert out.shape == (6, N, ACT)
+    cand = policy.sample(obs, deterministic=deterministic, candidates=4)
+    assert cand.shape == (4, 6, N, ACT)
+    for x in (out, cand):
+        assert (x.abs() <= 1).all()
+        assert (x[..., ~MASK] == 0).all()  # exactly zero, not just small
+        assert (x[..., MASK] != 0).all()
+    # Candidates are independent draws, not copies.
+    assert not torch.allclose(cand[0], cand[1])
+    # Several leading dims work too.
+    assert policy.sample(torch.randn(2, 3, N, OBS)).shape == (2, 3, N, ACT)
+
+
+def test_sample_is_the_denoise_step_chain():
+    """`sample` is x_T then `denoise_step` for t = T-1..0 with fresh noise, then a clamp."""
+    policy = small_policy()
+    obs = torch.randn(5, N, OBS)
+    shape = (5, N, ACT)
+    for deterministic in (False, True):
+        out = policy.sample(
+            obs, deterministic=deterministic, generator=torch.Generator().manual_seed(3)
+        )
+        g = torch.Generator().manual_seed(3)
+        x_t = torch.randn(shape, generator=g) * MASK
+        noises = None
+        if not deterministic:
+            noises = {t: torch.randn(shape, generator=g) for t in reversed(range(1, policy.steps))}
+        torch.testing.assert_close(out, run_chain(policy, obs, x_t, noises, deterministic))
+
+
+@pytest.mark.parametrize("kind", SCHEDULE_KINDS)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_stacked_sampling_equals_per_agent_sampling(kind, deterministic):
+    policy = small_policy(kind, steps=6)
+    singles = [agent_copy(policy, i) for i in range(N)]
+    obs = torch.randn(8, N, OBS)
+    x_t = torch.randn(8, N, ACT) * MASK
+    noises = None if deterministic else {t: torch.randn(8, N, ACT) for t in range(6)}
+    stacked = run_chain(policy, obs, x_t, noises, deterministic)
+    for i, single in enumerate(singles):
+        own = None if noises is None else {t: n[:, i : i + 1] for t, n in noises.items()}
+        alone = run_chain(single, obs[:, i : i + 1], x_t[:, i : i + 1], own, deterministic)
+        torch.testing.assert_close(stacked[:, i : i + 1], alone, rtol=1e-5, atol=1e-6)
+    # DDIM through the public sampler: per-agent sampling of the same x_T agrees too.
+    if deterministic:
+        out = policy.sample(obs, deterministic=True, generator=torch.Generator().manual_seed(1))
+        x_all = torch.randn(8, N, ACT, generator=torch.Generator().manual_seed(1)) * MASK
+        for i, single in enumerate(singles):
+            alone = run_chain(single, obs[:, i : i + 1], x_all[:, i : i + 1], None, True)
+            torch.testing.assert_close(out[:, i : i + 1], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_grad_flows_through_the_chain_only_when_asked():
+    policy = small_policy()
+    obs = torch.randn(4, N, OBS)
+    out = policy.sample(obs)
+    assert not out.requires_grad and out.grad_fn is None
+    out = policy.sample(obs, grad=True)
+    (out**2).sum().backward()
+    for name, param in policy.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    # The first layer of every agent gets a gradient (not just a shared graph tail).
+    first = policy.denoiser.net.mlp.net[0].weight.grad
+    assert (first.abs().sum((1, 2)) > 0).all()
+
+
+def test_noise_scale_zero_is_deterministic_given_x_t():
+    policy = small_policy()
+    obs = torch.randn(4, N, OBS)
+    a = policy.sample(obs, noise_scale=0.0, generator=torch.Generator().manual_seed(0))
+    b = policy.sample(obs, noise_scale=0.0, generator=torch.Generator().manual_seed(0))
+    c = policy.sample(obs, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+
+
+# ---------------------------------------------------------------------------- DSM loss
+
+
+def test_dsm_loss_masks_and_weights():
+    policy = small_policy()
+    obs = torch.randn(6, N, OBS)
+    actions = (torch.rand(6, N, ACT) * 2 - 1) * MASK
+
+    def loss(acts, weights=None, o=obs):
+        return policy.dsm_loss(acts, o, weights, generator=torch.Generator().manual_seed(5))
+
+    base = loss(actions)
+    assert base.shape == (6, N) and (base >= 0).all()
+    garbage = actions + 5.0 * (~MASK)  # only padded entries change
+    torch.testing.assert_close(loss(garbage), base)
+    weights = torch.rand(6, N)
+    torch.testing.assert_close(loss(actions, weights), base * weights)
+    # Candidates as a leading dim, observations broadcast over them.
+    cand = (torch.rand(4, 6, N, ACT) * 2 - 1) * MASK
+    assert loss(cand).shape == (4, 6, N)
+    loss(cand, torch.rand(4, 6, N)).mean().backward()
+    assert policy.denoiser.net.mlp.net[0].weight.grad.abs().sum() > 0
+
+
+def test_dsm_training_learns_a_bimodal_policy():
+    """DSM on actions +-0.8 (equally likely, constant obs) gives samples in both modes, which a
+    Gaussian policy cannot; a second agent trained on a single mode stays unimodal."""
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(2, 1, 1, schedule=make_schedule("vp", 10), hidden=(64, 64))
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    obs = torch.zeros(256, 2, 1)
+    for _ in range(600):
+        signs = torch.randint(0, 2, (256, 1)) * 2.0 - 1.0
+        actions = torch.stack([0.8 * signs, torch.full_like(signs, 0.3)], dim=1)
+        loss = policy.dsm_loss(actions, obs).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    samples = policy.sample(torch.zeros(1000, 2, 1), generator=torch.Generator().manual_seed(0))
+    bimodal, single = samples[:, 0, 0], samples[:, 1, 0]
+    assert (bimodal > 0.4).float().mean() > 0.25
+    assert (bimodal < -0.4).float().mean() > 0.25
+    assert ((bimodal.abs() - 0.8).abs() < 0.25).float().mean() > 0.75  # mass sits on the modes
+    assert (single - 0.3).abs().mean() < 0.15

@@ -1,0 +1,13 @@
+import torch
+import torch.nn.functional as F
+
+from marl_diff.nn import Mish
+
+
+def test_mish_matches_torch_values_and_gradients():
+    x = torch.linspace(-60.0, 60.0, 20001, dtype=torch.float64, requires_grad=True)
+    ours, reference = Mish()(x), F.mish(x)
+    assert torch.allclose(ours, reference, rtol=1e-12, atol=1e-12)
+    (grad_ours,) = torch.autograd.grad(ours.sum(), x)
+    (grad_ref,) = torch.autograd.grad(reference.sum(), x)
+    assert torch.allclose(grad_ours, grad_ref, rtol=1e-9, atol=1e-12)
