@@ -7,6 +7,7 @@ with the valid choices. `python -m marl_diff.run list` prints the catalog.
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -72,6 +73,9 @@ def prepare_arguments(args: list[str]) -> list[str]:
         if not resuming:  # a resumed run keeps its saved runner
             overrides.append(f"runner={runner}")
 
+    if not resuming:
+        overrides += _agent_defaults(chosen, parsed)
+
     result = []
     for raw, ov in zip(overrides, parsed, strict=False):
         key = ov.key_or_group
@@ -85,8 +89,23 @@ def prepare_arguments(args: list[str]) -> list[str]:
         else:
             valid = [*TOP_LEVEL, *(f"{g}.<key>" for g in catalog.GROUPS), *catalog.GROUPS]
             raise ConfigError(f"unknown setting '{key}'. Valid settings: {choices(valid)}.")
-    result.extend(overrides[len(parsed) :])  # the runner we added
+    result.extend(overrides[len(parsed) :])  # the runner and agent defaults we added
     return flags + result
+
+
+def _agent_defaults(chosen: dict[str, list[str]], parsed) -> list[str]:
+    """`agent.<key>=value` overrides from the scenario's `agent_defaults` for the chosen agent,
+    except keys the command line sets itself (only for a single scenario and agent)."""
+    if len(chosen["scenario"]) != 1 or len(chosen["agent"]) != 1:
+        return []
+    scenario = catalog.load("scenario", chosen["scenario"][0])
+    table = OmegaConf.to_container(scenario.get("agent_defaults", OmegaConf.create({})))
+    given = {ov.key_or_group for ov in parsed}
+    return [
+        f"agent.{key}={json.dumps(value)}"
+        for key, value in table.get(chosen["agent"][0], {}).items()
+        if f"agent.{key}" not in given
+    ]
 
 
 def _check_key(raw: str, key: str, group: str, names: list[str]) -> str:

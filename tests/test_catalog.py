@@ -55,6 +55,15 @@ def test_yaml_matches_its_config_dataclass(group, name):
     assert typed.name == name
     if group == "scenario":
         assert typed.default_runner in catalog.names("runner"), typed.default_runner
+        for agent_name, defaults in typed.agent_defaults.items():
+            agent = catalog.load("agent", agent_name)
+            unknown = set(defaults) - {
+                f.name for f in dataclasses.fields(config_class("agent", agent))
+            }
+            assert not unknown, f"{path}: agent_defaults.{agent_name} has unknown keys {unknown}"
+            to_dataclass(
+                {**OmegaConf.to_container(agent), **defaults}, config_class("agent", agent), "agent"
+            )
 
 
 def test_catalog_load_unknown_name_lists_choices():

@@ -18,7 +18,7 @@ from marl_diff.runners import off_policy
 from marl_diff.runners.off_policy import OffPolicyConfig, OffPolicyRunner
 from marl_diff.typed_config import to_dataclass
 
-TIMING_KEYS = ("wall_time", "perf/env_steps_per_s", "perf/updates_per_s")
+TIMING_KEYS = ("wall_time", "perf/env_steps_per_s", "perf/updates_per_s", "perf/act_ms_per_step")
 
 
 def train(compose_config, args: list[str]) -> dict:

@@ -16,6 +16,7 @@ from marl_diff.typed_config import to_dataclass
 
 ALGORITHMS: dict[str, str] = {
     "gaussian": "marl_diff.agents.gaussian:GaussianAgent",
+    "ddpl": "marl_diff.agents.ddpl:DDPLAgent",
 }
 
 

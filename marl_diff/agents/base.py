@@ -45,8 +45,15 @@ class Agent(nn.Module, ABC):
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
 
     @abstractmethod
-    def act(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
-        """obs [B, N, D] -> actions [B, N, A] in [-1, 1], padded entries zero."""
+    def act(
+        self, obs: torch.Tensor, explore: bool, state: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """obs [B, N, D] -> actions [B, N, A] in [-1, 1], padded entries zero.
+
+        Agent i's action depends on o_i alone (decentralised execution). During training the
+        runner also passes the global `state` [B, S], which an agent may use to pick among its
+        own samples with the centralised critic (e.g. best-of-K); evaluation never passes it.
+        """
 
     @abstractmethod
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:

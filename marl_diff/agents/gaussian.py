@@ -90,7 +90,7 @@ class GaussianAgent(ActorCriticAgent):
             self.optimizers["alpha"] = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
+    def act(self, obs: torch.Tensor, explore: bool, state: torch.Tensor | None = None):
         return self.policy(obs, deterministic=not explore, with_log_prob=False)[0]
 
     def target_action(self, next_obs: torch.Tensor):

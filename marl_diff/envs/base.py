@@ -21,7 +21,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -33,6 +33,9 @@ class ScenarioConfig:
     name: str = "unnamed"
     backend: str = "unknown"
     default_runner: str = "off_policy"  # runner YAML used when the command line names none
+    # Per-family agent hyperparameters, {agent name: {key: value}}, applied unless the command
+    # line sets the same `agent.<key>` (e.g. the multi-goal task's entropy target for ddpl).
+    agent_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

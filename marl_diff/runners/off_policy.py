@@ -149,13 +149,17 @@ class OffPolicyRunner:
         # finished-episode sums [return, length, count], kept on the device and read only at
         # log time, so collection never waits for the host
         self.finished = torch.zeros(3, device=self.device)
+        self.act_seconds, self.act_calls = 0.0, 0  # policy sampling time per env step
 
     def collect_step(self) -> None:
         """One batched env step with the exploring policy (uniform actions during warm-up)."""
         if self.env_steps < self.rc.warmup_steps:
             actions = self.env.random_actions(self.generator)
         else:
-            actions = self.agent.act(self.obs, explore=True)
+            start = time.perf_counter()
+            actions = self.agent.act(self.obs, explore=True, state=self.state)
+            self.act_seconds += time.perf_counter() - start
+            self.act_calls += 1
         result = self.env.step(actions)
         self.buffer.add(
             Batch(
@@ -268,7 +272,10 @@ class OffPolicyRunner:
             scalars["train/episode_return"] = ret_sum / count
             scalars["train/episode_length"] = len_sum / count
         scalars["train/episodes"] = self.episodes
+        if self.act_calls:
+            scalars["perf/act_ms_per_step"] = 1e3 * self.act_seconds / self.act_calls
         self.finished.zero_()
+        self.act_seconds, self.act_calls = 0.0, 0
         return scalars
 
     def _next_multiple(self, every: int) -> int:

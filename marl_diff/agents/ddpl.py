@@ -1,0 +1,239 @@
+"""DDPL: every agent owns a diffusion policy, trained online with importance-sampling score
+matching (ISSM) against the centralised twin critic.
+
+The DecSPG target of agent i is p*(a_i | o_i) ∝ pi_i^old(a_i | o_i) exp(Q_i(s, a_i) / alpha).
+ISSM never samples p* directly. For each replay state it draws M candidates from a proposal
+(the current policy, or a lagged copy of it), weights them by their Q values, and fits the
+diffusion policy to the weighted candidates with denoising score matching:
+
+    loss = mean_states sum_j w_j DSM(a^(j), o_i),   w = self-normalised IS weights.
+
+Because the proposal is pi^old itself, its density cancels from the weights, leaving
+w_j ∝ exp(Q_i(s, a^(j)) / alpha). Our reading of the paper, each choice a config switch:
+- `target`: "mirror" is the DecSPG target above. "soft" is p* ∝ exp(Q_i / alpha) alone, the
+  maximum-entropy policy. Its weights divide by the proposal density, estimated from the same
+  M candidates with k-nearest-neighbour distances: log w_j = Q_j / alpha + d log r_j. The
+  mirror update compounds: pi^k ∝ pi^0 exp(sum of Q / alpha). Any lasting bias of the learned
+  critic between equally good modes therefore grows without bound, and all but one mode die
+  (seen on `multigoal`). The soft target keeps every mode whose Q is within about alpha of
+  the best.
+- `weighting`: "softmax" normalises exp(Q / alpha) over the M candidates of a state.
+  "running" (as in DPMD) standardises Q with running mean/std, clips it to +-`clip`,
+  exponentiates after dividing by alpha, and normalises over the whole batch.
+- `others_actions`: Q_i(s, a_i, a_-i) takes the other agents' actions from the replay batch
+  (HASAC-style) or from fresh samples of their current policies.
+- `proposal`: "current" policy, or "lagged" (a copy refreshed every `lag_updates` updates).
+- temperature: fixed, or tuned per agent toward a target entropy. The entropy is estimated
+  from the candidates with the Kozachenko-Leonenko estimator (marl_diff.diffusion.entropy).
+- candidate jitter: fitting a diffusion model to its own samples is under-dispersed, so
+  without help the policy's entropy collapses within a few thousand updates, whatever the
+  weights (measured: the sample std shrinks about 30% per refit of a fixed target). The
+  weights can only sharpen pi_old, never widen it. So each candidate gets Gaussian noise
+  sigma_i before Q is evaluated. The proposal is then pi_old * N(0, sigma_i^2), the target
+  is that times exp(Q / alpha), and the weights stay proper. sigma_i is tuned toward the
+  same target entropy (as DACER tunes its exploration noise); it decays once the entropy
+  is above target.
+- `action_selection` during training: a plain sample, or the best of K own samples by Q_i
+  (the critic needs the global state, so this applies to training only). Evaluation always
+  samples from each agent's policy given its own observation.
+The critic target uses the current diffusion policy's next actions with no entropy bonus (as in
+DPMD): the temperature acts through the weights alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from marl_diff.agents.base import ActorCriticAgent, ActorCriticConfig, check_activation
+from marl_diff.buffer import Batch
+from marl_diff.diffusion import SCHEDULE_KINDS, DiffusionPolicy, make_schedule
+from marl_diff.diffusion.entropy import knn_entropy, knn_log_distances
+from marl_diff.envs.base import EnvSpec
+from marl_diff.errors import ConfigError
+
+CHOICES = {
+    "target": ("mirror", "soft"),
+    "weighting": ("softmax", "running"),
+    "proposal": ("current", "lagged"),
+    "action_selection": ("sample", "best_of_k"),
+}
+
+
+@dataclass
+class DDPLConfig(ActorCriticConfig):
+    actor_lr: float = 3e-4
+    actor_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
+    actor_activation: str = "mish"
+    time_embed_dim: int = 16
+    share_parameters: bool = False
+    diffusion_steps: int = 20  # T
+    schedule: str = "vp"
+    n_candidates: int = 16  # M candidates per state and agent
+    target: str = "mirror"
+    weighting: str = "softmax"
+    clip: float = 3.0  # "running" weighting: clip of the standardised Q
+    running_rate: float = 1e-3  # "running" weighting: update rate of the Q mean/std
+    alpha: float = 0.1  # the temperature (initial value when tuned)
+    auto_alpha: bool = True
+    alpha_lr: float = 3e-3
+    target_entropy_scale: float = 0.9  # target entropy of agent i = -scale * act_dim_i
+    jitter: bool = True  # Gaussian noise on the candidates, tuned toward the target entropy
+    jitter_init: float = 0.1
+    jitter_lr: float = 3e-3
+    proposal: str = "current"
+    lag_updates: int = 1000
+    action_selection: str = "sample"
+    best_of_k: int = 16
+
+
+class DDPLAgent(ActorCriticAgent):
+    Config = DDPLConfig
+
+    def __init__(self, config: DDPLConfig, spec: EnvSpec, device: torch.device):
+        super().__init__(config, spec, device)
+        for key, valid in CHOICES.items():
+            if getattr(config, key) not in valid:
+                raise ConfigError(
+                    f"agent.{key} must be one of {', '.join(valid)}, not '{getattr(config, key)}'"
+                )
+        if config.schedule not in SCHEDULE_KINDS:
+            raise ConfigError(
+                f"agent.schedule must be one of {', '.join(SCHEDULE_KINDS)}, not "
+                f"'{config.schedule}'"
+            )
+        check_activation("agent.actor_activation", config.actor_activation)
+        for key in ("diffusion_steps", "n_candidates", "best_of_k", "lag_updates"):
+            if getattr(config, key) < 1:
+                raise ConfigError(f"agent.{key} must be >= 1, got {getattr(config, key)}")
+        if config.alpha <= 0:
+            raise ConfigError(f"agent.alpha must be positive, got {config.alpha}")
+        if (config.auto_alpha or config.jitter or config.target == "soft") and (
+            config.n_candidates < 2
+        ):
+            raise ConfigError(
+                "agent.auto_alpha, agent.jitter and agent.target=soft need agent.n_candidates "
+                ">= 2 (they use nearest-neighbour estimates over the candidates)"
+            )
+        if config.jitter and config.jitter_init <= 0:
+            raise ConfigError(f"agent.jitter_init must be positive, got {config.jitter_init}")
+        self.policy = DiffusionPolicy(
+            spec.n_agents,
+            spec.obs_dim,
+            spec.act_dim,
+            spec.act_mask(),
+            make_schedule(config.schedule, config.diffusion_steps),
+            hidden=config.actor_hidden,
+            activation=config.actor_activation,
+            time_embed_dim=config.time_embed_dim,
+            share=config.share_parameters,
+        )
+        if config.proposal == "lagged":
+            self.old_policy = copy.deepcopy(self.policy).requires_grad_(False)
+        self.log_alpha = torch.nn.Parameter(
+            torch.full((spec.n_agents,), math.log(config.alpha)), requires_grad=config.auto_alpha
+        )
+        self.log_jitter = torch.nn.Parameter(
+            torch.full((spec.n_agents,), math.log(config.jitter_init if config.jitter else 1.0)),
+            requires_grad=config.jitter,
+        )
+        act_dims = torch.tensor(spec.act_dims, dtype=torch.float32)
+        self.register_buffer("act_dims", act_dims)
+        self.register_buffer("target_entropy", -config.target_entropy_scale * act_dims)
+        self.register_buffer("q_mean", torch.zeros(spec.n_agents))
+        self.register_buffer("q_std", torch.ones(spec.n_agents))
+        self.to(device)
+        self.setup_optimizers()
+        self.optimizers["actor"] = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
+        if config.auto_alpha:
+            self.optimizers["alpha"] = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+        if config.jitter:
+            self.optimizers["jitter"] = torch.optim.Adam([self.log_jitter], lr=config.jitter_lr)
+
+    # ---------------------------------------------------------------- acting
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, explore: bool, state: torch.Tensor | None = None):
+        cfg = self.config
+        if not (explore and cfg.action_selection == "best_of_k" and state is not None):
+            return self.policy.sample(obs)
+        candidates = self.policy.sample(obs, candidates=cfg.best_of_k)  # [K, B, N, A]
+        q = self.q_each_agent(state, self.policy.sample(obs), candidates)  # [K, B, N]
+        best = q.argmax(0)[None, ..., None].expand(1, *candidates.shape[1:])
+        return candidates.gather(0, best)[0]
+
+    def target_action(self, next_obs: torch.Tensor):
+        action = self.policy.sample(next_obs)
+        return action, torch.zeros(next_obs.shape[0], device=next_obs.device)
+
+    # ---------------------------------------------------------------- ISSM
+    def update_actor(self, batch: Batch) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        proposal = self.old_policy if cfg.proposal == "lagged" else self.policy
+        with torch.no_grad():
+            samples = proposal.sample(batch.obs, candidates=cfg.n_candidates)  # [M, B, N, A]
+            candidates = samples
+            if cfg.jitter:
+                noise = torch.randn_like(samples) * self.log_jitter.exp()[:, None]
+                candidates = (samples + noise).clamp(-1.0, 1.0) * self.act_mask
+            if cfg.others_actions == "replay":
+                base = batch.action
+            else:
+                base = self.policy.sample(batch.obs)
+            q = self.q_each_agent(batch.state, base, candidates)  # [M, B, N]
+            # soft target: divide by the proposal's kNN density estimate
+            inverse_density = (
+                self.act_dims * knn_log_distances(candidates) if cfg.target == "soft" else None
+            )
+            weights = self.importance_weights(q, inverse_density)
+        loss = (weights * self.policy.dsm_loss(candidates, batch.obs)).sum(0).mean(0).sum()
+        self.step_optimizer("actor", loss, self.policy.parameters())
+
+        ess = weights.sum(0).square() / weights.square().sum(0).clamp_min(1e-12)  # [B, N]
+        metrics = {
+            "loss/actor": loss.detach(),
+            "issm/ess_fraction": (ess / cfg.n_candidates).mean(),
+            "alpha/mean": self.log_alpha.exp().mean().detach(),
+        }
+        if cfg.n_candidates >= 2:
+            entropy = knn_entropy(samples, self.act_dims[:, None]).mean(0)  # [N]
+            metrics["policy/entropy"] = entropy.mean()
+            shortfall = self.target_entropy - entropy  # > 0: raise alpha and the jitter
+            if cfg.auto_alpha:
+                alpha_loss = -(self.log_alpha * shortfall).sum()
+                self.step_optimizer("alpha", alpha_loss, [self.log_alpha])
+                metrics["loss/alpha"] = alpha_loss.detach()
+            if cfg.jitter:
+                self.step_optimizer(
+                    "jitter", -(self.log_jitter * shortfall).sum(), [self.log_jitter]
+                )
+                metrics["issm/jitter"] = self.log_jitter.exp().mean().detach()
+        if cfg.proposal == "lagged" and (int(self.updates) + 1) % cfg.lag_updates == 0:
+            self.old_policy.load_state_dict(self.policy.state_dict())
+        return metrics
+
+    def importance_weights(
+        self, q: torch.Tensor, log_inverse_density: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Candidates' Q values [M, B, N] (and, for the soft target, their log inverse proposal
+        density up to a constant) -> ISSM weights [M, B, N].
+
+        softmax: exp(Q / alpha), self-normalised over each state's M candidates. running: Q is
+        standardised with a running mean/std and clipped to +-clip before dividing by alpha;
+        the weights are normalised over the whole batch, so they average 1/M like softmax.
+        """
+        cfg = self.config
+        alpha = self.log_alpha.exp().detach()
+        if cfg.weighting == "running":
+            self.q_mean.lerp_(q.mean((0, 1)), cfg.running_rate)
+            self.q_std.lerp_(q.std((0, 1)).clamp_min(1e-6), cfg.running_rate)
+            q = ((q - self.q_mean) / self.q_std).clamp(-cfg.clip, cfg.clip)
+        logits = q / alpha
+        if log_inverse_density is not None:
+            logits = logits + log_inverse_density
+        if cfg.weighting == "softmax":
+            return torch.softmax(logits, dim=0)
+        weights = torch.exp(logits - logits.amax((0, 1), keepdim=True))
+        return weights / weights.sum((0, 1), keepdim=True) * q.shape[1]
