@@ -292,7 +292,97 @@ def sampling(args: list[str]) -> str:
     return _write(lines, values["out"])
 
 
-BENCHMARKS = {"rollout": rollout, "sampling": sampling}
+UPDATE_SETTINGS = {
+    "scenario": "vmas_navigation",
+    "agents": "gaussian,ddpl",
+    "batch_size": "256",
+    "updates": "5",
+    "repeats": "3",
+    "device": "cpu",
+    "out": "results/update_time.md",
+}
+
+
+def update(args: list[str]) -> str:
+    """Time of one gradient update (critic + actor) per agent on random replay batches of the
+    scenario's shapes; `agent.*` overrides apply to every agent that has the key."""
+    from marl_diff.agents import make_agent
+    from marl_diff.buffer import Batch
+    from marl_diff.envs import make_env
+    from marl_diff.run import compose, resolve_device
+
+    values, passthrough = _split(args, UPDATE_SETTINGS, ("scenario", "agent"))
+    try:
+        batch, updates, repeats = (int(values[k]) for k in ("batch_size", "updates", "repeats"))
+    except ValueError:
+        raise ConfigError("batch_size, updates and repeats must be integers") from None
+    device = resolve_device(values["device"])
+    names = [a for a in values["agents"].split(",") if a]
+    agents, configs = {}, {}
+    for name in names:
+        cfg = compose(
+            [
+                f"scenario={values['scenario']}",
+                f"agent={name}",
+                *(a for a in passthrough if a.startswith("scenario.")),
+            ]
+        )
+        agent_cfg = OmegaConf.to_container(cfg.agent, resolve=True)
+        for arg in passthrough:
+            key, _, value = arg.partition("=")
+            if key.startswith("agent.") and key[6:] in agent_cfg:
+                agent_cfg[key[6:]] = (
+                    OmegaConf.create({"v": value}).v
+                    if "[" not in value
+                    else (OmegaConf.to_container(OmegaConf.create(f"v: {value}"))["v"])
+                )
+        env = make_env(OmegaConf.to_container(cfg.scenario, resolve=True), 1, device, seed=0)
+        spec = env.spec
+        env.close()
+        agents[name] = make_agent(agent_cfg, spec, device)
+        configs[name] = agent_cfg
+    n, d, a, s = spec.n_agents, spec.obs_dim, spec.act_dim, spec.state_dim
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def rand(*shape):
+        return torch.rand(*shape, device=device, generator=generator) * 2 - 1
+
+    data = Batch(
+        rand(batch, n, d),
+        rand(batch, s),
+        rand(batch, n, a) * spec.act_mask(device),
+        rand(batch, n),
+        rand(batch, n, d),
+        rand(batch, s),
+        torch.zeros(batch, device=device),
+    )
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name, agent in agents.items():
+            seconds[name].append(
+                _time_steps(lambda ag=agent: ag.update(data), updates, device) / updates
+            )
+    ms = {name: 1e3 * median(times) for name, times in seconds.items()}
+    lines = _header(
+        f"Update time per agent: {values['scenario']}, batch {batch}, {device.type}",
+        "update",
+        args,
+        device,
+        f"{spec.n_agents} agents; median of {repeats} interleaved repeats of "
+        f"{updates} updates each, after two warm-up updates; random batches of the scenario's "
+        "shapes.",
+    )
+    lines += [f"| agent | settings | ms per update | ratio to {names[0]} |", "|---|---|---:|---:|"]
+    for name in names:
+        c = configs[name]
+        detail = ", ".join(
+            f"{k}={c[k]}" for k in ("actor_hidden", "diffusion_steps", "n_candidates") if k in c
+        )
+        lines.append(f"| {name} | {detail} | {ms[name]:,.1f} | {ms[name] / ms[names[0]]:.1f} |")
+    return _write(lines, values["out"])
+
+
+BENCHMARKS = {"rollout": rollout, "sampling": sampling, "update": update}
 
 
 @exit_cleanly_on_user_error

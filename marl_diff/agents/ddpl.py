@@ -198,7 +198,7 @@ class DDPLAgent(ActorCriticAgent):
             "alpha/mean": self.log_alpha.exp().mean().detach(),
         }
         if cfg.n_candidates >= 2:
-            entropy = knn_entropy(samples, self.act_dims[:, None]).mean(0)  # [N]
+            entropy = knn_entropy(samples, self.act_dims).mean(0)  # [B, N] -> [N]
             metrics["policy/entropy"] = entropy.mean()
             shortfall = self.target_entropy - entropy  # > 0: raise alpha and the jitter
             if cfg.auto_alpha:

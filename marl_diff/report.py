@@ -1,0 +1,163 @@
+"""Aggregate finished runs into results: `python -m marl_diff.report curves runs=DIR
+[out=PREFIX] [metric=eval/return] [group=agent]`.
+
+Every run directory under `runs` (any folder holding config.yaml and metrics.jsonl) is grouped
+by its agent name (or by `group=<config key>`, e.g. `group=scenario.n_agents` for a scaling
+study), seeds are averaged, and PREFIX.png (mean +- std over seeds against env steps) and
+PREFIX.md (final value per group, speeds, the command) are written.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean, pstdev
+
+from omegaconf import OmegaConf
+
+from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
+
+CURVES_SETTINGS = {"runs": None, "out": None, "metric": "eval/return", "group": "agent.name"}
+
+
+def load_run(run_dir: Path, metric: str) -> dict:
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    curve, speeds, wall = {}, defaultdict(list), 0.0
+    with open(run_dir / "metrics.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            wall = max(wall, record["wall_time"])
+            if metric in record:
+                curve[record["env_steps"]] = record[metric]
+            for key in ("perf/updates_per_s", "perf/env_steps_per_s", "perf/act_ms_per_step"):
+                if key in record:
+                    speeds[key].append(record[key])
+    return {"config": cfg, "curve": curve, "speeds": speeds, "wall_time": wall}
+
+
+def curves(args: list[str]) -> str:
+    values = dict(CURVES_SETTINGS)
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in CURVES_SETTINGS:
+            raise ConfigError(f"unknown argument '{arg}'. Valid: {choices(CURVES_SETTINGS)}")
+        values[key] = value
+    if not values["runs"]:
+        raise ConfigError("runs=DIR is required (a folder holding run directories)")
+    root = Path(values["runs"])
+    run_dirs = sorted(
+        p.parent for p in root.rglob("metrics.jsonl") if (p.parent / "config.yaml").exists()
+    )
+    if not run_dirs:
+        raise MarlDiffError(f"no run directories (config.yaml + metrics.jsonl) under '{root}'")
+    metric, group_key = values["metric"], values["group"]
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for run_dir in run_dirs:
+        run = load_run(run_dir, metric)
+        if run["curve"]:
+            groups[str(OmegaConf.select(run["config"], group_key))].append(run)
+    if not groups:
+        raise MarlDiffError(f"no run under '{root}' logged '{metric}'")
+    out = Path(values["out"] or root / "report")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _plot(groups, metric, out.with_suffix(".png"), title=root.name)
+
+    command = "python -m marl_diff.report curves " + " ".join(shlex.quote(a) for a in args)
+    lines = [
+        f"# {metric} by {group_key}: {root.name}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Plot: `{out.with_suffix('.png').name}` (mean +- std over seeds).",
+        "",
+        f"| {group_key} | seeds | env steps | final {metric} (mean +- std) | best mean "
+        "| updates/s | env steps/s | act ms/step | wall min/run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, runs in sorted(groups.items()):
+        steps, means, _ = _aggregate(runs)
+        finals = [run["curve"][max(run["curve"])] for run in runs]
+        speed = {
+            k: _mean_positive(runs, k)
+            for k in ("perf/updates_per_s", "perf/env_steps_per_s", "perf/act_ms_per_step")
+        }
+        lines.append(
+            f"| {name} | {len(runs)} | {steps[-1]} | {mean(finals):.3f} +- {pstdev(finals):.3f} "
+            f"| {max(means):.3f} | {speed['perf/updates_per_s']:.1f} "
+            f"| {speed['perf/env_steps_per_s']:.0f} | {speed['perf/act_ms_per_step']:.2f} "
+            f"| {mean(run['wall_time'] for run in runs) / 60:.1f} |"
+        )
+    lines += [
+        "",
+        f"{metric} at each evaluation (mean over seeds):",
+        "",
+        "| env steps | " + " | ".join(sorted(groups)) + " |",
+        "|---:|" + "---:|" * len(groups),
+    ]
+    per_group = {name: dict(zip(*_aggregate(runs)[:2], strict=False)) for name, runs in groups.items()}
+    for step in sorted({s for table in per_group.values() for s in table}):
+        cells = [
+            f"{per_group[g][step]:.3f}" if step in per_group[g] else "" for g in sorted(groups)
+        ]
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    out.with_suffix(".md").write_text(text, encoding="utf-8")
+    return text
+
+
+def _mean_positive(runs: list[dict], key: str) -> float:
+    """Mean of a speed over every log event of every run, skipping the warm-up's zeros."""
+    values = [v for run in runs for v in run["speeds"].get(key, []) if v > 0]
+    return mean(values) if values else 0.0
+
+
+def _aggregate(runs: list[dict]) -> tuple[list[int], list[float], list[float]]:
+    """Mean and std over seeds at the env steps every run evaluated at."""
+    common = sorted(set.intersection(*(set(run["curve"]) for run in runs)))
+    means = [mean(run["curve"][s] for run in runs) for s in common]
+    stds = [pstdev(run["curve"][s] for run in runs) for s in common]
+    return common, means, stds
+
+
+def _plot(groups: dict[str, list[dict]], metric: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, runs in sorted(groups.items()):
+        steps, means, stds = _aggregate(runs)
+        ax.plot(steps, means, label=f"{name} ({len(runs)} seeds)")
+        ax.fill_between(
+            steps,
+            [m - s for m, s in zip(means, stds, strict=False)],
+            [m + s for m, s in zip(means, stds, strict=False)],
+            alpha=0.2,
+        )
+    ax.set_xlabel("env steps")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+REPORTS = {"curves": curves}
+
+
+@exit_cleanly_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in REPORTS:
+        raise ConfigError(f"name a report first. Valid choices: {choices(REPORTS)}")
+    print(REPORTS[args[0]](args[1:]))
+
+
+if __name__ == "__main__":
+    main()
