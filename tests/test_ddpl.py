@@ -45,7 +45,7 @@ def agent(**overrides):
 
 # ---------------------------------------------------------------------------- ISSM by hand
 def test_softmax_weights_are_exp_q_over_alpha_normalised_per_state():
-    ddpl = agent(alpha=0.5, auto_alpha=False)
+    ddpl = agent(alpha=0.5, auto_alpha=False, weighting="softmax")
     q = torch.tensor([[[1.0, 0.0]], [[2.0, 0.0]], [[3.0, 3.0]]])  # [M=3, B=1, N=2]
     weights = ddpl.importance_weights(q)
     e = [math.exp(2.0), math.exp(4.0), math.exp(6.0)]
@@ -56,21 +56,25 @@ def test_softmax_weights_are_exp_q_over_alpha_normalised_per_state():
     assert torch.allclose(weights[:, 0, 1], expected_agent1, atol=1e-6)
 
 
-def test_running_weights_standardise_clip_and_normalise_over_the_batch():
-    ddpl = agent(alpha=1.0, auto_alpha=False, weighting="running", running_rate=1.0, clip=1.0)
-    q = torch.tensor([[[0.0, 0.0], [4.0, 0.0]], [[2.0, 0.0], [6.0, 0.0]]])  # [M=2, B=2, N=2]
+def test_running_weights_centre_per_state_scale_by_the_spread_and_clip():
+    ddpl = agent(alpha=0.5, auto_alpha=False, weighting="running", clip=1.5)
+    # [M=2, B=2, N=2]: agent 0 has Q gaps of 2 in state 0 and 4 in state 1, agent 1 none
+    q = torch.tensor([[[0.0, 0.0], [4.0, 0.0]], [[2.0, 0.0], [8.0, 0.0]]])
     weights = ddpl.importance_weights(q)
-    # agent 0: mean 3, std (unbiased) of [0, 4, 2, 6] = 2.582; z clipped to [-1, 1]
-    z = ((torch.tensor([0.0, 4.0, 2.0, 6.0]) - 3.0) / torch.tensor([0.0, 4, 2, 6]).std()).clamp(
-        -1, 1
-    )
-    w = torch.exp(z) / torch.exp(z).sum() * 2  # averages 1/M = 0.5 over the 4 candidates
-    assert torch.allclose(weights[:, :, 0].T.flatten(), w[[0, 2, 1, 3]], atol=1e-5)
+    spread = math.sqrt((1 + 1 + 4 + 4) / 4)  # RMS of the per-state centred Q, first batch
+    for state, gap in ((0, 1.0), (1, 2.0)):
+        z = min(gap / spread, 1.5)  # centred Q over the spread, clipped
+        expected = torch.softmax(torch.tensor([-z, z]) / 0.5, dim=0)
+        assert torch.allclose(weights[:, state, 0], expected, atol=1e-6)
     assert torch.allclose(weights[:, :, 1], torch.full((2, 2), 0.5))  # equal Q: equal weights
+    # a tenfold reward scale gives the same weights: the spread estimate absorbs it
+    assert torch.allclose(
+        agent(alpha=0.5, auto_alpha=False, clip=1.5).importance_weights(10 * q), weights, atol=1e-6
+    )
 
 
 def test_soft_target_divides_by_the_knn_density_of_the_candidates():
-    ddpl = agent(alpha=1.0, auto_alpha=False, target="soft", jitter=False)
+    ddpl = agent(alpha=1.0, auto_alpha=False, target="soft", jitter=False, weighting="softmax")
     candidates = torch.tensor([0.0, 0.1, 0.5])[:, None, None, None].expand(3, 1, 2, 1)
     q = torch.zeros(3, 1, 2)
     from marl_diff.diffusion.entropy import knn_log_distances
@@ -81,7 +85,7 @@ def test_soft_target_divides_by_the_knn_density_of_the_candidates():
 
 
 def test_issm_loss_is_the_weighted_dsm_of_the_candidates(monkeypatch):
-    ddpl = agent(alpha=1.0, auto_alpha=False, jitter=False, n_candidates=2)
+    ddpl = agent(alpha=1.0, auto_alpha=False, jitter=False, n_candidates=2, weighting="softmax")
     candidates = torch.tensor([[[[0.2], [0.1]]], [[[-0.3], [0.4]]]])  # [M=2, B=1, N=2, A=1]
     q = torch.tensor([[[0.0, 1.0]], [[math.log(3.0), 1.0]]])
     dsm = torch.tensor([[[2.0, 4.0]], [[6.0, 8.0]]], requires_grad=True)
@@ -261,3 +265,31 @@ def test_ddpl_resume_restores_the_policy_and_lagged_proposal(tmp_path):
     ):
         assert torch.equal(restored[key], state["agent"]["modules"][key]), key
     assert runner.env_steps == 200
+
+
+def test_ddpl_learns_vmas_navigation(tmp_path):
+    # two agents, shaped reward = progress toward their goals: an untrained policy scores
+    # about 0 per episode, reaching both goals about 1 or more
+    report, records = train(
+        tmp_path,
+        [
+            "scenario=vmas_navigation",
+            "agent=ddpl",
+            "scenario.n_agents=2",
+            "scenario.max_steps=50",
+            "runner.total_steps=8000",
+            "runner.num_envs=16",
+            "runner.warmup_steps=2000",
+            "runner.utd_ratio=0.25",
+            "runner.eval_every=0",
+            "agent.actor_hidden=[64,64]",
+            "agent.critic_hidden=[64,64]",
+            "agent.actor_lr=1e-3",
+            "agent.critic_lr=1e-3",
+            "agent.diffusion_steps=5",
+        ],
+    )
+    first_train = next(r["train/episode_return"] for r in records if "train/episode_return" in r)
+    assert first_train < 0.1
+    assert report["mean_return"] > 0.45, report["mean_return"]
+    assert any("issm/ess_fraction" in r for r in records)

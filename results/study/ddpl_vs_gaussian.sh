@@ -22,6 +22,10 @@ sweep() {  # scenario-args agent extra-args...
   python -m marl_diff.run -m $args agent=$agent seed=0,1,2 $NETS "$@" runner.progress=false \
     "run_dir=results/runs/study/$name/$agent/seed\${seed}"
 }
-(sweep "$NAV" gaussian && sweep "$NAV" ddpl $DDPL) &
-(sweep "$ANT" gaussian && sweep "$ANT" ddpl $DDPL) &
+AGENTS=${*:-gaussian ddpl}  # e.g. `bash ddpl_vs_gaussian.sh ddpl` reruns one agent
+for scenario in "$NAV" "$ANT"; do
+  (for agent in $AGENTS; do
+     if [ "$agent" = ddpl ]; then sweep "$scenario" ddpl $DDPL; else sweep "$scenario" "$agent"; fi
+   done) &
+done
 wait
