@@ -77,8 +77,9 @@ def curves(args: list[str]) -> str:
         "| updates/s | env steps/s | act ms/step | wall min/run |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    stats = {name: _aggregate(runs) for name, runs in groups.items()}
     for name, runs in sorted(groups.items()):
-        steps, means, _ = _aggregate(runs)
+        steps, means, _ = stats[name]
         finals = [run["curve"][max(run["curve"])] for run in runs]
         speed = {
             k: _mean_positive(runs, k)
@@ -97,7 +98,7 @@ def curves(args: list[str]) -> str:
         "| env steps | " + " | ".join(sorted(groups)) + " |",
         "|---:|" + "---:|" * len(groups),
     ]
-    per_group = {name: dict(zip(*_aggregate(runs)[:2], strict=False)) for name, runs in groups.items()}
+    per_group = {name: dict(zip(*stats[name][:2], strict=True)) for name in groups}
     for step in sorted({s for table in per_group.values() for s in table}):
         cells = [
             f"{per_group[g][step]:.3f}" if step in per_group[g] else "" for g in sorted(groups)

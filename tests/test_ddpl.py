@@ -293,3 +293,30 @@ def test_ddpl_learns_vmas_navigation(tmp_path):
     assert first_train < 0.1
     assert report["mean_return"] > 0.45, report["mean_return"]
     assert any("issm/ess_fraction" in r for r in records)
+
+
+def test_headline_command_runs_with_a_tiny_budget(tmp_path, run_cli):
+    proc = run_cli(
+        [
+            "scenario=mamujoco_ant_2x4",
+            "agent=ddpl",
+            f"run_dir={tmp_path / 'run'}",
+            "runner.total_steps=48",
+            "runner.warmup_steps=24",
+            "runner.batch_size=8",
+            "runner.eval_episodes=1",
+            "runner.eval_num_envs=1",
+            "runner.progress=false",
+            "scenario.max_steps=12",
+            "agent.diffusion_steps=2",
+            "agent.n_candidates=2",
+            "agent.actor_hidden=[16]",
+            "agent.critic_hidden=[16]",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    config = OmegaConf.load(tmp_path / "run" / "config.yaml")
+    assert config.runner.name == "mujoco" and config.agent.algorithm == "ddpl"
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert len(report["returns"]) == 1

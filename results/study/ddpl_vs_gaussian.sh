@@ -3,7 +3,7 @@
 # mamujoco_ant_2x4, sized to about an hour on a 2-core CPU (the two scenarios run side by side,
 # one torch thread each). Both agents share the critic, runner and budget; the diffusion
 # policy uses T=10 and M=8 candidates (the catalog's full defaults, T=20 and M=16 with 3x256
-# denoisers, are about 10x costlier per update; see results/update_time.md).
+# denoisers, cost about 10x more per update; see results/update_time_*.md).
 # Then: python -m marl_diff.report curves runs=results/runs/study/vmas_navigation out=results/study/vmas_navigation
 #       python -m marl_diff.report curves runs=results/runs/study/mamujoco_ant_2x4 out=results/study/mamujoco_ant_2x4
 set -euo pipefail
