@@ -23,6 +23,9 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "mamujoco": ("marl_diff.envs.mamujoco:MaMuJoCoEnv", "mamujoco"),
     "gymnasium": ("marl_diff.envs.gymnasium:GymnasiumEnv", "mujoco"),
     "multigoal": ("marl_diff.envs.multigoal:MultiGoalEnv", "core"),
+    "smax": ("marl_diff.envs.smax:SmaxEnv", "smax"),
+    "mabrax": ("marl_diff.envs.mabrax:MabraxEnv", "smax"),
+    "isaaclab": ("marl_diff.envs.isaaclab:IsaacLabEnv", "isaaclab"),
 }
 
 

@@ -114,6 +114,19 @@ def unpad(stacked: torch.Tensor, dims: Sequence[int]) -> list[torch.Tensor]:
     return [stacked[:, i, :d] for i, d in enumerate(dims)]
 
 
+def discrete_from_logits(logits: torch.Tensor, available: torch.Tensor | None = None) -> torch.Tensor:
+    """The continuous relaxation every backend uses for discrete action spaces.
+
+    A discrete agent with n actions is presented to the agents as an n-dim continuous action in
+    [-1, 1] (one score per action), so diffusion and Gaussian policies need no special case. The
+    env takes the best-scoring available action: logits [..., n], available [..., n] bool ->
+    action index [...] (long). A state with no available action falls back to index 0.
+    """
+    if available is not None:
+        logits = logits.masked_fill(~available, float("-inf"))
+    return logits.argmax(-1)
+
+
 class BatchedMultiAgentEnv(ABC):
     """A batch of `num_envs` copies of one multi-agent task (see the module docstring)."""
 
