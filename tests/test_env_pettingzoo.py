@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from gymnasium.spaces import Box
+from gymnasium.spaces import Box, Dict, Discrete, MultiBinary, MultiDiscrete
 from pettingzoo.utils.env import ParallelEnv
 
 from marl_diff.envs import make_env
@@ -291,9 +291,206 @@ def test_wrong_agent_count_is_config_error():
     assert env.spec.n_agents == 2
 
 
-def test_discrete_actions_are_config_error():
-    with pytest.raises(ConfigError, match="discrete actions arrive in a later release"):
-        make_env({**MPE, "env_kwargs": {"continuous_actions": False}}, 1, "cpu", 0)
+def test_unsupported_action_space_is_config_error():
+    with pytest.raises(ConfigError, match="MultiDiscrete.*Box, Discrete and MultiBinary"):
+        masked(picker_space="multidiscrete")
+
+
+# ------------------------------------------------------------------ discrete actions, masks
+
+
+class MaskedEnv(ParallelEnv):
+    """'picker': Discrete(3, start) whose unavailable action at step t is t % 3 (mask in its
+    observation dict, or in its info with `mask_in="info"`), leaves after `picker_life` steps;
+    'mover': Box(-1, 1, (4,)); 'switch': MultiBinary(2). Every agent ends at `horizon`."""
+
+    metadata = {"name": "masked_test_env"}
+    render_mode = None
+
+    def __init__(self, mask_in="obs", picker_life=100, horizon=6, start=0, picker_space=""):
+        self.possible_agents = ["picker", "mover", "switch"]
+        self.agents = []
+        self.mask_in, self.picker_life, self.horizon = mask_in, picker_life, horizon
+        inner = Box(0, 100, (2,), np.float32)
+        mask = Box(0, 1, (3,), np.int8)
+        picker_obs = (
+            Dict({"observation": inner, "action_mask": mask}) if mask_in == "obs" else inner
+        )
+        self._obs = {
+            "picker": picker_obs,
+            "mover": Box(-10, 10, (5,), np.float32),
+            "switch": Box(0, 1, (1,), np.float32),
+        }
+        picker_act = (
+            MultiDiscrete([2, 3]) if picker_space == "multidiscrete" else Discrete(3, start=start)
+        )
+        self._act = {"picker": picker_act, "mover": Box(-1, 1, (4,)), "switch": MultiBinary(2)}
+        self.received: list[dict] = []
+        self.t = 0
+
+    def observation_space(self, agent):
+        return self._obs[agent]
+
+    def action_space(self, agent):
+        return self._act[agent]
+
+    def _mask(self):
+        mask = np.ones(3, np.int8)
+        mask[self.t % 3] = 0
+        return mask
+
+    def _observe(self):
+        obs = {
+            "picker": np.array([self.t, 1.0], np.float32),
+            "mover": np.full(5, self.t, np.float32),
+            "switch": np.ones(1, np.float32),
+        }
+        if self.mask_in == "obs":
+            obs["picker"] = {"observation": obs["picker"], "action_mask": self._mask()}
+        infos = {a: {} for a in self.agents}
+        if self.mask_in == "info" and "picker" in infos:
+            infos["picker"]["action_mask"] = self._mask()
+        return {a: obs[a] for a in self.agents}, infos
+
+    def reset(self, seed=None, options=None):
+        self.t = 0
+        self.agents = list(self.possible_agents)
+        return self._observe()
+
+    def step(self, actions):
+        self.received.append(dict(actions))
+        self.t += 1
+        rew = dict.fromkeys(self.agents, 1.0)
+        term = {a: a == "picker" and self.t >= self.picker_life for a in self.agents}
+        trunc = {a: self.t >= self.horizon for a in self.agents}
+        self.agents = [a for a in self.agents if not (term[a] or trunc[a])]
+        obs, infos = self._observe()
+        return obs, rew, term, trunc, infos
+
+
+def masked_env(**kwargs):
+    return MaskedEnv(**kwargs)
+
+
+def masked(num_envs=1, seed=0, **env_kwargs):
+    cfg = {
+        "name": "masked",
+        "backend": "pettingzoo",
+        "env": f"{__name__}:masked_env",
+        "n_agents_kwarg": "",
+        "env_kwargs": env_kwargs,
+    }
+    return make_env(cfg, num_envs=num_envs, device="cpu", seed=seed)
+
+
+def test_mixed_box_discrete_multibinary_spec():
+    env = masked(num_envs=2)
+    spec = env.spec
+    assert spec.agent_names == ("picker", "mover", "switch")
+    assert spec.obs_dims == (2, 5, 1)  # the dict observation contributes its "observation" part
+    assert spec.act_dims == (3, 4, 2) and not spec.homogeneous
+    assert torch.equal(spec.act_low, -torch.ones(3, 4))  # relaxed discrete: no scaling
+    assert torch.equal(spec.act_high, torch.ones(3, 4))
+    obs, _ = env.reset()
+    assert obs.shape == (2, 3, 5)
+    assert torch.equal(obs[0, 0], torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0]))
+    assert torch.equal(obs[0, 2], torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0]))
+    actions = torch.zeros(2, 3, 4)
+    actions[:, 0, :3] = torch.tensor([-0.5, 0.9, 0.2])  # picker: action 1 (0 is unavailable)
+    actions[:, 1] = torch.tensor([0.1, -0.2, 0.3, 1.0])
+    actions[:, 2, :2] = torch.tensor([0.4, -0.4])
+    env.step(actions)
+    got = env.envs[1].received[-1]
+    assert got["picker"] == 1 and isinstance(got["picker"], np.integer)
+    np.testing.assert_allclose(got["mover"], [0.1, -0.2, 0.3, 1.0], rtol=1e-6)
+    assert got["mover"].shape == (4,)
+    np.testing.assert_array_equal(got["switch"], [1, 0])
+    assert env.envs[1].action_space("switch").contains(got["switch"])
+
+
+@pytest.mark.parametrize("mask_in", ["obs", "info"])
+def test_best_unavailable_action_is_never_taken(mask_in):
+    env = masked(num_envs=3, mask_in=mask_in, horizon=50)
+    env.reset()
+    gen = torch.Generator().manual_seed(0)
+    for t in range(12):
+        blocked = t % 3  # the mask that came with the observation acted on now
+        available = env.avail_actions
+        expected_mask = torch.ones(3, dtype=torch.bool)
+        expected_mask[blocked] = False
+        assert torch.equal(available[:, 0, :3], expected_mask.expand(3, 3))
+        assert available[:, 1].all() and torch.equal(
+            available[0, 2], torch.tensor([1, 1, 0, 0]).bool()
+        )
+        actions = env.random_actions(gen) * 0.9
+        actions[:, 0, blocked] = 1.0  # the unavailable action scores highest
+        env.step(actions)
+        for k, copy in enumerate(env.envs):
+            taken = int(copy.received[-1]["picker"])
+            scores = actions[k, 0, :3].clone()
+            scores[blocked] = -float("inf")
+            assert taken != blocked and taken == int(scores.argmax())
+
+
+def test_discrete_start_offset_and_no_mask_in_obs_space():
+    env = masked(mask_in="none", start=5)
+    env.reset()
+    assert env.avail_actions[0, 0, :3].all()  # no mask anywhere: all available
+    actions = torch.zeros(1, 3, 4)
+    actions[0, 0, :3] = torch.tensor([0.0, 0.0, 0.5])
+    env.step(actions)
+    assert env.envs[0].received[-1]["picker"] == 7
+
+
+def test_alive_mask_marks_agents_that_left():
+    env = masked(num_envs=2, picker_life=2, horizon=4)
+    env.reset()
+    alive = [env.step(env.random_actions()).info["alive"] for _ in range(4)]
+    assert all(a.shape == (2, 3) and a.dtype == torch.float32 for a in alive)
+    assert torch.equal(alive[0], torch.ones(2, 3)) and torch.equal(alive[1], torch.ones(2, 3))
+    assert torch.equal(alive[2], torch.tensor([[0.0, 1.0, 1.0]] * 2))  # picker left at t=2
+    assert set(env.envs[0].received[2]) == {"mover", "switch"}
+    res = alive[3]
+    assert torch.equal(res, torch.tensor([[0.0, 1.0, 1.0]] * 2))
+    # the episode ended (horizon) and auto-reset: everyone acts again
+    assert torch.equal(env.step(env.random_actions()).info["alive"], torch.ones(2, 3))
+
+
+def test_hetero_alive_and_zero_rows_agree():
+    env = hetero(num_envs=1)
+    env.reset()
+    env.step(env.random_actions())
+    env.step(env.random_actions())  # scout terminates at t=2
+    res = env.step(env.random_actions())
+    assert torch.equal(res.info["alive"], torch.tensor([[0.0, 1.0]]))
+    assert torch.equal(res.reward * (1 - res.info["alive"]), torch.zeros(1, 2))
+
+
+def test_mpe_discrete_actions_match_raw_env():
+    seed, B = 3, 2
+    kwargs = {"continuous_actions": False, "max_cycles": 25}
+    env = make_env({**MPE, "env_kwargs": kwargs}, num_envs=B, device="cpu", seed=seed)
+    assert env.spec.act_dims == (5, 5, 5)
+    assert torch.equal(env.spec.act_low, -torch.ones(3, 5))
+    raw = [simple_spread_v3.parallel_env(N=3, **kwargs) for _ in range(B)]
+    agents = raw[0].possible_agents
+    obs, _ = env.reset()
+    raw_obs = [r.reset(seed=seed + k)[0] for k, r in enumerate(raw)]
+    assert torch.equal(obs[1, 2], torch.from_numpy(raw_obs[1]["agent_2"]))
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(25):
+        actions = env.random_actions(gen)
+        res = env.step(actions)
+        choice = actions.argmax(-1)
+        outs = [
+            r.step({a: int(choice[k, i]) for i, a in enumerate(agents)}) for k, r in enumerate(raw)
+        ]
+        for k, (o, rew, *_) in enumerate(outs):
+            for i, a in enumerate(agents):
+                assert torch.equal(res.next_obs[k, i], torch.from_numpy(o[a]))
+                assert res.reward[k, i] == np.float32(rew[a])
+        assert torch.equal(res.info["alive"], torch.ones(B, 3))
+    assert res.truncated.all()
 
 
 # ------------------------------------------------------------------ SuperSuit wrappers

@@ -114,7 +114,9 @@ def unpad(stacked: torch.Tensor, dims: Sequence[int]) -> list[torch.Tensor]:
     return [stacked[:, i, :d] for i, d in enumerate(dims)]
 
 
-def discrete_from_logits(logits: torch.Tensor, available: torch.Tensor | None = None) -> torch.Tensor:
+def discrete_from_logits(
+    logits: torch.Tensor, available: torch.Tensor | None = None
+) -> torch.Tensor:
     """The continuous relaxation every backend uses for discrete action spaces.
 
     A discrete agent with n actions is presented to the agents as an n-dim continuous action in

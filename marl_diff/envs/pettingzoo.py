@@ -6,10 +6,24 @@ into torch tensors once (one `torch.from_numpy` per returned tensor), then moved
 
 Semantics (see `base.py` for the shared conventions):
 - Agents are the env's `possible_agents`, in that order. Observation spaces are flattened
-  (Box: reshape; Dict/Tuple/Discrete observations via `gymnasium.spaces.flatten`); action
-  spaces must be bounded Boxes. Heterogeneous sizes are zero-padded like `pad_stack`.
+  (Box: reshape; Dict/Tuple/Discrete observations via `gymnasium.spaces.flatten`). A Dict
+  observation with an "observation" key (the PettingZoo action-mask convention) contributes
+  only its "observation" part. Heterogeneous sizes are zero-padded like `pad_stack`, so agents
+  with Box and Discrete actions mix freely.
+- Action spaces: bounded Boxes (scaled from [-1, 1] to the bounds), Discrete and MultiBinary.
+  Discrete(n) uses the project's continuous relaxation (`base.discrete_from_logits`): the agent
+  emits n scores in [-1, 1] (act_low / act_high are -1 / 1, no scaling) and the env takes the
+  best-scoring *available* action (plus the space's `start`). Availability comes from the env's
+  action mask, read in either PettingZoo convention: the agent's observation is a dict with an
+  "action_mask" entry, or its info dict has "action_mask" (the observation form wins when both
+  exist). The mask read with an observation applies to the action taken on that observation; an
+  agent without a mask has every action available. `avail_actions` holds the current
+  masks [B, N, A_max] (bool; True on every real entry of a Box / MultiBinary agent) for policies
+  that want to mask scores themselves. MultiBinary(n) takes n scores, bit = score > 0.
 - An agent that has left `env.agents` mid-episode gets zero observations and zero reward, and
-  its action is not sent to the env.
+  its action is not sent to the env. `info["alive"]` [B, N] (float) is 1 for each agent that
+  acted on this step (was in `env.agents` before it) and 0 for one that had already left, so
+  learners can mask the padded rows out of their losses.
 - An env copy is done when all agents it acted for reported terminated or truncated (or
   `env.agents` became empty). The copy counts as `truncated` when at least one agent was cut by
   the time limit (truncated without being terminated) on that final step, since its team still
@@ -37,6 +51,7 @@ from marl_diff.envs.base import (
     EnvSpec,
     ScenarioConfig,
     StepResult,
+    discrete_from_logits,
     pad_stack,
 )
 from marl_diff.errors import BackendMissing, ConfigError, choices
@@ -127,10 +142,20 @@ class PettingZooEnv(BatchedMultiAgentEnv):
             )
         self.agents = agents
         self._index = {a: i for i, a in enumerate(agents)}
-        self._obs_spaces = [first.observation_space(a) for a in agents]
+        raw_obs_spaces = [first.observation_space(a) for a in agents]
+        # Dict observations {"observation": ..., "action_mask": ...}: keep the observation part
+        self._obs_in_dict = [_is_masked_dict(s) for s in raw_obs_spaces]
+        self._obs_spaces = [
+            s["observation"] if nested else s
+            for s, nested in zip(raw_obs_spaces, self._obs_in_dict, strict=True)
+        ]
         self._act_spaces = [first.action_space(a) for a in agents]
         obs_dims = tuple(int(gymnasium.spaces.flatdim(s)) for s in self._obs_spaces)
         act_dims, lows, highs = [], [], []
+        # per agent: "box", "discrete" or "multibinary"
+        self._act_kinds = [
+            _action_kind(a, s, config.env) for a, s in zip(agents, self._act_spaces, strict=True)
+        ]
         for agent, space in zip(agents, self._act_spaces, strict=True):
             low, high = _action_bounds(agent, space, config.env)
             act_dims.append(low.size)
@@ -168,6 +193,10 @@ class PettingZooEnv(BatchedMultiAgentEnv):
         )
         self._steps = np.zeros(num_envs, dtype=np.int64)
         self._obs: torch.Tensor | None = None
+        # action availability for the observation each copy acts on next, [B, N, A_max]
+        real_entries = self.spec.act_mask().numpy()
+        self._all_available = np.repeat(real_entries[None], num_envs, axis=0)
+        self._masks = self._all_available.copy()
 
     # ---------------------------------------------------------------- interface
 
@@ -185,18 +214,27 @@ class PettingZooEnv(BatchedMultiAgentEnv):
         self._obs = obs_t
         return obs_t, state_t
 
+    @property
+    def avail_actions(self) -> torch.Tensor:
+        """[B, N, A_max] bool: the actions each agent may take on the current observation.
+
+        From the env's action masks for Discrete agents; every real entry for the others.
+        """
+        return torch.from_numpy(self._masks.copy()).to(self.device)
+
     def step(self, actions: torch.Tensor) -> StepResult:
         if self._obs is None:
             raise RuntimeError("call reset() before step()")
         expected = (self.num_envs, self.spec.n_agents, self.spec.act_dim)
         if tuple(actions.shape) != expected:
             raise ValueError(f"actions must have shape {expected}, got {tuple(actions.shape)}")
-        acts = self.scale_actions(actions.detach()).to("cpu", torch.float32).numpy()
+        acts = self._env_actions(actions.detach())
 
         B, N = self.num_envs, self.spec.n_agents
         next_obs = self._zeros_obs()
         next_states = self._zeros_state() if self._has_state else None
         reward = np.zeros((B, N), dtype=np.float32)
+        alive = np.zeros((B, N), dtype=np.float32)
         terminated = np.zeros(B, dtype=bool)
         truncated = np.zeros(B, dtype=bool)
         index = self._index
@@ -205,12 +243,11 @@ class PettingZooEnv(BatchedMultiAgentEnv):
             action_dict = {}
             for agent in live:
                 i = index[agent]
-                a = acts[k, i, : self.spec.act_dims[i]]
-                action_dict[agent] = a.reshape(self._act_shapes[i]).astype(
-                    self._act_dtypes[i], copy=False
-                )
-            o, r, term, trunc, _ = env.step(action_dict)
+                action_dict[agent] = acts[i][k]
+                alive[k, i] = 1.0
+            o, r, term, trunc, infos = env.step(action_dict)
             self._write_obs(next_obs[k], o)
+            self._read_masks(k, o, infos)
             for agent, value in r.items():
                 reward[k, index[agent]] = value
             if next_states is not None:
@@ -251,7 +288,7 @@ class PettingZooEnv(BatchedMultiAgentEnv):
             truncated=self._to_torch(truncated),
             next_obs=next_obs_t,
             next_state=next_state_t,
-            info={},
+            info={"alive": self._to_torch(alive)},
         )
 
     def close(self) -> None:
@@ -269,18 +306,64 @@ class PettingZooEnv(BatchedMultiAgentEnv):
     def _zeros_state(self) -> np.ndarray:
         return np.zeros((self.num_envs, self.spec.state_dim), np.float32)
 
+    def _env_actions(self, actions: torch.Tensor) -> list[np.ndarray]:
+        """Per agent, the [B, ...] actions in the env's own form (Box scaled to its bounds,
+        Discrete as the best available index, MultiBinary as bits)."""
+        scaled = self.scale_actions(actions).to("cpu", torch.float32)
+        out = []
+        for i, kind in enumerate(self._act_kinds):
+            d = self.spec.act_dims[i]
+            space = self._act_spaces[i]
+            scores = scaled[:, i, :d]
+            if kind == "discrete":
+                available = torch.from_numpy(self._masks[:, i, :d])
+                choice = discrete_from_logits(scores, available).numpy() + int(space.start)
+                out.append(choice.astype(space.dtype))
+            elif kind == "multibinary":
+                bits = (scores > 0).numpy().astype(space.dtype)
+                out.append(bits.reshape(-1, *space.shape))
+            else:
+                a = scores.numpy().reshape(-1, *self._act_shapes[i])
+                out.append(a.astype(self._act_dtypes[i], copy=False))
+        return out
+
+    def _read_masks(self, k: int, obs: dict, infos: dict | None) -> None:
+        """Store copy k's action masks for the observation just returned."""
+        self._masks[k] = self._all_available[k]
+        for i, kind in enumerate(self._act_kinds):
+            if kind != "discrete":
+                continue
+            agent = self.agents[i]
+            mask = None
+            value = obs.get(agent)
+            if isinstance(value, dict):
+                mask = value.get("action_mask")
+            if mask is None and infos:
+                info = infos.get(agent)
+                if isinstance(info, dict):
+                    mask = info.get("action_mask")
+            if mask is not None:
+                d = self.spec.act_dims[i]
+                self._masks[k, i, :d] = np.asarray(mask).reshape(-1)[:d].astype(bool)
+
     def _reset_copy(self, k, env, seed, obs: np.ndarray, states: np.ndarray | None) -> None:
         result = env.reset(seed=seed)
         o = result[0] if isinstance(result, tuple) else result
+        infos = result[1] if isinstance(result, tuple) and len(result) > 1 else None
         obs[k] = 0.0
         self._write_obs(obs[k], o)
+        self._read_masks(k, o, infos)
         if states is not None:
             states[k] = np.asarray(env.state(), dtype=np.float32).reshape(-1)
 
     def _write_obs(self, row: np.ndarray, obs: dict) -> None:
         """Fill row [N, D_max] from one copy's {agent: obs} dict (missing agents stay zero)."""
         for agent, value in obs.items():
-            i = self._index[agent]
+            i = self._index.get(agent)
+            if i is None:  # extra keys some envs add (e.g. "common")
+                continue
+            if self._obs_in_dict[i]:
+                value = value["observation"]
             if self._box_obs[i]:
                 flat = np.asarray(value).reshape(-1)
             else:
@@ -410,18 +493,32 @@ def _build(factory, kwargs: dict[str, Any], wrappers, target: str):
     return env
 
 
+def _is_masked_dict(space) -> bool:
+    return isinstance(space, gymnasium.spaces.Dict) and "observation" in space.spaces
+
+
+def _action_kind(agent: str, space, target: str) -> str:
+    if isinstance(space, gymnasium.spaces.Box):
+        return "box"
+    if isinstance(space, gymnasium.spaces.Discrete):
+        return "discrete"
+    if isinstance(space, gymnasium.spaces.MultiBinary):
+        return "multibinary"
+    raise ConfigError(
+        f"'{target}' has action space {space} for agent '{agent}'; supported action spaces are "
+        f"Box, Discrete and MultiBinary."
+    )
+
+
 def _action_bounds(agent: str, space, target: str) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(space, gymnasium.spaces.Discrete | gymnasium.spaces.MultiDiscrete):
-        raise ConfigError(
-            f"'{target}' has a discrete action space for agent '{agent}' ({space}); discrete "
-            f"actions arrive in a later release. Use continuous actions (for MPE: "
-            f"env_kwargs.continuous_actions: true)."
+    """Env bounds of the agent's [-1, 1] action entries ([-1, 1] for relaxed discrete ones)."""
+    if _action_kind(agent, space, target) != "box":
+        n = (
+            int(space.n)
+            if isinstance(space, gymnasium.spaces.Discrete)
+            else int(np.prod(space.shape))
         )
-    if not isinstance(space, gymnasium.spaces.Box):
-        raise ConfigError(
-            f"'{target}' has action space {space} for agent '{agent}'; only Box action spaces "
-            f"are supported."
-        )
+        return -np.ones(n), np.ones(n)
     low = np.asarray(space.low, dtype=np.float64).reshape(-1)
     high = np.asarray(space.high, dtype=np.float64).reshape(-1)
     if not (np.isfinite(low).all() and np.isfinite(high).all()):
