@@ -11,6 +11,11 @@ Measures, in one process and interleaved over the repeats (this machine is noisy
   episode statistics) with the agent's exploring policy.
 Extra `scenario.*` / `agent.*` overrides pass through to the config.
 
+`python -m marl_diff.bench smax [map=3m] [num_envs=1024] [steps=20] [repeats=3] [agent=gaussian]
+[out=results/smax_throughput.md]`: SMAX env-steps/s of jaxmarl's own jitted `lax.scan` rollout
+(random available actions), of the marl_diff SMAX env (uniform random scores) and of the
+runner's collection step with the agent's policy in the loop.
+
 `python -m marl_diff.bench sampling [agents=1,2,4,8,16] [batches=64,1024] [steps=5,10,20]
 [repeats=3] [device=cpu] [hidden=256,256,256] [obs_dim=16] [act_dim=4] [schedule=vp]
 [out=results/sampling_speed.md]`
@@ -382,7 +387,130 @@ def update(args: list[str]) -> str:
     return _write(lines, values["out"])
 
 
-BENCHMARKS = {"rollout": rollout, "sampling": sampling, "update": update}
+SMAX_SETTINGS = {
+    "map": "3m",
+    "num_envs": "1024",
+    "steps": "20",
+    "repeats": "3",
+    "agent": "gaussian",
+    "out": "results/smax_throughput.md",
+}
+
+
+def _smax_scan_rollout(map_name: str, num_envs: int, steps: int, seed: int):
+    """jaxmarl alone: `steps` env steps of `num_envs` copies in one jitted `lax.scan` (vmapped),
+    uniform random *available* actions, jaxmarl's own auto-reset. Returns a timed callable."""
+    import jax
+    import jax.numpy as jnp
+    import jaxmarl
+    from jaxmarl.environments.smax import map_name_to_scenario
+
+    env = jaxmarl.make("HeuristicEnemySMAX", scenario=map_name_to_scenario(map_name))
+
+    def one_copy(key, state):
+        def body(carry, _):
+            key, state = carry
+            key, act_key, step_key = jax.random.split(key, 3)
+            avail = env.get_avail_actions(state)
+            act_keys = jax.random.split(act_key, len(env.agents))
+            actions = {
+                a: jax.random.categorical(k, jnp.log(avail[a].astype(jnp.float32)))
+                for a, k in zip(env.agents, act_keys, strict=True)
+            }
+            _, state, _, _, _ = env.step(step_key, state, actions)
+            return (key, state), None
+
+        (key, state), _ = jax.lax.scan(body, (key, state), None, length=steps)
+        return key, state
+
+    keys = jax.random.split(jax.random.PRNGKey(seed), num_envs)
+    _, states = jax.jit(jax.vmap(env.reset))(keys)
+    rollout = jax.jit(jax.vmap(one_copy))
+    carry = (keys, states)
+    for _ in range(2):  # compile; twice, as reset's state has weak types that a step's has not
+        carry = jax.block_until_ready(rollout(*carry))
+
+    def run() -> float:
+        nonlocal carry
+        start = time.perf_counter()
+        carry = jax.block_until_ready(rollout(*carry))
+        return time.perf_counter() - start
+
+    return run
+
+
+def smax(args: list[str]) -> str:
+    """Env-steps/s on SMAX: jaxmarl's own scan rollout vs the marl_diff env vs the runner."""
+    from marl_diff.envs import make_env
+    from marl_diff.run import compose
+    from marl_diff.runners import OffPolicyConfig, OffPolicyRunner
+
+    values, passthrough = _split(args, SMAX_SETTINGS, ("scenario", "agent"))
+    try:
+        num_envs, steps, repeats = (int(values[k]) for k in ("num_envs", "steps", "repeats"))
+    except ValueError:
+        raise ConfigError("num_envs, steps and repeats must be integers") from None
+    device = torch.device("cpu")
+    cfg = compose(
+        [
+            "scenario=smax_3m",
+            f"scenario.map={values['map']}",
+            f"agent={values['agent']}",
+            "device=cpu",
+            *passthrough,
+        ]
+    )
+    scenario = OmegaConf.to_container(cfg.scenario, resolve=True)
+    runner_cfg = OffPolicyConfig(
+        num_envs=num_envs,
+        warmup_steps=0,
+        eval_num_envs=1,
+        buffer_size=num_envs * (steps + 2) * repeats,
+        progress=False,
+    )
+    raw = _smax_scan_rollout(values["map"], num_envs, steps, seed=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        runner = OffPolicyRunner(cfg, Path(tmp), runner_cfg, device)
+        runner.start_collection()
+        env = make_env(scenario, num_envs, device, seed=1)
+        env.reset(seed=1)
+        steppers: dict[str, Callable[[], None]] = {
+            "env": lambda: env.step(env.random_actions()),
+            "runner": runner.collect_step,
+        }
+        seconds: dict[str, list[float]] = {"raw": [], **{name: [] for name in steppers}}
+        with torch.no_grad():
+            for _ in range(repeats):
+                seconds["raw"].append(raw())
+                for name, step in steppers.items():
+                    seconds[name].append(_time_steps(step, steps, device))
+        env.close()
+        runner.env.close()
+        runner.eval_env.close()
+
+    rate = {name: num_envs * steps / median(times) for name, times in seconds.items()}
+    labels = {
+        "raw": "jaxmarl alone: jitted lax.scan rollout, random available actions",
+        "env": "marl_diff SmaxEnv, uniform random scores (masked on the JAX side)",
+        "runner": f"runner collection step, {cfg.agent.name} policy (act, step, replay insert)",
+    }
+    import jax
+
+    lines = _header(
+        f"SMAX throughput: {values['map']}, {num_envs} envs, cpu",
+        "smax",
+        args,
+        device,
+        f"jax {jax.__version__}. Median of {repeats} interleaved repeats of {steps} batched "
+        f"steps each (the scan: one call of {steps} steps), after warm-up / compilation.",
+    )
+    lines += ["| what | env-steps/s | ratio to jaxmarl |", "|---|---:|---:|"]
+    for name in seconds:
+        lines.append(f"| {labels[name]} | {rate[name]:,.0f} | {rate[name] / rate['raw']:.2f} |")
+    return _write(lines, values["out"])
+
+
+BENCHMARKS = {"rollout": rollout, "sampling": sampling, "update": update, "smax": smax}
 
 
 @exit_cleanly_on_user_error

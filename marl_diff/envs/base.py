@@ -135,6 +135,9 @@ class BatchedMultiAgentEnv(ABC):
     spec: EnvSpec
     num_envs: int
     device: torch.device
+    # True for simulators that allow one instance per process (Isaac Lab): the runner then
+    # evaluates on the training env instead of building a second one.
+    single_instance: bool = False
 
     @abstractmethod
     def reset(self, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,7 +48,8 @@ Conventions (see `base.py` for the shared ones):
 - Episode limit: `max_steps > 0` sets the task's `episode_length_s` so `max_episode_length` equals
   it; the task decides when the time-out fires (many Direct tasks time out one step earlier).
 - Isaac Lab allows one simulation (one `DirectMARLEnv`) per process, so a second IsaacLabEnv in
-  the same process fails with a ConfigError until the first is closed.
+  the same process fails with a ConfigError until the first is closed; `single_instance` tells
+  the runner to evaluate on the training env.
 """
 
 from __future__ import annotations
@@ -160,6 +161,7 @@ def _state_dim(space: Any) -> int:
 
 class IsaacLabEnv(BatchedMultiAgentEnv):
     Config = IsaacLabConfig
+    single_instance = True
 
     def __init__(self, config: IsaacLabConfig, num_envs: int, device: torch.device, seed: int):
         marl_env = _make_isaaclab_env(config, int(num_envs), torch.device(device), int(seed))

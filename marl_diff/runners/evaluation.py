@@ -56,8 +56,11 @@ def evaluate_episodes(agent: Agent, env: BatchedMultiAgentEnv, episodes: int, se
 
 
 def summarize_outcomes(outcomes: dict[str, list]) -> dict:
-    """Scenario-specific summaries; `goal` lists (one entry per agent) become goal counts."""
+    """Scenario-specific summaries; `goal` lists (one entry per agent) become goal counts, and
+    `won` flags (e.g. SMAX) become the win rate over the finished episodes."""
     summary: dict = {}
+    if outcomes.get("won"):
+        summary["win_rate"] = sum(float(w) for w in outcomes["won"]) / len(outcomes["won"])
     if "goal" in outcomes:
         reached = [g for episode in outcomes["goal"] for g in _as_list(episode) if g >= 0]
         summary["distinct_goals"] = len(set(int(g) for g in reached))

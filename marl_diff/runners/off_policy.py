@@ -77,7 +77,10 @@ class OffPolicyRunner:
         torch.manual_seed(seed)
         scenario = OmegaConf.to_container(cfg.scenario, resolve=True)
         self.env = make_env(scenario, runner_cfg.num_envs, device, seed)
-        self.eval_env = make_env(scenario, runner_cfg.eval_num_envs, device, seed + 10_007)
+        if self.env.single_instance:  # e.g. Isaac Lab: evaluate on the training env
+            self.eval_env = self.env
+        else:
+            self.eval_env = make_env(scenario, runner_cfg.eval_num_envs, device, seed + 10_007)
         self.spec = self.env.spec
         self.agent = make_agent(OmegaConf.to_container(cfg.agent, resolve=True), self.spec, device)
         self.buffer = ReplayBuffer(runner_cfg.buffer_size, self.spec, device)
@@ -87,6 +90,10 @@ class OffPolicyRunner:
         self.episodes = 0
         self.update_credit = 0.0
         self.last_eval: dict | None = None
+        # finished-episode sums [return, length, count], kept on the device and read only at
+        # log time, so collection never waits for the host
+        self.finished = torch.zeros(3, device=device)
+        self.act_seconds, self.act_calls = 0.0, 0  # policy sampling time per env step
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_payload(self) -> dict:
@@ -146,10 +153,6 @@ class OffPolicyRunner:
         self.obs, self.state = self.env.reset(seed=int(self.cfg.seed) + self.env_steps)
         zeros = torch.zeros(self.env.num_envs, device=self.device)
         self.ep_return, self.ep_length = zeros.clone(), zeros.clone()
-        # finished-episode sums [return, length, count], kept on the device and read only at
-        # log time, so collection never waits for the host
-        self.finished = torch.zeros(3, device=self.device)
-        self.act_seconds, self.act_calls = 0.0, 0  # policy sampling time per env step
 
     def collect_step(self) -> None:
         """One batched env step with the exploring policy (uniform actions during warm-up)."""
@@ -241,6 +244,8 @@ class OffPolicyRunner:
                 if self.env_steps >= next_eval and self.env_steps < rc.total_steps:
                     next_eval = self._next_multiple(rc.eval_every)
                     self._evaluate(logger)
+                    if self.eval_env is self.env:  # evaluation reset the training episodes
+                        self.start_collection()
 
                 if self.env_steps >= next_ckpt and self.env_steps < rc.total_steps:
                     next_ckpt = self._next_multiple(rc.checkpoint_every)
@@ -257,7 +262,8 @@ class OffPolicyRunner:
             bar.close()
             logger.close()
             self.env.close()
-            self.eval_env.close()
+            if self.eval_env is not self.env:
+                self.eval_env.close()
 
     def _train_scalars(self, sums, counts, window) -> dict[str, float]:
         start_time, start_steps, start_updates = window
@@ -291,6 +297,8 @@ class OffPolicyRunner:
         scalars = {"eval/return": report["mean_return"], "eval/return_std": report["std_return"]}
         if "distinct_goals" in report:
             scalars["eval/distinct_goals"] = report["distinct_goals"]
+        if "win_rate" in report:
+            scalars["eval/win_rate"] = report["win_rate"]
         logger.log(self.env_steps, scalars)
         self.last_eval = report
         return report
