@@ -11,3 +11,10 @@ def test_mish_matches_torch_values_and_gradients():
     (grad_ours,) = torch.autograd.grad(ours.sum(), x)
     (grad_ref,) = torch.autograd.grad(reference.sum(), x)
     assert torch.allclose(grad_ours, grad_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_mish_without_autograd_matches():
+    x = torch.randn(4, 64, 32)
+    with torch.no_grad():
+        assert torch.allclose(Mish()(x), F.mish(x), atol=1e-6)
+    assert torch.allclose(Mish()(x), F.mish(x), atol=1e-6)  # x needs no grad: in-place path
