@@ -17,6 +17,8 @@ from marl_diff.typed_config import to_dataclass
 ALGORITHMS: dict[str, str] = {
     "gaussian": "marl_diff.agents.gaussian:GaussianAgent",
     "ddpl": "marl_diff.agents.ddpl:DDPLAgent",
+    "dacer": "marl_diff.agents.dacer:DACERAgent",
+    "qvpo": "marl_diff.agents.qvpo:QVPOAgent",
 }
 
 
