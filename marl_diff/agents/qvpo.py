@@ -1,0 +1,265 @@
+"""QVPO: Q-weighted variational policy optimisation (NeurIPS 2024), one diffusion policy per
+agent, trained against the centralised twin critic.
+
+Actor update, per replay state and agent i (all agents batched in one call):
+1. Draw `n_samples` (64) actions from agent i's *current* diffusion policy, no gradient. The
+   training actions come from the policy, never from the replay buffer.
+2. q_j = min(Q1, Q2)(s, a_i^(j), a_-i) with the centralised critic (`q_each_agent`). With N > 1
+   the other agents' actions a_-i come from the replay batch ("replay", HASAC-style) or from a
+   fresh sample of their current policies ("policy"), config `others_actions`.
+3. Q weights w_j = clamp(q_j - mean_k q_k, min=0): never negative, zero at or below the mean.
+4. `train_on`: "best" (the card's "keep the best action") trains on the arg-max-Q sample of each
+   state with weight w_best = max_j w_j; "all" trains on all samples with their weights.
+5. Entropy regularisation: `n_entropy_samples` (10) actions uniform in [-1, 1] per state and
+   agent (padded entries zero) join the training set, each with weight
+   entropy_alpha(u) * scale(s). entropy_alpha decays linearly from `entropy_alpha` (0.02) to
+   `entropy_alpha_final` (0.002) over `entropy_decay_updates` gradient updates u.
+   The card only says the uniform actions are weighted "entropy_alpha * q-scaled"; our reading
+   (config `entropy_scale`): "advantage" (default) scales by the state's largest Q weight,
+   max_j clamp(q_j - mean q, min=0), i.e. the weight of the kept best action. The entropy
+   term is then a fixed fraction of the improvement term, whatever the reward scale or the
+   level of Q (raw |Q| on Pendulum is ~100x the Q gaps between samples, and would make the
+   uniform actions dominate). "abs_q" scales by the state's mean |q_j| over the samples, a
+   literal "q-scaled" reading.
+6. Loss: sum over the training set of weight * DSM (`policy.dsm_loss`), averaged over states,
+   summed over agents.
+
+Acting: the behaviour policy takes the best of `behavior_samples` (4) own samples by Q_i, and
+evaluation the best of `eval_samples` (32), but only when the runner passes the global state.
+Decentralised evaluation passes no state, and without it the centralised critic cannot be
+evaluated, so agent i then returns a plain sample of pi_i(. | o_i). While choosing, the other
+agents' actions are their first own sample.
+
+Critic target: the next action is the best of `target_samples` (4) samples of the target policy
+by the target critic's min(Q1', Q2') (per agent, the others held at their first sample; exact
+arg-max for N = 1). The card says "target actor" without details; our reading (config
+`target_actor`): "ema" (default) keeps a Polyak copy of the diffusion policy updated at rate
+`policy_tau` after every update, "current" uses the current policy.
+
+No entropy bonus enters the critic target (the entropy acts through the uniform actions only),
+so there is no temperature to log. Gradient clipping (`grad_clip`, 2.0) applies to the critic
+and the diffusion policy alike.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+from marl_diff.agents.base import ActorCriticAgent, ActorCriticConfig, check_activation
+from marl_diff.agents.networks import CentralCritic, substitute_each_agent
+from marl_diff.buffer import Batch
+from marl_diff.diffusion import SCHEDULE_KINDS, DiffusionPolicy, make_schedule
+from marl_diff.envs.base import EnvSpec
+from marl_diff.errors import ConfigError
+
+CHOICES = {
+    "train_on": ("best", "all"),
+    "entropy_scale": ("advantage", "abs_q"),
+    "target_actor": ("ema", "current"),
+}
+
+
+@dataclass
+class QVPOConfig(ActorCriticConfig):
+    critic_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
+    critic_activation: str = "mish"
+    grad_clip: float = 2.0
+    actor_lr: float = 1e-4
+    actor_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
+    actor_activation: str = "mish"
+    time_embed_dim: int = 16
+    share_parameters: bool = False
+    diffusion_steps: int = 20  # T
+    schedule: str = "cosine"
+    n_samples: int = 64  # policy samples per state and agent for the Q weights
+    train_on: str = "best"
+    n_entropy_samples: int = 10  # uniform actions per state and agent (0: no entropy term)
+    entropy_alpha: float = 0.02  # initial coefficient
+    entropy_alpha_final: float = 0.002
+    entropy_decay_updates: int = 1_000_000
+    entropy_scale: str = "advantage"
+    behavior_samples: int = 4  # best of K by Q_i while training (needs the state)
+    eval_samples: int = 32  # best of K by Q_i when evaluating with the state
+    target_samples: int = 4  # best of K target-policy samples for the critic target
+    target_actor: str = "ema"
+    policy_tau: float = 0.005  # Polyak rate of the "ema" target policy
+
+
+class QVPOAgent(ActorCriticAgent):
+    Config = QVPOConfig
+
+    def __init__(self, config: QVPOConfig, spec: EnvSpec, device: torch.device):
+        super().__init__(config, spec, device)
+        for key, valid in CHOICES.items():
+            if getattr(config, key) not in valid:
+                raise ConfigError(
+                    f"agent.{key} must be one of {', '.join(valid)}, not '{getattr(config, key)}'"
+                )
+        if config.schedule not in SCHEDULE_KINDS:
+            raise ConfigError(
+                f"agent.schedule must be one of {', '.join(SCHEDULE_KINDS)}, not "
+                f"'{config.schedule}'"
+            )
+        check_activation("agent.actor_activation", config.actor_activation)
+        for key in (
+            "diffusion_steps",
+            "n_samples",
+            "behavior_samples",
+            "eval_samples",
+            "target_samples",
+            "entropy_decay_updates",
+        ):
+            if getattr(config, key) < 1:
+                raise ConfigError(f"agent.{key} must be >= 1, got {getattr(config, key)}")
+        if config.n_entropy_samples < 0:
+            raise ConfigError(
+                f"agent.n_entropy_samples must be >= 0, got {config.n_entropy_samples}"
+            )
+        if config.entropy_alpha < 0 or config.entropy_alpha_final < 0:
+            raise ConfigError("agent.entropy_alpha and agent.entropy_alpha_final must be >= 0")
+        if not 0 < config.policy_tau <= 1:
+            raise ConfigError(f"agent.policy_tau must be in (0, 1], got {config.policy_tau}")
+        self.policy = DiffusionPolicy(
+            spec.n_agents,
+            spec.obs_dim,
+            spec.act_dim,
+            spec.act_mask(),
+            make_schedule(config.schedule, config.diffusion_steps),
+            hidden=config.actor_hidden,
+            activation=config.actor_activation,
+            time_embed_dim=config.time_embed_dim,
+            share=config.share_parameters,
+        )
+        if config.target_actor == "ema":
+            self.target_policy = copy.deepcopy(self.policy).requires_grad_(False)
+        self.to(device)
+        self.setup_optimizers()
+        self.optimizers["actor"] = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
+
+    # ---------------------------------------------------------------- helpers
+    @staticmethod
+    def q_of_candidates(
+        critic: CentralCritic, state: torch.Tensor, base: torch.Tensor, own: torch.Tensor
+    ) -> torch.Tensor:
+        """min over the twin `critic` of Q_i(s, own_i, base_-i): own [K, B, N, A] -> [K, B, N]."""
+        joint = substitute_each_agent(base, own)  # [K, B, N, N, A]
+        k, b, n = own.shape[:3]
+        states = state[None, :, None, :].expand(k, b, n, state.shape[-1])
+        return critic(states, joint).min(0).values
+
+    @staticmethod
+    def pick_best(candidates: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Each state's and agent's highest-Q candidate: [K, B, N, A], q [K, B, N] -> [B, N, A]."""
+        best = q.argmax(0)[None, ..., None].expand(1, *candidates.shape[1:])
+        return candidates.gather(0, best)[0]
+
+    def entropy_alpha_at(self, update: int) -> float:
+        """Linear decay from `entropy_alpha` to `entropy_alpha_final` over the decay updates."""
+        cfg = self.config
+        frac = min(max(update, 0) / cfg.entropy_decay_updates, 1.0)
+        return cfg.entropy_alpha + frac * (cfg.entropy_alpha_final - cfg.entropy_alpha)
+
+    @staticmethod
+    def q_weights(q: torch.Tensor) -> torch.Tensor:
+        """QVPO's clipped advantages over the samples of each state: q [K, B, N] -> [K, B, N],
+        clamp(q - mean_k q_k, min=0)."""
+        return (q - q.mean(0, keepdim=True)).clamp_min(0.0)
+
+    # ---------------------------------------------------------------- acting
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, explore: bool, state: torch.Tensor | None = None):
+        """Best of K own samples by Q_i (K = behavior_samples when exploring, eval_samples
+        otherwise) when the global state is given; a plain policy sample without it (the
+        centralised critic needs the state, which decentralised evaluation does not have)."""
+        if state is None:
+            return self.policy.sample(obs)
+        k = self.config.behavior_samples if explore else self.config.eval_samples
+        candidates = self.policy.sample(obs, candidates=k)  # [K, B, N, A]
+        if k == 1:
+            return candidates[0]
+        q = self.q_of_candidates(self.critic, state, candidates[0], candidates)
+        return self.pick_best(candidates, q)
+
+    def target_action(self, next_obs: torch.Tensor):
+        """Without the next state: a plain target-policy sample, no soft bonus. QVPO's own
+        `update_critic` uses `next_action` (best of K by the target critic) instead."""
+        policy = self.target_policy if self.config.target_actor == "ema" else self.policy
+        return policy.sample(next_obs), torch.zeros(next_obs.shape[0], device=next_obs.device)
+
+    @torch.no_grad()
+    def next_action(self, next_obs: torch.Tensor, next_state: torch.Tensor) -> torch.Tensor:
+        """Best of `target_samples` target-policy samples by the target critic's min Q."""
+        cfg = self.config
+        policy = self.target_policy if cfg.target_actor == "ema" else self.policy
+        candidates = policy.sample(next_obs, candidates=cfg.target_samples)
+        if cfg.target_samples == 1:
+            return candidates[0]
+        q = self.q_of_candidates(self.critic_target, next_state, candidates[0], candidates)
+        return self.pick_best(candidates, q)
+
+    # ---------------------------------------------------------------- updates
+    def update_critic(self, batch: Batch) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        with torch.no_grad():
+            next_action = self.next_action(batch.next_obs, batch.next_state)
+            next_q = self.critic_target(batch.next_state, next_action).min(0).values
+            team_reward = batch.reward.mean(-1) * cfg.reward_scale
+            target = team_reward + cfg.gamma * (1.0 - batch.terminated) * next_q
+        q = self.critic(batch.state, batch.action)
+        loss = (q - target).pow(2).mean(-1).sum()
+        self.step_optimizer("critic", loss, self.critic.parameters())
+        return {"loss/critic": loss.detach(), "q/mean": q.mean().detach()}
+
+    def training_set(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Actions [K, B, N, A] and weights [K, B, N] the weighted DSM is fitted to."""
+        cfg = self.config
+        with torch.no_grad():
+            samples = self.policy.sample(batch.obs, candidates=cfg.n_samples)  # [M, B, N, A]
+            base = batch.action if cfg.others_actions == "replay" else samples[0]
+            q = self.q_each_agent(batch.state, base, samples)  # [M, B, N]
+            weights = self.q_weights(q)
+            best_weight = weights.max(0).values  # [B, N], the kept action's weight
+            if cfg.train_on == "best":
+                actions, action_weights = self.pick_best(samples, q)[None], best_weight[None]
+            else:
+                actions, action_weights = samples, weights
+            alpha = self.entropy_alpha_at(int(self.updates))
+            if cfg.n_entropy_samples > 0:
+                uniform = torch.rand(
+                    (cfg.n_entropy_samples, *samples.shape[1:]),
+                    device=samples.device,
+                    dtype=samples.dtype,
+                )
+                uniform = (uniform * 2.0 - 1.0) * self.act_mask
+                scale = best_weight if cfg.entropy_scale == "advantage" else q.abs().mean(0)
+                entropy_weight = (alpha * scale)[None].expand(cfg.n_entropy_samples, -1, -1)
+                actions = torch.cat([actions, uniform])
+                action_weights = torch.cat([action_weights, entropy_weight])
+        stats = {
+            "qvpo/entropy_alpha": torch.tensor(alpha, device=q.device),
+            "qvpo/positive_weight_fraction": (weights > 0).float().mean(),
+            "qvpo/best_advantage": best_weight.mean(),
+        }
+        return actions, action_weights, stats
+
+    def update_actor(self, batch: Batch) -> dict[str, torch.Tensor]:
+        actions, weights, metrics = self.training_set(batch)
+        dsm = self.policy.dsm_loss(actions, batch.obs)  # [K, B, N]
+        loss = (weights * dsm).sum(0).mean(0).sum()
+        self.step_optimizer("actor", loss, self.policy.parameters())
+        metrics["loss/actor"] = loss.detach()
+        return metrics
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        metrics = super().update(batch)
+        if self.config.target_actor == "ema":
+            with torch.no_grad():
+                torch._foreach_lerp_(
+                    list(self.target_policy.parameters()),
+                    list(self.policy.parameters()),
+                    self.config.policy_tau,
+                )
+        return metrics

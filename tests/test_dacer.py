@@ -1,0 +1,243 @@
+"""DACER: acting and updating on heterogeneous agents, the gradient through the chain, alpha's
+schedule and its only role (scaling the added noise), checkpoints, and learning on pendulum and
+the multi-goal task. The mixture entropy estimate itself is tested in test_gmm.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from marl_diff.agents import make_agent
+from marl_diff.buffer import Batch
+from marl_diff.envs.base import EnvSpec
+from marl_diff.errors import ConfigError
+from marl_diff.run import compose, launch
+
+TINY_DACER = {
+    "algorithm": "dacer",
+    "name": "dacer",
+    "actor_hidden": [16, 16],
+    "critic_hidden": [16, 16],
+    "diffusion_steps": 3,
+    "entropy_states": 4,
+    "entropy_samples": 20,
+    "gmm_iterations": 5,
+}
+
+
+def hetero_spec() -> EnvSpec:
+    # agent 0: 2-D actions; agent 1: 1-D actions, its second entry padded
+    return EnvSpec(
+        ("agent_0", "agent_1"), (3, 2), (2, 1), 5, 10, -torch.ones(2, 2), torch.ones(2, 2)
+    )
+
+
+def agent(**overrides):
+    return make_agent({**TINY_DACER, **overrides}, hetero_spec(), "cpu")
+
+
+def batch(b=8, seed=0) -> Batch:
+    gen = torch.Generator().manual_seed(seed)
+    mask = hetero_spec().act_mask().float()
+    obs = torch.randn(b, 2, 3, generator=gen)
+    obs[..., 1, 2] = 0.0  # agent 1's padded observation entry
+    action = (torch.rand(b, 2, 2, generator=gen) * 2 - 1) * mask
+    return Batch(
+        obs,
+        torch.randn(b, 5, generator=gen),
+        action,
+        torch.randn(b, 2, generator=gen),
+        torch.randn(b, 2, 3, generator=gen),
+        torch.randn(b, 5, generator=gen),
+        torch.zeros(b),
+    )
+
+
+def test_acts_and_updates_on_heterogeneous_agents_with_padding_zero():
+    torch.manual_seed(0)
+    dacer = agent(others_actions="policy")
+    mask = hetero_spec().act_mask()
+    for explore in (True, False):
+        action = dacer.act(batch().obs, explore=explore)
+        assert action.shape == (8, 2, 2)
+        assert (action.abs() <= 1).all() and (action[:, ~mask] == 0).all()
+    metrics = {}
+    for _ in range(2):  # the actor updates on even counts (policy_delay 2)
+        metrics.update(dacer.update(batch()))
+    assert {"loss/actor", "loss/critic", "q/mean", "alpha/mean"} <= set(metrics)
+    assert all(torch.isfinite(v) for v in metrics.values())
+
+
+def test_policy_gradient_reaches_the_denoisers_first_layer_through_the_chain():
+    torch.manual_seed(0)
+    dacer = agent(diffusion_steps=4)
+    b = batch()
+    dacer.critic.requires_grad_(False)
+    for p in dacer.policy.parameters():
+        p.grad = None
+    action = dacer.policy.sample(b.obs, grad=True)
+    q = dacer.q_each_agent(b.state, b.action, action)
+    (-q.mean(0).sum()).backward()
+    first = dacer.policy.denoiser.net.mlp.net[0].weight.grad
+    assert first is not None and first.abs().sum() > 0
+    # both agents' slices of the stacked first layer get a gradient
+    assert (first.abs().sum((1, 2)) > 0).all()
+
+
+def test_update_actor_changes_the_policy_and_not_alpha():
+    torch.manual_seed(0)
+    dacer = agent(policy_delay=1, alpha_update_every=1000)
+    before = [p.detach().clone() for p in dacer.policy.parameters()]
+    alpha = dacer.log_alpha.detach().clone()
+    dacer.update(batch())
+    assert any(
+        not torch.equal(a, p) for a, p in zip(before, dacer.policy.parameters(), strict=True)
+    )
+    assert torch.equal(dacer.log_alpha.detach(), alpha)
+
+
+def test_alpha_moves_only_on_its_schedule():
+    torch.manual_seed(0)
+    dacer = agent(alpha_update_every=3)
+    history = [dacer.log_alpha.detach().clone()]
+    entropies = []
+    for i in range(7):
+        metrics = dacer.update(batch(seed=i))
+        history.append(dacer.log_alpha.detach().clone())
+        entropies.append("policy/entropy" in metrics)
+    changed = [not torch.equal(a, b) for a, b in zip(history[:-1], history[1:], strict=True)]
+    assert changed == [False, False, True, False, False, True, False]
+    assert entropies == changed  # the GMM estimate is computed (and logged) only then
+    # toward the target: an estimated entropy above -0.9 act_dim lowers alpha, else raises it
+    dacer.log_alpha.data.zero_()
+    entropy = dacer.estimate_entropy(batch().obs)
+    dacer.update_alpha(batch())
+    direction = torch.sign(dacer.target_entropy - entropy)
+    assert torch.equal(torch.sign(dacer.log_alpha.detach()), direction)
+
+
+def test_alpha_only_scales_the_added_exploration_noise():
+    dacer = agent(diffusion_steps=4)
+    obs = batch().obs
+
+    def spread(explore: bool, log_alpha: float) -> torch.Tensor:
+        dacer.log_alpha.data.fill_(log_alpha)
+        torch.manual_seed(1)
+        greedy = dacer.act(obs, explore=False)
+        torch.manual_seed(1)  # same sampler noise, so the difference is the added noise
+        action = dacer.act(obs, explore=explore)
+        return (action - greedy)[:, 0].std()
+
+    assert spread(False, 0.0) == 0  # evaluation adds nothing, whatever alpha
+    assert spread(False, 3.0) == 0
+    small, large = spread(True, -3.0), spread(True, 0.0)
+    assert small < 0.02 and 0.05 < large < 0.2  # N(0, 1) * alpha * 0.1, clipped
+    # the sampler's own noise stays in evaluation
+    torch.manual_seed(2)
+    a = dacer.act(obs, explore=False)
+    torch.manual_seed(3)
+    assert not torch.equal(a, dacer.act(obs, explore=False))
+
+
+def test_distributional_critic_heads_and_training_state_round_trip():
+    torch.manual_seed(0)
+    dacer = agent(alpha_update_every=2)
+    b = batch()
+    mean, std = dacer.critic.distribution(b.state, b.action)
+    assert mean.shape == std.shape == (2, 8) and (std > 0).all()
+    for i in range(4):
+        dacer.update(batch(seed=i))
+    state = dacer.training_state()
+    fresh = agent(alpha_update_every=2)
+    fresh.load_training_state(state)
+    for key, value in dacer.state_dict().items():
+        assert torch.equal(value, fresh.state_dict()[key]), key
+    assert int(fresh.updates) == 4
+    assert set(state["optimizers"]) == {"critic", "actor", "alpha"}
+    assert fresh.optimizers["alpha"].state_dict()["state"]  # Adam moments restored
+    torch.manual_seed(5)
+    m1 = dacer.update(batch(seed=9))
+    torch.manual_seed(5)
+    m2 = fresh.update(batch(seed=9))
+    assert torch.equal(m1["loss/critic"], m2["loss/critic"])
+
+
+def test_bad_settings_are_config_errors():
+    for bad in (
+        {"schedule": "sigmoid"},
+        {"entropy_source": "critic"},
+        {"alpha_update_every": 0},
+        {"init_alpha": 0.0},
+        {"entropy_samples": 2},
+    ):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            agent(**bad)
+
+
+# ---------------------------------------------------------------------------- learning
+def train(tmp_path, args):
+    cfg = compose([*args, f"run_dir={tmp_path}", "runner.progress=false", "device=cpu"])
+    report = launch(cfg, user_overrides=[])
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl", encoding="utf-8")]
+    return report, records
+
+
+SMALL = [
+    "agent.actor_hidden=[64,64]",
+    "agent.critic_hidden=[64,64]",
+    "agent.actor_lr=1e-3",
+    "agent.critic_lr=1e-3",
+    "agent.diffusion_steps=5",
+    "agent.policy_delay=1",
+    "agent.alpha_update_every=250",
+]
+
+
+def test_dacer_learns_pendulum(tmp_path):
+    # a uniform-random / untrained policy scores about -1200 on Pendulum; solved is about -150.
+    # ~65 s on one core. Reward scale 1 here: at the card's 0.2 Q grows too slowly for this
+    # budget (still -1460 after 5000 steps).
+    report, records = train(
+        tmp_path,
+        [
+            "scenario=pendulum",
+            "agent=dacer",
+            "runner.total_steps=4500",
+            "runner.warmup_steps=500",
+            "runner.batch_size=128",
+            "runner.eval_every=0",
+            "agent.reward_scale=1.0",
+            *SMALL,
+        ],
+    )
+    first_train = next(r["train/episode_return"] for r in records if "train/episode_return" in r)
+    assert first_train < -900
+    assert report["mean_return"] > -600, report["mean_return"]
+    assert any("policy/entropy" in r for r in records)
+
+
+@pytest.mark.slow
+def test_dacer_covers_most_goals_on_multigoal(tmp_path):
+    # NOT YET PASSING. ~70 s per run on one core. Settings tried (3000 steps, 1000 warm-up,
+    # [64, 64] nets): reward scale 0.2 or 1 (T=5, actor lr 1e-3) collapse onto ONE goal
+    # (100/100 episodes); noise 0.3 with target entropy +1 nat, or actor lr 1e-4 with T=10,
+    # reach none. The chain's -Q gradient follows the critic's bias between goals; what budget
+    # or settings (scenario agent_defaults) keep 3+ modes is still open.
+    report, _ = train(
+        tmp_path,
+        [
+            "scenario=multigoal",
+            "agent=dacer",
+            "runner.total_steps=3000",
+            "runner.warmup_steps=1000",
+            "runner.batch_size=128",
+            "runner.eval_every=0",
+            "runner.eval_episodes=100",
+            "runner.eval_num_envs=100",
+            "agent.reward_scale=1.0",
+            *SMALL,
+        ],
+    )
+    assert report["distinct_goals"] >= 3, report["goal_counts"]
