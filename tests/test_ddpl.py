@@ -11,8 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from marl_diff.agents import make_agent
-from marl_diff.buffer import Batch, ReplayBuffer
-from marl_diff.envs import make_env
+from marl_diff.buffer import Batch
 from marl_diff.envs.base import EnvSpec
 from marl_diff.run import compose, launch
 
@@ -140,59 +139,6 @@ def test_bad_settings_are_config_errors():
     ):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             agent(**bad)
-
-
-# ---------------------------------------------------------------------------- every family
-@pytest.mark.parametrize(
-    "scenario",
-    [
-        "pendulum",
-        "multigoal",
-        "vmas_navigation",
-        "vmas_balance",
-        "vmas_transport",
-        "vmas_simple_spread",
-        "mpe_simple_spread",
-        "mamujoco_halfcheetah_6x1",
-        "mamujoco_humanoid_9_8",
-    ],
-)
-def test_ddpl_acts_and_updates_on_every_scenario_family(scenario):
-    cfg = compose([f"scenario={scenario}", "agent=ddpl"])
-    env = make_env(OmegaConf.to_container(cfg.scenario), 2, "cpu", seed=0)
-    agent_cfg = {
-        **OmegaConf.to_container(cfg.agent),
-        **TINY_DDPL,
-        "proposal": "lagged",
-        "action_selection": "best_of_k",
-        "best_of_k": 2,
-        "others_actions": "policy",
-    }
-    ddpl = make_agent(agent_cfg, env.spec, "cpu")
-    buffer = ReplayBuffer(64, env.spec, torch.device("cpu"))
-    obs, state = env.reset(seed=0)
-    mask = env.spec.act_mask()
-    for _ in range(4):
-        action = ddpl.act(obs, explore=True, state=state)
-        assert action.shape == (2, env.spec.n_agents, env.spec.act_dim)
-        assert (action.abs() <= 1).all() and (action[:, ~mask] == 0).all()
-        result = env.step(action)
-        buffer.add(
-            Batch(
-                obs,
-                state,
-                action,
-                result.reward,
-                result.next_obs,
-                result.next_state,
-                result.terminated.float(),
-            )
-        )
-        obs, state = result.obs, result.state
-    metrics = ddpl.update(buffer.sample(8))
-    assert all(torch.isfinite(v) for v in metrics.values())
-    assert {"loss/actor", "loss/critic", "issm/ess_fraction", "policy/entropy"} <= set(metrics)
-    env.close()
 
 
 # ---------------------------------------------------------------------------- learning
