@@ -22,6 +22,21 @@ def check_activation(key: str, name: str) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(sorted(ACTIVATIONS))}, not '{name}'")
 
 
+def check_choices(config, choices: dict[str, tuple[str, ...]]) -> None:
+    """Each `agent.<key>` named in `choices` must be one of its valid values."""
+    for key, valid in choices.items():
+        if getattr(config, key) not in valid:
+            raise ConfigError(
+                f"agent.{key} must be one of {', '.join(valid)}, not '{getattr(config, key)}'"
+            )
+
+
+def check_at_least(config, keys: tuple[str, ...], minimum: int = 1) -> None:
+    for key in keys:
+        if getattr(config, key) < minimum:
+            raise ConfigError(f"agent.{key} must be >= {minimum}, got {getattr(config, key)}")
+
+
 @dataclass
 class AgentConfig:
     name: str = "agent"
@@ -106,8 +121,7 @@ class ActorCriticAgent(Agent):
                 f"not '{config.others_actions}'"
             )
         check_activation("agent.critic_activation", config.critic_activation)
-        if config.policy_delay < 1:
-            raise ConfigError(f"agent.policy_delay must be >= 1, got {config.policy_delay}")
+        check_at_least(config, ("policy_delay",))
         self.critic = CentralCritic(
             spec.state_dim,
             spec.n_agents,

@@ -35,14 +35,14 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from marl_diff.agents.base import ActorCriticAgent, ActorCriticConfig, check_activation
+from marl_diff.agents.base import ActorCriticAgent, check_at_least, check_choices
+from marl_diff.agents.diffusion_actor import DiffusionActorConfig, make_diffusion_policy
 from marl_diff.buffer import Batch
-from marl_diff.diffusion import SCHEDULE_KINDS, DiffusionPolicy, make_schedule
 from marl_diff.diffusion.gmm import mixture_entropy
 from marl_diff.envs.base import EnvSpec
 from marl_diff.errors import ConfigError
@@ -77,14 +77,8 @@ class DistributionalCritic(nn.Module):
 
 
 @dataclass
-class DACERConfig(ActorCriticConfig):
+class DACERConfig(DiffusionActorConfig):
     actor_lr: float = 1e-4
-    actor_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
-    actor_activation: str = "mish"
-    time_embed_dim: int = 16
-    share_parameters: bool = False
-    diffusion_steps: int = 20  # T
-    schedule: str = "vp"
     clip_x0: bool = True
     noise_scale: float = 0.1  # added exploration noise = N(0, I) * alpha * noise_scale
     init_alpha: float = 3.0
@@ -107,26 +101,16 @@ class DACERAgent(ActorCriticAgent):
 
     def __init__(self, config: DACERConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)
-        if config.schedule not in SCHEDULE_KINDS:
-            raise ConfigError(
-                f"agent.schedule must be one of {', '.join(SCHEDULE_KINDS)}, not "
-                f"'{config.schedule}'"
-            )
-        if config.entropy_source not in ENTROPY_SOURCES:
-            raise ConfigError(
-                f"agent.entropy_source must be one of {', '.join(ENTROPY_SOURCES)}, not "
-                f"'{config.entropy_source}'"
-            )
-        check_activation("agent.actor_activation", config.actor_activation)
-        for key in (
-            "diffusion_steps",
-            "alpha_update_every",
-            "entropy_states",
-            "gmm_components",
-            "gmm_iterations",
-        ):
-            if getattr(config, key) < 1:
-                raise ConfigError(f"agent.{key} must be >= 1, got {getattr(config, key)}")
+        check_choices(config, {"entropy_source": ENTROPY_SOURCES})
+        check_at_least(
+            config,
+            (
+                "alpha_update_every",
+                "entropy_states",
+                "gmm_components",
+                "gmm_iterations",
+            ),
+        )
         if config.entropy_samples < config.gmm_components:
             raise ConfigError(
                 f"agent.entropy_samples ({config.entropy_samples}) must be >= "
@@ -145,17 +129,7 @@ class DACERAgent(ActorCriticAgent):
             activation=config.critic_activation,
         )
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.policy = DiffusionPolicy(
-            spec.n_agents,
-            spec.obs_dim,
-            spec.act_dim,
-            spec.act_mask(),
-            make_schedule(config.schedule, config.diffusion_steps),
-            hidden=config.actor_hidden,
-            activation=config.actor_activation,
-            time_embed_dim=config.time_embed_dim,
-            share=config.share_parameters,
-        )
+        self.policy = make_diffusion_policy(config, spec)
         self.log_alpha = nn.Parameter(
             torch.full((spec.n_agents,), math.log(config.init_alpha)),
             requires_grad=config.auto_alpha,

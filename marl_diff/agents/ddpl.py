@@ -48,13 +48,13 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from marl_diff.agents.base import ActorCriticAgent, ActorCriticConfig, check_activation
+from marl_diff.agents.base import ActorCriticAgent, check_at_least, check_choices
+from marl_diff.agents.diffusion_actor import DiffusionActorConfig, make_diffusion_policy
 from marl_diff.buffer import Batch
-from marl_diff.diffusion import SCHEDULE_KINDS, DiffusionPolicy, make_schedule
 from marl_diff.diffusion.entropy import knn_entropy, knn_log_distances
 from marl_diff.envs.base import EnvSpec
 from marl_diff.errors import ConfigError
@@ -68,14 +68,7 @@ CHOICES = {
 
 
 @dataclass
-class DDPLConfig(ActorCriticConfig):
-    actor_lr: float = 3e-4
-    actor_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
-    actor_activation: str = "mish"
-    time_embed_dim: int = 16
-    share_parameters: bool = False
-    diffusion_steps: int = 20  # T
-    schedule: str = "vp"
+class DDPLConfig(DiffusionActorConfig):
     n_candidates: int = 16  # M candidates per state and agent
     target: str = "mirror"
     weighting: str = "running"
@@ -99,20 +92,15 @@ class DDPLAgent(ActorCriticAgent):
 
     def __init__(self, config: DDPLConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)
-        for key, valid in CHOICES.items():
-            if getattr(config, key) not in valid:
-                raise ConfigError(
-                    f"agent.{key} must be one of {', '.join(valid)}, not '{getattr(config, key)}'"
-                )
-        if config.schedule not in SCHEDULE_KINDS:
-            raise ConfigError(
-                f"agent.schedule must be one of {', '.join(SCHEDULE_KINDS)}, not "
-                f"'{config.schedule}'"
-            )
-        check_activation("agent.actor_activation", config.actor_activation)
-        for key in ("diffusion_steps", "n_candidates", "best_of_k", "lag_updates"):
-            if getattr(config, key) < 1:
-                raise ConfigError(f"agent.{key} must be >= 1, got {getattr(config, key)}")
+        check_choices(config, CHOICES)
+        check_at_least(
+            config,
+            (
+                "n_candidates",
+                "best_of_k",
+                "lag_updates",
+            ),
+        )
         if config.alpha <= 0:
             raise ConfigError(f"agent.alpha must be positive, got {config.alpha}")
         if (config.auto_alpha or config.jitter or config.target == "soft") and (
@@ -124,17 +112,7 @@ class DDPLAgent(ActorCriticAgent):
             )
         if config.jitter and config.jitter_init <= 0:
             raise ConfigError(f"agent.jitter_init must be positive, got {config.jitter_init}")
-        self.policy = DiffusionPolicy(
-            spec.n_agents,
-            spec.obs_dim,
-            spec.act_dim,
-            spec.act_mask(),
-            make_schedule(config.schedule, config.diffusion_steps),
-            hidden=config.actor_hidden,
-            activation=config.actor_activation,
-            time_embed_dim=config.time_embed_dim,
-            share=config.share_parameters,
-        )
+        self.policy = make_diffusion_policy(config, spec)
         if config.proposal == "lagged":
             self.old_policy = copy.deepcopy(self.policy).requires_grad_(False)
         self.log_alpha = torch.nn.Parameter(

@@ -48,10 +48,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from marl_diff.agents.base import ActorCriticAgent, ActorCriticConfig, check_activation
+from marl_diff.agents.base import ActorCriticAgent, check_at_least, check_choices
+from marl_diff.agents.diffusion_actor import DiffusionActorConfig, make_diffusion_policy
 from marl_diff.agents.networks import CentralCritic, substitute_each_agent
 from marl_diff.buffer import Batch
-from marl_diff.diffusion import SCHEDULE_KINDS, DiffusionPolicy, make_schedule
 from marl_diff.envs.base import EnvSpec
 from marl_diff.errors import ConfigError
 
@@ -63,16 +63,11 @@ CHOICES = {
 
 
 @dataclass
-class QVPOConfig(ActorCriticConfig):
+class QVPOConfig(DiffusionActorConfig):
     critic_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
     critic_activation: str = "mish"
     grad_clip: float = 2.0
     actor_lr: float = 1e-4
-    actor_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
-    actor_activation: str = "mish"
-    time_embed_dim: int = 16
-    share_parameters: bool = False
-    diffusion_steps: int = 20  # T
     schedule: str = "cosine"
     n_samples: int = 64  # policy samples per state and agent for the Q weights
     train_on: str = "best"
@@ -93,27 +88,17 @@ class QVPOAgent(ActorCriticAgent):
 
     def __init__(self, config: QVPOConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)
-        for key, valid in CHOICES.items():
-            if getattr(config, key) not in valid:
-                raise ConfigError(
-                    f"agent.{key} must be one of {', '.join(valid)}, not '{getattr(config, key)}'"
-                )
-        if config.schedule not in SCHEDULE_KINDS:
-            raise ConfigError(
-                f"agent.schedule must be one of {', '.join(SCHEDULE_KINDS)}, not "
-                f"'{config.schedule}'"
-            )
-        check_activation("agent.actor_activation", config.actor_activation)
-        for key in (
-            "diffusion_steps",
-            "n_samples",
-            "behavior_samples",
-            "eval_samples",
-            "target_samples",
-            "entropy_decay_updates",
-        ):
-            if getattr(config, key) < 1:
-                raise ConfigError(f"agent.{key} must be >= 1, got {getattr(config, key)}")
+        check_choices(config, CHOICES)
+        check_at_least(
+            config,
+            (
+                "n_samples",
+                "behavior_samples",
+                "eval_samples",
+                "target_samples",
+                "entropy_decay_updates",
+            ),
+        )
         if config.n_entropy_samples < 0:
             raise ConfigError(
                 f"agent.n_entropy_samples must be >= 0, got {config.n_entropy_samples}"
@@ -122,17 +107,7 @@ class QVPOAgent(ActorCriticAgent):
             raise ConfigError("agent.entropy_alpha and agent.entropy_alpha_final must be >= 0")
         if not 0 < config.policy_tau <= 1:
             raise ConfigError(f"agent.policy_tau must be in (0, 1], got {config.policy_tau}")
-        self.policy = DiffusionPolicy(
-            spec.n_agents,
-            spec.obs_dim,
-            spec.act_dim,
-            spec.act_mask(),
-            make_schedule(config.schedule, config.diffusion_steps),
-            hidden=config.actor_hidden,
-            activation=config.actor_activation,
-            time_embed_dim=config.time_embed_dim,
-            share=config.share_parameters,
-        )
+        self.policy = make_diffusion_policy(config, spec)
         if config.target_actor == "ema":
             self.target_policy = copy.deepcopy(self.policy).requires_grad_(False)
         self.to(device)
