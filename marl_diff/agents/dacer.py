@@ -103,13 +103,7 @@ class DACERAgent(ActorCriticAgent):
         super().__init__(config, spec, device)
         check_choices(config, {"entropy_source": ENTROPY_SOURCES})
         check_at_least(
-            config,
-            (
-                "alpha_update_every",
-                "entropy_states",
-                "gmm_components",
-                "gmm_iterations",
-            ),
+            config, ("alpha_update_every", "entropy_states", "gmm_components", "gmm_iterations")
         )
         if config.entropy_samples < config.gmm_components:
             raise ConfigError(

@@ -93,14 +93,7 @@ class DDPLAgent(ActorCriticAgent):
     def __init__(self, config: DDPLConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)
         check_choices(config, CHOICES)
-        check_at_least(
-            config,
-            (
-                "n_candidates",
-                "best_of_k",
-                "lag_updates",
-            ),
-        )
+        check_at_least(config, ("n_candidates", "best_of_k", "lag_updates"))
         if config.alpha <= 0:
             raise ConfigError(f"agent.alpha must be positive, got {config.alpha}")
         if (config.auto_alpha or config.jitter or config.target == "soft") and (
