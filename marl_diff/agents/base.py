@@ -112,17 +112,14 @@ class ActorCriticAgent(Agent):
 
     Config = ActorCriticConfig
     OTHERS_ACTIONS = ("replay", "policy")
+    critic_class: type[nn.Module] = CentralCritic  # built from (state, agents, act dims, hidden)
 
     def __init__(self, config: ActorCriticConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)
-        if config.others_actions not in self.OTHERS_ACTIONS:
-            raise ConfigError(
-                f"agent.others_actions must be one of {', '.join(self.OTHERS_ACTIONS)}, "
-                f"not '{config.others_actions}'"
-            )
+        check_choices(config, {"others_actions": self.OTHERS_ACTIONS})
         check_activation("agent.critic_activation", config.critic_activation)
         check_at_least(config, ("policy_delay",))
-        self.critic = CentralCritic(
+        self.critic = self.critic_class(
             spec.state_dim,
             spec.n_agents,
             spec.act_dim,

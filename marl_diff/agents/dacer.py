@@ -33,7 +33,6 @@ the centralised distributional twin critic.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -98,6 +97,7 @@ class DACERConfig(DiffusionActorConfig):
 
 class DACERAgent(ActorCriticAgent):
     Config = DACERConfig
+    critic_class = DistributionalCritic
 
     def __init__(self, config: DACERConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)
@@ -115,14 +115,6 @@ class DACERAgent(ActorCriticAgent):
                 raise ConfigError(f"agent.{key} must be positive, got {getattr(config, key)}")
         if config.noise_scale < 0 or config.gmm_reg < 0:
             raise ConfigError("agent.noise_scale and agent.gmm_reg must be >= 0")
-        self.critic = DistributionalCritic(
-            spec.state_dim,
-            spec.n_agents,
-            spec.act_dim,
-            config.critic_hidden,
-            activation=config.critic_activation,
-        )
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.policy = make_diffusion_policy(config, spec)
         self.log_alpha = nn.Parameter(
             torch.full((spec.n_agents,), math.log(config.init_alpha)),
