@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from statistics import median
@@ -134,10 +135,36 @@ def _raw_stepper(scenario: dict, num_envs: int, device: torch.device, seed: int)
     return step
 
 
-def rollout(args: list[str]) -> str:
+@contextmanager
+def _collection_steppers(cfg, num_envs: int, steps: int, repeats: int, device: torch.device):
+    """Two callables over `num_envs` copies of cfg's scenario: "env", the marl_diff backend
+    stepped with uniform random actions, and "runner", the training runner's collection step
+    with cfg's agent exploring. Everything they built is closed on exit."""
     from marl_diff.envs import make_env
-    from marl_diff.run import compose, resolve_device
     from marl_diff.runners import OffPolicyConfig, OffPolicyRunner
+
+    runner_cfg = OffPolicyConfig(
+        num_envs=num_envs,
+        warmup_steps=0,
+        eval_num_envs=1,
+        buffer_size=num_envs * (steps + 2) * repeats,
+        progress=False,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        runner = OffPolicyRunner(cfg, Path(tmp), runner_cfg, device)
+        runner.start_collection()
+        env = make_env(OmegaConf.to_container(cfg.scenario, resolve=True), num_envs, device, 1)
+        env.reset(seed=1)
+        try:
+            yield {"env": lambda: env.step(env.random_actions()), "runner": runner.collect_step}
+        finally:
+            env.close()
+            runner.env.close()
+            runner.eval_env.close()
+
+
+def rollout(args: list[str]) -> str:
+    from marl_diff.run import compose, resolve_device
 
     values, passthrough = _split(args, ROLLOUT_SETTINGS, ("scenario", "agent"))
     try:
@@ -154,33 +181,14 @@ def rollout(args: list[str]) -> str:
         ]
     )
     scenario = OmegaConf.to_container(cfg.scenario, resolve=True)
-    runner_cfg = OffPolicyConfig(
-        num_envs=num_envs,
-        warmup_steps=0,
-        eval_num_envs=1,
-        buffer_size=num_envs * (steps + 2) * repeats,
-        progress=False,
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        runner = OffPolicyRunner(cfg, Path(tmp), runner_cfg, device)
-        runner.start_collection()
-        env = make_env(scenario, num_envs, device, seed=1)
-        env.reset(seed=1)
-        raw = _raw_stepper(scenario, num_envs, device, seed=2)
-        steppers: dict[str, Callable[[], None]] = {
-            "env": lambda: env.step(env.random_actions()),
-            "runner": runner.collect_step,
-        }
-        if raw is not None:
-            steppers = {"raw": raw, **steppers}
+    raw = _raw_stepper(scenario, num_envs, device, seed=2)
+    with _collection_steppers(cfg, num_envs, steps, repeats, device) as collectors:
+        steppers: dict[str, Callable[[], None]] = {"raw": raw, **collectors} if raw else collectors
         seconds: dict[str, list[float]] = {name: [] for name in steppers}
         with torch.no_grad():
             for _ in range(repeats):
                 for name, step in steppers.items():
                     seconds[name].append(_time_steps(step, steps, device))
-        env.close()
-        runner.env.close()
-        runner.eval_env.close()
 
     rate = {name: num_envs * steps / median(times) for name, times in seconds.items()}
     base = "raw" if "raw" in rate else "env"
@@ -441,9 +449,7 @@ def _smax_scan_rollout(map_name: str, num_envs: int, steps: int, seed: int):
 
 def smax(args: list[str]) -> str:
     """Env-steps/s on SMAX: jaxmarl's own scan rollout vs the marl_diff env vs the runner."""
-    from marl_diff.envs import make_env
     from marl_diff.run import compose
-    from marl_diff.runners import OffPolicyConfig, OffPolicyRunner
 
     values, passthrough = _split(args, SMAX_SETTINGS, ("scenario", "agent"))
     try:
@@ -460,33 +466,14 @@ def smax(args: list[str]) -> str:
             *passthrough,
         ]
     )
-    scenario = OmegaConf.to_container(cfg.scenario, resolve=True)
-    runner_cfg = OffPolicyConfig(
-        num_envs=num_envs,
-        warmup_steps=0,
-        eval_num_envs=1,
-        buffer_size=num_envs * (steps + 2) * repeats,
-        progress=False,
-    )
     raw = _smax_scan_rollout(values["map"], num_envs, steps, seed=2)
-    with tempfile.TemporaryDirectory() as tmp:
-        runner = OffPolicyRunner(cfg, Path(tmp), runner_cfg, device)
-        runner.start_collection()
-        env = make_env(scenario, num_envs, device, seed=1)
-        env.reset(seed=1)
-        steppers: dict[str, Callable[[], None]] = {
-            "env": lambda: env.step(env.random_actions()),
-            "runner": runner.collect_step,
-        }
+    with _collection_steppers(cfg, num_envs, steps, repeats, device) as steppers:
         seconds: dict[str, list[float]] = {"raw": [], **{name: [] for name in steppers}}
         with torch.no_grad():
             for _ in range(repeats):
                 seconds["raw"].append(raw())
                 for name, step in steppers.items():
                     seconds[name].append(_time_steps(step, steps, device))
-        env.close()
-        runner.env.close()
-        runner.eval_env.close()
 
     rate = {name: num_envs * steps / median(times) for name, times in seconds.items()}
     labels = {

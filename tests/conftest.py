@@ -8,6 +8,7 @@ import os
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
+import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -82,3 +83,14 @@ def compose_config():
         return compose(args), [a for a in prepare_arguments(args) if not a.startswith("-")]
 
     return _compose
+
+
+def train_run(run_dir: Path, args: list[str]) -> tuple[dict, list[dict]]:
+    """Train in-process as `python -m marl_diff.run args` would, quietly on the CPU; returns the
+    final evaluation report and the metrics.jsonl records."""
+    from marl_diff.run import compose, launch
+
+    cfg = compose([*args, f"run_dir={run_dir}", "runner.progress=false", "device=cpu"])
+    report = launch(cfg, user_overrides=[])
+    with open(run_dir / "metrics.jsonl", encoding="utf-8") as handle:
+        return report, [json.loads(line) for line in handle]

@@ -4,16 +4,14 @@ the multi-goal task. The mixture entropy estimate itself is tested in test_gmm.p
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from conftest import train_run
 
 from marl_diff.agents import make_agent
 from marl_diff.buffer import Batch
 from marl_diff.envs.base import EnvSpec
 from marl_diff.errors import ConfigError
-from marl_diff.run import compose, launch
 
 TINY_DACER = {
     "algorithm": "dacer",
@@ -177,11 +175,6 @@ def test_bad_settings_are_config_errors():
 
 
 # ---------------------------------------------------------------------------- learning
-def train(tmp_path, args):
-    cfg = compose([*args, f"run_dir={tmp_path}", "runner.progress=false", "device=cpu"])
-    report = launch(cfg, user_overrides=[])
-    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl", encoding="utf-8")]
-    return report, records
 
 
 SMALL = [
@@ -199,7 +192,7 @@ def test_dacer_learns_pendulum(tmp_path):
     # a uniform-random / untrained policy scores about -1200 on Pendulum; solved is about -150.
     # ~65 s on one core. Reward scale 1 here: at the card's 0.2 Q grows too slowly for this
     # budget (still -1460 after 5000 steps).
-    report, records = train(
+    report, records = train_run(
         tmp_path,
         [
             "scenario=pendulum",
@@ -226,7 +219,7 @@ def test_dacer_covers_most_goals_on_multigoal(tmp_path):
     # (100/100 episodes); noise 0.3 with target entropy +1 nat, or actor lr 1e-4 with T=10,
     # reach none. The chain's -Q gradient follows the critic's bias between goals; what budget
     # or settings (scenario agent_defaults) keep 3+ modes is still open.
-    report, _ = train(
+    report, _ = train_run(
         tmp_path,
         [
             "scenario=multigoal",

@@ -8,12 +8,13 @@ import math
 
 import pytest
 import torch
+from conftest import train_run
 from omegaconf import OmegaConf
 
 from marl_diff.agents import make_agent
 from marl_diff.buffer import Batch
 from marl_diff.envs.base import EnvSpec
-from marl_diff.run import compose, launch
+from marl_diff.run import compose
 
 TINY_DDPL = {
     "algorithm": "ddpl",
@@ -142,11 +143,6 @@ def test_bad_settings_are_config_errors():
 
 
 # ---------------------------------------------------------------------------- learning
-def train(tmp_path, args):
-    cfg = compose([*args, f"run_dir={tmp_path}", "runner.progress=false"])
-    report = launch(cfg, user_overrides=[])
-    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl", encoding="utf-8")]
-    return report, records
 
 
 MULTIGOAL = [
@@ -165,8 +161,8 @@ MULTIGOAL = [
 
 
 def test_ddpl_reaches_more_goals_than_gaussian_on_multigoal(tmp_path):
-    ddpl, _ = train(tmp_path / "ddpl", [*MULTIGOAL, "agent=ddpl", "agent.diffusion_steps=10"])
-    gaussian, _ = train(tmp_path / "gaussian", [*MULTIGOAL, "agent=gaussian"])
+    ddpl, _ = train_run(tmp_path / "ddpl", [*MULTIGOAL, "agent=ddpl", "agent.diffusion_steps=10"])
+    gaussian, _ = train_run(tmp_path / "gaussian", [*MULTIGOAL, "agent=gaussian"])
     assert ddpl["distinct_goals"] >= 3, ddpl["goal_counts"]
     assert gaussian["distinct_goals"] < ddpl["distinct_goals"], gaussian["goal_counts"]
     assert ddpl["mean_return"] > 0  # it goes to goals, not just spreads out (standing still: -15)
@@ -190,7 +186,7 @@ def test_ddpl_resume_restores_the_policy_and_lagged_proposal(tmp_path):
             if k not in ("algorithm", "name")
         ),
     ]
-    train(tmp_path, args)
+    train_run(tmp_path, args)
     state = torch.load(sorted((tmp_path / "checkpoints").iterdir())[-1], weights_only=True)
     from marl_diff.run import resumed_config
     from marl_diff.runners import OffPolicyConfig, OffPolicyRunner
@@ -216,7 +212,7 @@ def test_ddpl_resume_restores_the_policy_and_lagged_proposal(tmp_path):
 def test_ddpl_learns_vmas_navigation(tmp_path):
     # two agents, shaped reward = progress toward their goals: an untrained policy scores
     # about 0 per episode, reaching both goals about 1 or more
-    report, records = train(
+    report, records = train_run(
         tmp_path,
         [
             "scenario=vmas_navigation",

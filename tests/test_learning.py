@@ -3,24 +3,14 @@ can afford on 2 CPU cores."""
 
 from __future__ import annotations
 
-import json
-
-from marl_diff.run import compose, launch
+from conftest import train_run
 
 SMALL_NETS = ["agent.actor_hidden=[64,64]", "agent.critic_hidden=[64,64]"]
 
 
-def train(tmp_path, args: list[str]) -> tuple[dict, list[dict]]:
-    cfg = compose([*args, f"run_dir={tmp_path}", "runner.progress=false"])
-    report = launch(cfg, user_overrides=[])
-    with open(tmp_path / "metrics.jsonl", encoding="utf-8") as handle:
-        records = [json.loads(line) for line in handle]
-    return report, records
-
-
 def test_gaussian_learns_pendulum(tmp_path):
     # a uniform-random / untrained policy scores about -1200 on Pendulum; solved is about -150
-    report, records = train(
+    report, records = train_run(
         tmp_path,
         [
             "scenario=pendulum",
@@ -42,7 +32,7 @@ def test_gaussian_learns_pendulum(tmp_path):
 def test_gaussian_learns_vmas_navigation(tmp_path):
     # two agents, shaped reward = progress toward their goals: an untrained policy scores
     # about 0 per episode, reaching both goals about 1
-    report, records = train(
+    report, records = train_run(
         tmp_path,
         [
             "scenario=vmas_navigation",

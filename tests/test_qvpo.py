@@ -4,16 +4,14 @@ checkpoints, and learning on pendulum."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from conftest import train_run
 
 from marl_diff.agents import make_agent
 from marl_diff.buffer import Batch
 from marl_diff.envs.base import EnvSpec
 from marl_diff.errors import ConfigError
-from marl_diff.run import compose, launch
 
 TINY_QVPO = {
     "algorithm": "qvpo",
@@ -282,7 +280,8 @@ def test_qvpo_learns_pendulum(tmp_path):
     # Small settings: 5 diffusion steps, 16 samples per state, batch 64, the entropy coefficient
     # decayed within the run, no gradient clipping (the card's 2.0 slows the critic at this
     # budget). About 50 s of CPU on one core; two seeds reached about -210 and -240.
-    cfg = compose(
+    report, records = train_run(
+        tmp_path,
         [
             "scenario=pendulum",
             "agent=qvpo",
@@ -298,12 +297,8 @@ def test_qvpo_learns_pendulum(tmp_path):
             "agent.n_samples=16",
             "agent.entropy_decay_updates=2000",
             "agent.grad_clip=0",
-            f"run_dir={tmp_path}",
-            "runner.progress=false",
-        ]
+        ],
     )
-    report = launch(cfg, user_overrides=[])
-    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl", encoding="utf-8")]
     first_train = next(r["train/episode_return"] for r in records if "train/episode_return" in r)
     assert first_train < -900
     assert report["mean_return"] > -600, report["mean_return"]
