@@ -316,6 +316,10 @@ UPDATE_SETTINGS = {
 }
 
 
+# The settings that set an update's cost, shown beside each agent's time.
+UPDATE_COST_KEYS = ("actor_hidden", "critic_hidden", "diffusion_steps", "n_candidates", "n_samples")
+
+
 def update(args: list[str]) -> str:
     """Time of one gradient update (critic + actor) per agent on random replay batches of the
     scenario's shapes; `agent.*` overrides apply to every agent that has the key."""
@@ -388,9 +392,7 @@ def update(args: list[str]) -> str:
     lines += [f"| agent | settings | ms per update | ratio to {names[0]} |", "|---|---|---:|---:|"]
     for name in names:
         c = configs[name]
-        detail = ", ".join(
-            f"{k}={c[k]}" for k in ("actor_hidden", "diffusion_steps", "n_candidates") if k in c
-        )
+        detail = ", ".join(f"{k}={c[k]}" for k in UPDATE_COST_KEYS if k in c)
         lines.append(f"| {name} | {detail} | {ms[name]:,.1f} | {ms[name] / ms[names[0]]:.1f} |")
     return _write(lines, values["out"])
 

@@ -2,9 +2,10 @@
 [out=PREFIX] [metric=eval/return] [group=agent]`.
 
 Every run directory under `runs` (any folder holding config.yaml and metrics.jsonl) is grouped
-by its agent name (or by `group=<config key>`, e.g. `group=scenario.n_agents` for a scaling
-study), seeds are averaged, and PREFIX.png (mean +- std over seeds against env steps) and
-PREFIX.md (final value per group, speeds, the command) are written.
+by its agent name, by `group=<config key>` (e.g. `group=scenario.n_agents` for a scaling
+study) or, with `group=folder`, by the folder holding it (`runs/<variant>/seed0`: two settings of
+one agent stay apart); seeds are averaged, and PREFIX.png (mean +- std over seeds against env
+steps) and PREFIX.md (final value per group, speeds, the command) are written.
 """
 
 from __future__ import annotations
@@ -58,7 +59,12 @@ def curves(args: list[str]) -> str:
     for run_dir in run_dirs:
         run = load_run(run_dir, metric)
         if run["curve"]:
-            groups[str(OmegaConf.select(run["config"], group_key))].append(run)
+            name = (
+                run_dir.parent.name
+                if group_key == "folder"
+                else str(OmegaConf.select(run["config"], group_key))
+            )
+            groups[name].append(run)
     if not groups:
         raise MarlDiffError(f"no run under '{root}' logged '{metric}'")
     out = Path(values["out"] or root / "report")

@@ -1,0 +1,88 @@
+"""The results tools: `marl_diff.report curves` on hand-made run directories, and the update
+benchmark's table (its shape, not its speed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from marl_diff import bench, report
+from marl_diff.errors import ConfigError, MarlDiffError
+
+
+def make_run(run_dir, agent: str, curve: dict[int, float], updates_per_s: float = 10.0):
+    """A finished run as the runner leaves it: config.yaml and metrics.jsonl."""
+    run_dir.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"agent": {"name": agent}, "seed": 0}), run_dir / "config.yaml")
+    with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as handle:
+        for step, value in curve.items():
+            record = {"env_steps": step, "wall_time": step / 100, "eval/return": value}
+            record["perf/updates_per_s"] = updates_per_s
+            handle.write(json.dumps(record) + "\n")
+
+
+def test_curves_average_seeds_per_agent(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs / "a" / "seed0", "gaussian", {1000: 1.0, 2000: 3.0})
+    make_run(runs / "a" / "seed1", "gaussian", {1000: 3.0, 2000: 5.0})
+    make_run(runs / "b" / "seed0", "ddpl", {1000: 0.0, 2000: 7.0}, updates_per_s=2.0)
+    out = tmp_path / "out" / "study"
+    text = report.curves([f"runs={runs}", f"out={out}"])
+    assert (out.with_suffix(".png")).stat().st_size > 0
+    assert out.with_suffix(".md").read_text() == text
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    assert "| 2 | 2000 | 4.000 +- 1.000 | 4.000 | 10.0 |" in rows["gaussian"]
+    assert "| 1 | 2000 | 7.000 +- 0.000 | 7.000 | 2.0 |" in rows["ddpl"]
+    assert "| 1000 | 0.000 | 2.000 |" in text  # per-evaluation means, groups sorted by name
+
+
+def test_curves_group_by_folder_keeps_variants_of_one_agent_apart(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs / "dacer" / "seed0", "dacer", {1000: 1.0})
+    make_run(runs / "dacer_rs1" / "seed0", "dacer", {1000: 5.0})
+    by_agent = report.curves([f"runs={runs}", f"out={tmp_path / 'agent'}"])
+    by_folder = report.curves([f"runs={runs}", "group=folder", f"out={tmp_path / 'folder'}"])
+    assert "| dacer | 2 | 1000 | 3.000 +- 2.000 |" in by_agent
+    assert "| dacer | 1 | 1000 | 1.000 +- 0.000 |" in by_folder
+    assert "| dacer_rs1 | 1 | 1000 | 5.000 +- 0.000 |" in by_folder
+
+
+def test_curves_errors_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="unknown argument 'colour=red'. Valid: .*runs"):
+        report.curves(["colour=red"])
+    with pytest.raises(ConfigError, match="runs=DIR is required"):
+        report.curves([])
+    with pytest.raises(MarlDiffError, match="no run directories"):
+        report.curves([f"runs={tmp_path}"])
+
+
+def test_update_benchmark_writes_one_row_per_agent(tmp_path):
+    out = tmp_path / "update.md"
+    text = bench.update(
+        [
+            "scenario=pendulum",
+            "agents=gaussian,dacer",
+            "batch_size=8",
+            "updates=1",
+            "repeats=1",
+            "agent.actor_hidden=[16,16]",
+            "agent.critic_hidden=[16,16]",
+            "agent.diffusion_steps=2",
+            f"out={out}",
+        ]
+    )
+    assert out.read_text() == text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| gaussian", "| dacer"]
+    assert "actor_hidden=[16, 16], critic_hidden=[16, 16], diffusion_steps=2" in rows[1]
+    assert rows[0].endswith("| 1.0 |")  # the first agent is the reference
+    assert float(rows[1].split(" | ")[2].replace(",", "")) > 0
+
+
+def test_benchmarks_reject_unknown_arguments():
+    with pytest.raises(ConfigError, match="unknown argument 'steps=3'.*agents="):
+        bench.update(["steps=3"])
+    with pytest.raises(ConfigError, match="batch_size, updates and repeats must be integers"):
+        bench.update(["updates=many"])
