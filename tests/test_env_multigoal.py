@@ -89,6 +89,18 @@ def test_every_goal_reachable(goal):
     assert res.reward[0, 0].item() == pytest.approx(-0.15 + 10.0)  # every goal is equally good
 
 
+def test_squared_distance_reward_of_the_sql_catalog_entry():
+    scenario = OmegaConf.load(YAML.with_name("multigoal_sql.yaml"))
+    env = make_env(OmegaConf.to_container(scenario) | {"init_noise": 0.0}, 2, "cpu", 0)
+    res = env.step(push(env, (0.0, -0.5)))
+    # -1 * (distance to the nearest goal)^2 - 30 * |a|^2: -(4.5^2) - 30 * 0.25
+    assert res.reward[0, 0].item() == pytest.approx(-20.25 - 7.5)
+    for _ in range(7):
+        res = env.step(push(env, (0.0, -0.5)))
+    assert res.terminated.all() and (res.info["goal"] == 3).all()
+    assert res.reward[0, 0].item() == pytest.approx(-1.0 - 7.5 + 10.0)
+
+
 def test_truncation_and_partial_reset():
     env = make_env(cfg(max_steps=5), 2, "cpu", 0)
     env.reset()
@@ -168,6 +180,8 @@ def test_bad_config():
         make_env(cfg(not_a_key=1), 1, "cpu", 0)
     with pytest.raises(ConfigError, match="n_goals"):
         make_env(cfg(n_goals="four"), 1, "cpu", 0)
+    with pytest.raises(ConfigError, match="distance_power must be > 0"):
+        make_env(cfg(distance_power=0.0), 1, "cpu", 0)
 
 
 def test_pad_stack_unpad_heterogeneous_fake():

@@ -6,8 +6,10 @@ circle of radius `goal_radius` (goal k at angle 2*pi*k/n_goals, so with 4 goals:
 `step_size` per unit per step. Every goal is equally good, so an optimal stochastic policy
 reaches all of them; a unimodal policy collapses onto one or two.
 
-Per-agent reward of an agent still moving: `-distance_cost * (distance to nearest goal)
-- action_cost * |a|^2`, plus `bonus` on the step it comes within `goal_tolerance` of a goal.
+Per-agent reward of an agent still moving: `-distance_cost * (distance to nearest goal) **
+distance_power - action_cost * |a|^2`, plus `bonus` on the step it comes within
+`goal_tolerance` of a goal. `distance_power: 2` with costs 1 and 30 is the original
+MultiGoalEnv of soft Q-learning (Haarnoja et al. 2017), the one DACER's multimodality demo uses.
 An agent that reached a goal is frozen there and earns 0 afterwards. The team reward (given to
 every agent) is the mean of the per-agent rewards. The episode terminates once every agent has
 reached a goal and is truncated after `max_steps`. `info["goal"]` [B, N] is the index of the goal
@@ -35,6 +37,7 @@ class MultiGoalConfig(ScenarioConfig):
     step_size: float = 1.0  # displacement per step at |action| = 1 (per axis)
     max_steps: int = 30
     distance_cost: float = 0.1  # c1
+    distance_power: float = 1.0  # 1: linear distance cost, 2: squared
     action_cost: float = 0.05  # c2, on the normalised action in [-1, 1]^2
     bonus: float = 10.0
     init_noise: float = 0.1  # std of the start position around the origin
@@ -52,6 +55,8 @@ def _validate(cfg: MultiGoalConfig) -> None:
     for key in ("goal_radius", "goal_tolerance", "step_size"):
         if getattr(cfg, key) <= 0:
             problems.append(f"{key} must be > 0, got {getattr(cfg, key)}")
+    if cfg.distance_power <= 0:
+        problems.append(f"distance_power must be > 0, got {cfg.distance_power}")
     for key in ("distance_cost", "action_cost", "bonus", "init_noise"):
         if getattr(cfg, key) < 0:
             problems.append(f"{key} must be >= 0, got {getattr(cfg, key)}")
@@ -123,7 +128,7 @@ class MultiGoalEnv(BatchedMultiAgentEnv):
         nearest, goal_index = dist.min(dim=-1)
         newly = active & (nearest <= cfg.goal_tolerance)
         per_agent = (
-            -cfg.distance_cost * nearest
+            -cfg.distance_cost * nearest.pow(cfg.distance_power)
             - cfg.action_cost * unit.square().sum(dim=-1)
             + cfg.bonus * newly.float()
         ) * active.float()
