@@ -1,5 +1,5 @@
 """Aggregate finished runs into results: `python -m marl_diff.report curves runs=DIR
-[out=PREFIX] [metric=eval/return] [group=agent]`.
+[out=PREFIX] [metric=eval/return] [group=agent.name|folder|<config key>]`.
 
 Every run directory under `runs` (any folder holding config.yaml and metrics.jsonl) is grouped
 by its agent name, by `group=<config key>` (e.g. `group=scenario.n_agents` for a scaling
