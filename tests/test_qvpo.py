@@ -158,8 +158,8 @@ def test_best_of_k_acting_with_the_state_and_a_plain_sample_without(monkeypatch,
     monkeypatch.setattr(qvpo.policy, "sample", sample)
     monkeypatch.setattr(
         qvpo,
-        "q_of_candidates",
-        lambda critic, state, base, own: own[..., 0] * torch.tensor([1.0, -1.0]),
+        "q_each_agent",
+        lambda state, base, own, critic=None: own[..., 0] * torch.tensor([1.0, -1.0]),
     )
     action = qvpo.act(torch.zeros(1, 2, 3), explore=explore, state=torch.zeros(1, 4))
     assert drawn == [k]
@@ -175,14 +175,15 @@ def test_critic_target_takes_the_best_target_policy_sample_by_target_q(monkeypat
     monkeypatch.setattr(qvpo.target_policy, "sample", lambda obs, candidates=None, **kw: SAMPLES)
     seen = []
 
-    def q_of(critic, state, base, own):
+    def q_of(state, base, own, critic=None):
         seen.append(critic)
         return own[..., 0]
 
-    monkeypatch.setattr(qvpo, "q_of_candidates", q_of)
-    action = qvpo.next_action(torch.zeros(1, 2, 3), torch.zeros(1, 4))
+    monkeypatch.setattr(qvpo, "q_each_agent", q_of)
+    action, bonus = qvpo.target_action(torch.zeros(1, 2, 3), torch.zeros(1, 4))
     assert seen == [qvpo.critic_target]
     assert action.flatten().tolist() == pytest.approx([0.7, 0.9])
+    assert bonus.tolist() == [0.0]
 
 
 # ---------------------------------------------------------------------------- heterogeneous

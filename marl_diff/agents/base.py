@@ -137,9 +137,12 @@ class ActorCriticAgent(Agent):
         )
 
     @abstractmethod
-    def target_action(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def target_action(
+        self, next_obs: torch.Tensor, next_state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Next joint action [B, N, A] for the critic target and the soft bonus [B] added to
-        min Q' (e.g. -sum_i alpha_i log pi_i; zero for policies without an entropy term)."""
+        min Q' (e.g. -sum_i alpha_i log pi_i; zero for policies without an entropy term).
+        `next_state` is there for agents that choose the action by Q' (QVPO's best of K)."""
 
     @abstractmethod
     def update_actor(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -158,7 +161,7 @@ class ActorCriticAgent(Agent):
     def update_critic(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config
         with torch.no_grad():
-            next_action, bonus = self.target_action(batch.next_obs)
+            next_action, bonus = self.target_action(batch.next_obs, batch.next_state)
             next_q = self.critic_target(batch.next_state, next_action).min(0).values + bonus
             team_reward = batch.reward.mean(-1) * cfg.reward_scale
             target = team_reward + cfg.gamma * (1.0 - batch.terminated) * next_q
@@ -186,13 +189,24 @@ class ActorCriticAgent(Agent):
         return batch.action if self.config.others_actions == "replay" else fresh_action.detach()
 
     def q_each_agent(
-        self, state: torch.Tensor, base: torch.Tensor, own: torch.Tensor
+        self,
+        state: torch.Tensor,
+        base: torch.Tensor,
+        own: torch.Tensor,
+        critic: nn.Module | None = None,
     ) -> torch.Tensor:
         """Q_i(s, own_i, base_-i) = min over the twin critics, for every agent at once.
 
         state [B, S], base [B, N, A], own [..., B, N, A] (e.g. M candidates) -> [..., B, N].
+        `critic` defaults to the online critic (the target critic for critic targets).
         """
         joint = substitute_each_agent(base, own)  # [..., B, N, N, A]
         n = base.shape[-2]
         states = state[:, None, :].expand(*joint.shape[:-4], state.shape[0], n, state.shape[-1])
-        return self.critic(states, joint).min(0).values
+        return (self.critic if critic is None else critic)(states, joint).min(0).values
+
+
+def best_candidate(candidates: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Each state's and agent's highest-Q candidate: [K, B, N, A], q [K, B, N] -> [B, N, A]."""
+    best = q.argmax(0)[None, ..., None].expand(1, *candidates.shape[1:])
+    return candidates.gather(0, best)[0]

@@ -141,7 +141,7 @@ class DACERAgent(ActorCriticAgent):
         action = self.policy.sample(obs, clip_x0=self.config.clip_x0)
         return self.exploration_noise(action) if explore else action
 
-    def target_action(self, next_obs: torch.Tensor):
+    def target_action(self, next_obs: torch.Tensor, next_state: torch.Tensor):
         action = self.policy.sample(next_obs, clip_x0=self.config.clip_x0)
         return action, torch.zeros(next_obs.shape[0], device=next_obs.device)
 
@@ -157,7 +157,7 @@ class DACERAgent(ActorCriticAgent):
         cfg = self.config
         bound = cfg.td_bound
         with torch.no_grad():
-            next_action, _ = self.target_action(batch.next_obs)
+            next_action, _ = self.target_action(batch.next_obs, batch.next_state)
             next_mean, next_std = self.critic_target.distribution(batch.next_state, next_action)
             pick = next_mean.argmin(0, keepdim=True)  # head of the smaller target mean
             next_mean = next_mean.gather(0, pick)[0]

@@ -52,7 +52,12 @@ from dataclasses import dataclass
 
 import torch
 
-from marl_diff.agents.base import ActorCriticAgent, check_at_least, check_choices
+from marl_diff.agents.base import (
+    ActorCriticAgent,
+    best_candidate,
+    check_at_least,
+    check_choices,
+)
 from marl_diff.agents.diffusion_actor import DiffusionActorConfig, make_diffusion_policy
 from marl_diff.buffer import Batch
 from marl_diff.diffusion.entropy import knn_entropy, knn_log_distances
@@ -135,10 +140,9 @@ class DDPLAgent(ActorCriticAgent):
             return self.policy.sample(obs)
         candidates = self.policy.sample(obs, candidates=cfg.best_of_k)  # [K, B, N, A]
         q = self.q_each_agent(state, self.policy.sample(obs), candidates)  # [K, B, N]
-        best = q.argmax(0)[None, ..., None].expand(1, *candidates.shape[1:])
-        return candidates.gather(0, best)[0]
+        return best_candidate(candidates, q)
 
-    def target_action(self, next_obs: torch.Tensor):
+    def target_action(self, next_obs: torch.Tensor, next_state: torch.Tensor):
         action = self.policy.sample(next_obs)
         return action, torch.zeros(next_obs.shape[0], device=next_obs.device)
 

@@ -48,9 +48,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from marl_diff.agents.base import ActorCriticAgent, check_at_least, check_choices
+from marl_diff.agents.base import (
+    ActorCriticAgent,
+    best_candidate,
+    check_at_least,
+    check_choices,
+)
 from marl_diff.agents.diffusion_actor import DiffusionActorConfig, make_diffusion_policy
-from marl_diff.agents.networks import CentralCritic, substitute_each_agent
 from marl_diff.buffer import Batch
 from marl_diff.envs.base import EnvSpec
 from marl_diff.errors import ConfigError
@@ -115,22 +119,6 @@ class QVPOAgent(ActorCriticAgent):
         self.optimizers["actor"] = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
 
     # ---------------------------------------------------------------- helpers
-    @staticmethod
-    def q_of_candidates(
-        critic: CentralCritic, state: torch.Tensor, base: torch.Tensor, own: torch.Tensor
-    ) -> torch.Tensor:
-        """min over the twin `critic` of Q_i(s, own_i, base_-i): own [K, B, N, A] -> [K, B, N]."""
-        joint = substitute_each_agent(base, own)  # [K, B, N, N, A]
-        k, b, n = own.shape[:3]
-        states = state[None, :, None, :].expand(k, b, n, state.shape[-1])
-        return critic(states, joint).min(0).values
-
-    @staticmethod
-    def pick_best(candidates: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """Each state's and agent's highest-Q candidate: [K, B, N, A], q [K, B, N] -> [B, N, A]."""
-        best = q.argmax(0)[None, ..., None].expand(1, *candidates.shape[1:])
-        return candidates.gather(0, best)[0]
-
     def entropy_alpha_at(self, update: int) -> float:
         """Linear decay from `entropy_alpha` to `entropy_alpha_final` over the decay updates."""
         cfg = self.config
@@ -155,39 +143,23 @@ class QVPOAgent(ActorCriticAgent):
         candidates = self.policy.sample(obs, candidates=k)  # [K, B, N, A]
         if k == 1:
             return candidates[0]
-        q = self.q_of_candidates(self.critic, state, candidates[0], candidates)
-        return self.pick_best(candidates, q)
-
-    def target_action(self, next_obs: torch.Tensor):
-        """Without the next state: a plain target-policy sample, no soft bonus. QVPO's own
-        `update_critic` uses `next_action` (best of K by the target critic) instead."""
-        policy = self.target_policy if self.config.target_actor == "ema" else self.policy
-        return policy.sample(next_obs), torch.zeros(next_obs.shape[0], device=next_obs.device)
+        q = self.q_each_agent(state, candidates[0], candidates)
+        return best_candidate(candidates, q)
 
     @torch.no_grad()
-    def next_action(self, next_obs: torch.Tensor, next_state: torch.Tensor) -> torch.Tensor:
-        """Best of `target_samples` target-policy samples by the target critic's min Q."""
+    def target_action(self, next_obs: torch.Tensor, next_state: torch.Tensor):
+        """Best of `target_samples` target-policy samples by the target critic's min Q (per
+        agent, the others held at their first sample); no soft bonus."""
         cfg = self.config
         policy = self.target_policy if cfg.target_actor == "ema" else self.policy
         candidates = policy.sample(next_obs, candidates=cfg.target_samples)
+        no_bonus = torch.zeros(next_obs.shape[0], device=next_obs.device)
         if cfg.target_samples == 1:
-            return candidates[0]
-        q = self.q_of_candidates(self.critic_target, next_state, candidates[0], candidates)
-        return self.pick_best(candidates, q)
+            return candidates[0], no_bonus
+        q = self.q_each_agent(next_state, candidates[0], candidates, critic=self.critic_target)
+        return best_candidate(candidates, q), no_bonus
 
     # ---------------------------------------------------------------- updates
-    def update_critic(self, batch: Batch) -> dict[str, torch.Tensor]:
-        cfg = self.config
-        with torch.no_grad():
-            next_action = self.next_action(batch.next_obs, batch.next_state)
-            next_q = self.critic_target(batch.next_state, next_action).min(0).values
-            team_reward = batch.reward.mean(-1) * cfg.reward_scale
-            target = team_reward + cfg.gamma * (1.0 - batch.terminated) * next_q
-        q = self.critic(batch.state, batch.action)
-        loss = (q - target).pow(2).mean(-1).sum()
-        self.step_optimizer("critic", loss, self.critic.parameters())
-        return {"loss/critic": loss.detach(), "q/mean": q.mean().detach()}
-
     def training_set(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Actions [K, B, N, A] and weights [K, B, N] the weighted DSM is fitted to."""
         cfg = self.config
@@ -198,7 +170,7 @@ class QVPOAgent(ActorCriticAgent):
             weights = self.q_weights(q)
             best_weight = weights.max(0).values  # [B, N], the kept action's weight
             if cfg.train_on == "best":
-                actions, action_weights = self.pick_best(samples, q)[None], best_weight[None]
+                actions, action_weights = best_candidate(samples, q)[None], best_weight[None]
             else:
                 actions, action_weights = samples, weights
             alpha = self.entropy_alpha_at(int(self.updates))
