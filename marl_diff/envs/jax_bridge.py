@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import torch
 
+from marl_diff.envs.base import StepResult
+
 
 def jax_device_for(device: torch.device) -> jax.Device:
     """The JAX device that shares memory with a torch device; the default JAX CPU device when
@@ -108,4 +110,18 @@ class JaxBatch:
         return {name: to_torch(value, self.device) for name, value in outputs.items()}
 
 
-__all__ = ["JaxBatch", "jax_device_for", "to_jax", "to_torch"]
+def step_result(outputs: dict[str, torch.Tensor], info: dict[str, torch.Tensor]) -> StepResult:
+    """A `JaxBatch.step` output (with the StepResult fields among its keys) as a StepResult."""
+    return StepResult(
+        obs=outputs["obs"],
+        state=outputs["state"],
+        reward=outputs["reward"],
+        terminated=outputs["terminated"],
+        truncated=outputs["truncated"],
+        next_obs=outputs["next_obs"],
+        next_state=outputs["next_state"],
+        info=info,
+    )
+
+
+__all__ = ["JaxBatch", "jax_device_for", "step_result", "to_jax", "to_torch"]

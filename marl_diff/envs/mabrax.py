@@ -24,7 +24,7 @@ import jaxmarl
 import torch
 
 from marl_diff.envs.base import BatchedMultiAgentEnv, EnvSpec, ScenarioConfig, StepResult
-from marl_diff.envs.jax_bridge import JaxBatch
+from marl_diff.envs.jax_bridge import JaxBatch, step_result
 from marl_diff.errors import BackendMissing, ConfigError, choices
 
 TASKS = ("ant_4x2", "halfcheetah_6x1", "hopper_3x1", "humanoid_9|8", "walker2d_2x3")
@@ -136,16 +136,7 @@ class MabraxEnv(BatchedMultiAgentEnv):
             self.reset()
         actions = actions.to(dtype=torch.float32).clamp(-1.0, 1.0)
         out = self.batch.step(actions)
-        return StepResult(
-            obs=out["obs"],
-            state=out["state"],
-            reward=out["reward"],
-            terminated=out["terminated"],
-            truncated=out["truncated"],
-            next_obs=out["next_obs"],
-            next_state=out["next_state"],
-            info={},
-        )
+        return step_result(out, info={})
 
     def close(self) -> None:
         self.batch.carry = None

@@ -46,7 +46,7 @@ import torch
 from jaxmarl.environments.smax import smax_env as _smax_env
 
 from marl_diff.envs.base import BatchedMultiAgentEnv, EnvSpec, ScenarioConfig, StepResult
-from marl_diff.envs.jax_bridge import JaxBatch
+from marl_diff.envs.jax_bridge import JaxBatch, step_result
 from marl_diff.errors import ConfigError, choices
 
 ACTION_TYPES = ("discrete", "continuous")
@@ -218,16 +218,7 @@ class SmaxEnv(BatchedMultiAgentEnv):
         out = self.batch.step(actions.to(dtype=torch.float32))
         self.avail_actions = out["avail"]
         self.last_actions = out["action"]  # what SMAX was given: indices, or [0, 1] vectors
-        return StepResult(
-            obs=out["obs"],
-            state=out["state"],
-            reward=out["reward"],
-            terminated=out["terminated"],
-            truncated=out["truncated"],
-            next_obs=out["next_obs"],
-            next_state=out["next_state"],
-            info={"won": out["won"]},
-        )
+        return step_result(out, info={"won": out["won"]})
 
     def close(self) -> None:
         self.batch.carry = None
