@@ -323,6 +323,7 @@ UPDATE_COST_KEYS = ("actor_hidden", "critic_hidden", "diffusion_steps", "n_candi
 def update(args: list[str]) -> str:
     """Time of one gradient update (critic + actor) per agent on random replay batches of the
     scenario's shapes; `agent.*` overrides apply to every agent that has the key."""
+    from marl_diff import catalog
     from marl_diff.agents import make_agent
     from marl_diff.buffer import Batch
     from marl_diff.envs import make_env
@@ -337,22 +338,19 @@ def update(args: list[str]) -> str:
     names = [a for a in values["agents"].split(",") if a]
     agents, configs = {}, {}
     for name in names:
+        keys = catalog.load("agent", name)
         cfg = compose(
             [
                 f"scenario={values['scenario']}",
                 f"agent={name}",
-                *(a for a in passthrough if a.startswith("scenario.")),
+                *(
+                    arg
+                    for arg in passthrough
+                    if arg.startswith("scenario.") or arg.partition("=")[0][6:] in keys
+                ),
             ]
         )
         agent_cfg = OmegaConf.to_container(cfg.agent, resolve=True)
-        for arg in passthrough:
-            key, _, value = arg.partition("=")
-            if key.startswith("agent.") and key[6:] in agent_cfg:
-                agent_cfg[key[6:]] = (
-                    OmegaConf.create({"v": value}).v
-                    if "[" not in value
-                    else (OmegaConf.to_container(OmegaConf.create(f"v: {value}"))["v"])
-                )
         env = make_env(OmegaConf.to_container(cfg.scenario, resolve=True), 1, device, seed=0)
         spec = env.spec
         env.close()
