@@ -18,6 +18,23 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+
+def make_spec(n_agents=2, obs_dims=(3, 3), act_dims=(1, 1), state_dim=4):
+    """An EnvSpec for agent unit tests: actions in [-1, 1], padded to the largest agent."""
+    from marl_diff.envs.base import EnvSpec
+
+    a = max(act_dims)
+    return EnvSpec(
+        tuple(f"agent_{i}" for i in range(n_agents)),
+        obs_dims,
+        act_dims,
+        state_dim,
+        10,
+        -torch.ones(n_agents, a),
+        torch.ones(n_agents, a),
+    )
+
+
 # A training run that takes about a second on one CPU core: 300 pendulum steps, updates from
 # step 100, tiny networks, 2 short evaluations.
 TINY_ARGS = [

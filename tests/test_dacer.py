@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import train_run
+from conftest import make_spec, train_run
 
 from marl_diff.agents import make_agent
 from marl_diff.buffer import Batch
@@ -27,9 +27,7 @@ TINY_DACER = {
 
 def hetero_spec() -> EnvSpec:
     # agent 0: 2-D actions; agent 1: 1-D actions, its second entry padded
-    return EnvSpec(
-        ("agent_0", "agent_1"), (3, 2), (2, 1), 5, 10, -torch.ones(2, 2), torch.ones(2, 2)
-    )
+    return make_spec(obs_dims=(3, 2), act_dims=(2, 1), state_dim=5)
 
 
 def agent(**overrides):

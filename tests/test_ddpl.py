@@ -8,12 +8,11 @@ import math
 
 import pytest
 import torch
-from conftest import train_run
+from conftest import make_spec, train_run
 from omegaconf import OmegaConf
 
 from marl_diff.agents import make_agent
 from marl_diff.buffer import Batch
-from marl_diff.envs.base import EnvSpec
 from marl_diff.run import compose
 
 TINY_DDPL = {
@@ -26,21 +25,8 @@ TINY_DDPL = {
 }
 
 
-def spec(n_agents=2, obs_dims=(3, 3), act_dims=(1, 1), state_dim=4) -> EnvSpec:
-    a = max(act_dims)
-    return EnvSpec(
-        tuple(f"agent_{i}" for i in range(n_agents)),
-        obs_dims,
-        act_dims,
-        state_dim,
-        10,
-        -torch.ones(n_agents, a),
-        torch.ones(n_agents, a),
-    )
-
-
 def agent(**overrides):
-    return make_agent({**TINY_DDPL, **overrides}, spec(), "cpu")
+    return make_agent({**TINY_DDPL, **overrides}, make_spec(), "cpu")
 
 
 # ---------------------------------------------------------------------------- ISSM by hand

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import train_run
+from conftest import make_spec, train_run
 
 from marl_diff.agents import make_agent
 from marl_diff.buffer import Batch
-from marl_diff.envs.base import EnvSpec
 from marl_diff.errors import ConfigError
 
 TINY_QVPO = {
@@ -24,21 +23,8 @@ TINY_QVPO = {
 }
 
 
-def spec(n_agents=2, obs_dims=(3, 3), act_dims=(1, 1), state_dim=4) -> EnvSpec:
-    a = max(act_dims)
-    return EnvSpec(
-        tuple(f"agent_{i}" for i in range(n_agents)),
-        obs_dims,
-        act_dims,
-        state_dim,
-        10,
-        -torch.ones(n_agents, a),
-        torch.ones(n_agents, a),
-    )
-
-
 def agent(env_spec=None, **overrides):
-    return make_agent({**TINY_QVPO, **overrides}, env_spec or spec(), "cpu")
+    return make_agent({**TINY_QVPO, **overrides}, env_spec or make_spec(), "cpu")
 
 
 def batch(b=1, n=2, d=3, a=1, s=4) -> Batch:
@@ -116,7 +102,7 @@ def test_entropy_coefficient_decays_linearly_over_updates():
 @pytest.mark.parametrize("updates, alpha", [(0, 0.02), (50, 0.011), (100, 0.002)])
 def test_uniform_entropy_actions_join_the_training_set(monkeypatch, updates, alpha):
     qvpo = agent(
-        spec(act_dims=(2, 1)),
+        make_spec(act_dims=(2, 1)),
         n_samples=4,
         n_entropy_samples=3,
         entropy_decay_updates=100,
@@ -188,7 +174,7 @@ def test_critic_target_takes_the_best_target_policy_sample_by_target_q(monkeypat
 
 # ---------------------------------------------------------------------------- heterogeneous
 def test_acts_and_updates_on_a_heterogeneous_spec():
-    het = spec(n_agents=3, obs_dims=(3, 5, 2), act_dims=(2, 1, 3), state_dim=6)
+    het = make_spec(n_agents=3, obs_dims=(3, 5, 2), act_dims=(2, 1, 3), state_dim=6)
     for overrides in (
         {},
         {"train_on": "all", "others_actions": "policy", "target_actor": "current"},
