@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import sys
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -24,6 +25,29 @@ class BackendMissing(MarlDiffError):
 
 class TrainingDiverged(MarlDiffError):
     """NaN/Inf appeared in a loss or in the parameters."""
+
+
+def missing_package(err: ImportError) -> str | None:
+    """The top-level third-party package whose absence raised `err`, or None.
+
+    Only a ModuleNotFoundError for a package that is genuinely not installed counts: the error
+    names the top-level package itself, or a submodule of a top-level package that cannot be
+    found either. Anything else (a name missing from an installed package, a half-installed
+    package, or any import error inside marl_diff itself) returns None, and callers must let
+    the error propagate instead of reporting an optional backend as "not installed".
+    """
+    if not isinstance(err, ModuleNotFoundError) or not err.name:
+        return None
+    top = err.name.split(".")[0]
+    if top == "marl_diff":
+        return None
+    if err.name != top:
+        try:
+            if importlib.util.find_spec(top) is not None:
+                return None  # installed, but a submodule is missing: a broken install
+        except (ImportError, ValueError):
+            return None
+    return top
 
 
 def choices(names: Iterable[str]) -> str:

@@ -20,10 +20,14 @@ ENTRIES = [(group, name) for group in catalog.GROUPS for name in catalog.names(g
 
 def config_class(group: str, node: DictConfig) -> type:
     if group == "scenario":
+        # Only BackendMissing (a third-party package genuinely not installed) skips, and with
+        # CI=true the conftest turns that skip into a failure: `[all]` installs every backend
+        # (Isaac Lab's module imports without Isaac Sim). Any other ImportError is a bug or a
+        # broken install and fails the test everywhere.
         try:
             return backend_class(str(node.backend)).Config  # type: ignore[attr-defined]
-        except (BackendMissing, ImportError) as err:  # a backend still being written
-            pytest.skip(f"backend '{node.backend}' not available: {err}")
+        except BackendMissing as err:
+            pytest.skip(f"backend '{node.backend}' is not installed: {err}")
     if group == "agent":
         return agent_class(str(node.algorithm)).Config
     return RUNNERS[str(node.kind)][1]

@@ -426,3 +426,26 @@ def test_constructor_reports_unknown_task_and_bad_override(fake_isaaclab):
             "cpu",
             0,
         )
+
+
+def test_broken_isaaclab_install_is_not_reported_as_missing(fake_isaaclab, monkeypatch):
+    import sys
+
+    # installed (found), but a name is missing: a broken install, the ImportError propagates
+    monkeypatch.delattr(sys.modules["isaaclab.envs"], "DirectMARLEnv")
+    cfg = {"name": "t", "backend": "isaaclab", "task": "Isaac-Fake-Direct-v0"}
+    with pytest.raises(ImportError, match="DirectMARLEnv"):  # BackendMissing is no ImportError
+        make_env(cfg, 2, "cpu", 0)
+
+
+def test_absent_package_needed_by_isaaclab_is_backend_missing(fake_isaaclab, monkeypatch):
+    import sys
+
+    def missing(name):
+        raise ModuleNotFoundError("No module named 'omni_absent_xyz'", name="omni_absent_xyz")
+
+    monkeypatch.setattr(sys.modules["isaaclab.app"], "__getattr__", missing, raising=False)
+    monkeypatch.delattr(sys.modules["isaaclab.app"], "AppLauncher")
+    cfg = {"name": "t", "backend": "isaaclab", "task": "Isaac-Fake-Direct-v0"}
+    with pytest.raises(BackendMissing, match="cannot import: omni_absent_xyz"):
+        make_env(cfg, 2, "cpu", 0)

@@ -533,3 +533,27 @@ def test_frame_skip_shortens_the_episode_limit():
     env.reset()
     ends = [bool(env.step(env.random_actions()).truncated) for _ in range(13)]
     assert ends == [False] * 12 + [True]
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["from marl_diff.nonexistent import Thing", "from marl_diff.errors import NoSuchError"],
+    ids=["missing-project-module", "missing-project-name"],
+)
+def test_project_import_error_in_env_module_propagates(tmp_path, monkeypatch, source):
+    """A bug inside marl_diff hit while importing scenario.env is neither BackendMissing ("needs
+    the package 'marl_diff'") nor a ConfigError: the ImportError propagates."""
+    module = "marl_diff_fake_pz_env"
+    (tmp_path / f"{module}.py").write_text(f"{source}\n\ndef parallel_env(**kwargs):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError) as info:  # BackendMissing, ConfigError: not ImportErrors
+        PettingZooEnv(PettingZooEnv.Config(env=module), 1)
+    assert info.value.name.startswith("marl_diff.")
+
+
+def test_absent_dependency_of_env_module_is_backend_missing(tmp_path, monkeypatch):
+    module = "marl_diff_fake_pz_env_dep"
+    (tmp_path / f"{module}.py").write_text("import marl_diff_absent_package_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(BackendMissing, match="needs the package 'marl_diff_absent_package_xyz'"):
+        PettingZooEnv(PettingZooEnv.Config(env=module), 1)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from marl_diff.envs.base import BatchedMultiAgentEnv, EnvSpec, StepResult
-from marl_diff.errors import BackendMissing, unknown
+from marl_diff.errors import BackendMissing, missing_package, unknown
 from marl_diff.typed_config import to_dataclass
 
 # backend name -> (module:Class, pip extra that installs what it needs)
@@ -37,8 +37,13 @@ def backend_class(name: str) -> type[BatchedMultiAgentEnv]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
+        # Only a third-party package that is genuinely absent is a missing backend; an import
+        # error inside marl_diff or a broken install propagates with its traceback.
+        package = missing_package(err)
+        if package is None:
+            raise
         raise BackendMissing(
-            f"the '{name}' backend needs a package that is not installed ({err.name or err}). "
+            f"the '{name}' backend needs a package that is not installed ({package}). "
             f"Install it with: pip install 'marl_diff[{extra}]'"
         ) from None
     return getattr(module, class_name)

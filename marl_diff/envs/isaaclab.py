@@ -71,7 +71,7 @@ from marl_diff.envs.base import (
     discrete_from_logits,
     pad_stack,
 )
-from marl_diff.errors import BackendMissing, ConfigError
+from marl_diff.errors import BackendMissing, ConfigError, missing_package
 
 INSTALL_DOCS = "https://isaac-sim.github.io/IsaacLab/main/source/setup/installation/index.html"
 _REQUIRED_MODULES = ("isaacsim", "isaaclab", "isaaclab_tasks")
@@ -464,7 +464,10 @@ def _make_isaaclab_env(config: IsaacLabConfig, num_envs: int, device: torch.devi
         from isaaclab.envs import DirectMARLEnv
         from isaaclab_tasks.utils import parse_env_cfg
     except ImportError as err:
-        raise BackendMissing(install_hint([err.name or str(err)])) from None
+        package = missing_package(err)
+        if package is None:
+            raise  # installed but broken (or a bug here): not a missing backend
+        raise BackendMissing(install_hint([package])) from None
 
     try:
         env_cfg = parse_env_cfg(config.task, device=sim_device, num_envs=num_envs)

@@ -14,6 +14,7 @@ the JAX side; outputs to torch by DLPack).
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ import torch
 
 from marl_diff.envs.base import BatchedMultiAgentEnv, EnvSpec, ScenarioConfig, StepResult
 from marl_diff.envs.jax_bridge import JaxBatch, step_result
-from marl_diff.errors import BackendMissing, ConfigError, choices
+from marl_diff.errors import BackendMissing, ConfigError, choices, missing_package
 
 TASKS = ("ant_4x2", "halfcheetah_6x1", "hopper_3x1", "humanoid_9|8", "walker2d_2x3")
 
@@ -38,15 +39,29 @@ class MabraxConfig(ScenarioConfig):
     env_kwargs: dict[str, Any] = field(default_factory=dict)  # extra brax env kwargs
 
 
+def require_mabrax() -> None:
+    """Raise BackendMissing when brax is not installed. jaxmarl sets MABRAX_AVAILABLE = False on
+    *any* ImportError of its MABrax module, so redo that import to tell a missing brax (a clean
+    BackendMissing) from a broken install (the real ImportError, which propagates)."""
+    if jaxmarl.environments.MABRAX_AVAILABLE:
+        return
+    try:
+        importlib.import_module("jaxmarl.environments.mabrax")
+    except ImportError as err:
+        package = missing_package(err)
+        if package is None:
+            raise
+        raise BackendMissing(
+            f"the 'mabrax' backend needs brax, which is not installed (cannot import "
+            f"'{package}'). Install it with: pip install 'marl_diff[smax]'"
+        ) from None
+
+
 class MabraxEnv(BatchedMultiAgentEnv):
     Config = MabraxConfig
 
     def __init__(self, config: MabraxConfig, num_envs: int, device: torch.device, seed: int):
-        if not jaxmarl.environments.MABRAX_AVAILABLE:
-            raise BackendMissing(
-                "the 'mabrax' backend needs brax, which is not installed. "
-                "Install it with: pip install 'marl_diff[smax]'"
-            )
+        require_mabrax()
         if config.task not in TASKS:
             raise ConfigError(
                 f"unknown multi-agent Brax task '{config.task}'. Valid choices: {choices(TASKS)}."

@@ -54,7 +54,7 @@ from marl_diff.envs.base import (
     discrete_from_logits,
     pad_stack,
 )
-from marl_diff.errors import BackendMissing, ConfigError, choices
+from marl_diff.errors import BackendMissing, ConfigError, choices, missing_package
 
 EXAMPLE_ENVS = (
     "mpe2.simple_spread_v3",
@@ -399,8 +399,14 @@ def _load_factory(target: str):
         missing = err.name or ""
         top = missing.split(".")[0]
         requested_top = module_name.split(".")[0]
+        requested = module_name == missing or module_name.startswith(missing + ".")
+        if top == "marl_diff" and not requested:
+            raise  # a bug inside marl_diff, not a problem with scenario.env
         if (top and top != requested_top) or (top in PIP_HINTS and missing == top):
-            # a dependency of the module (or a known optional package) is not installed
+            # a dependency of the module (or a known optional package) cannot be imported:
+            # a missing backend only if that package is genuinely not installed
+            if missing_package(err) is None:
+                raise
             hint = PIP_HINTS.get(top, top)
             raise BackendMissing(
                 f"scenario.env '{target}' needs the package '{top}', which is not installed. "
@@ -411,6 +417,8 @@ def _load_factory(target: str):
             f"Examples of valid values: {examples}."
         ) from None
     except ImportError as err:
+        if (err.name or "").split(".")[0] == "marl_diff":
+            raise  # a bug inside marl_diff (or code using it wrongly): keep the traceback
         raise ConfigError(
             f"cannot import module '{module_name}' named by scenario.env: {err} "
             f"Examples of valid values: {examples}."
@@ -475,9 +483,12 @@ def _build(factory, kwargs: dict[str, Any], wrappers, target: str):
         return env
     try:
         import supersuit
-    except ImportError:
+    except ImportError as err:
+        if missing_package(err) is None:
+            raise  # SuperSuit is installed but broken: show the real error
         raise BackendMissing(
-            "scenario.wrappers needs SuperSuit. Install it with: pip install 'marl_diff[mpe]'"
+            f"scenario.wrappers needs SuperSuit, which cannot import '{err.name}' (not "
+            f"installed). Install it with: pip install 'marl_diff[mpe]'"
         ) from None
     for name, wkwargs in wrappers:
         try:
