@@ -58,17 +58,24 @@ class ReplayBuffer:
         return Batch(*(store[idx] for store in self.storage))
 
     def state_dict(self) -> dict:
-        """The filled part only, in insertion order, so a resumed buffer is compact."""
+        """The filled part only, in insertion order, so a resumed buffer is compact, and the
+        write position, so a buffer of the same capacity comes back slot for slot (the same
+        sampled indices then draw the same transitions)."""
         order = torch.arange(self.size, device=self.device)
         if self.size == self.capacity:
             order = (order + self.position) % self.capacity
-        return {
+        state = {
             name: store[order].cpu()
             for name, store in zip(Batch._fields, self.storage, strict=False)
         }
+        state["position"] = torch.tensor(self.position)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.position = self.size = 0
+        """Newest transitions first when the capacity shrank; same layout when it is equal."""
         count = min(state["obs"].shape[0], self.capacity)
+        full_same_capacity = state["obs"].shape[0] == self.capacity and "position" in state
+        self.position = int(state["position"]) % self.capacity if full_same_capacity else 0
+        self.size = 0
         if count:
             self.add(Batch(*(state[name][-count:].to(self.device) for name in Batch._fields)))

@@ -1,7 +1,14 @@
-"""`python -m marl_diff.evaluate run_dir=DIR [episodes=K] [device=cpu|cuda|auto] [seed=S]`
+"""`python -m marl_diff.evaluate run_dir=DIR [episodes=K] [sample=true|false] [seed=S]
+[num_envs=E] [device=cpu|cuda|auto]`
 
-Loads the latest checkpoint of a run, plays K episodes with decentralised execution
-(deterministic actions from each agent's own observation) and writes DIR/eval.json.
+Loads the latest checkpoint of a run and plays K episodes with decentralised execution (each
+agent acts from its own observation). Unset settings are the run's own evaluation settings
+(`runner.eval_episodes`, `runner.eval_num_envs`, `runner.eval_mode` and the run's evaluation
+seed), so with none given it repeats the run's final evaluation. `sample=true` draws every
+agent's action from its policy, the Gaussian's included (see runners/evaluation.py).
+
+The report goes to DIR/evaluations/<mode>_episodes<K>_seed<S>.json; the run's own eval.json is
+never touched.
 """
 
 from __future__ import annotations
@@ -18,8 +25,18 @@ from marl_diff.envs import make_env
 from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
 from marl_diff.run import resolve_device
 from marl_diff.runners.evaluation import evaluate_episodes
+from marl_diff.runners.off_policy import OffPolicyConfig, eval_seed
 
-SETTINGS = {"run_dir": None, "episodes": 10, "device": "auto", "seed": 12345, "num_envs": 10}
+# None: the run's own setting
+SETTINGS = {
+    "run_dir": None,
+    "episodes": None,
+    "sample": None,
+    "seed": None,
+    "num_envs": None,
+    "device": "auto",
+}
+BOOLEANS = {"true": True, "false": False}
 
 
 def parse(args: list[str]) -> dict:
@@ -34,55 +51,81 @@ def parse(args: list[str]) -> dict:
     if values["run_dir"] is None:
         raise ConfigError("run_dir=DIR is required (a directory made by marl_diff.run)")
     for key in ("episodes", "seed", "num_envs"):
+        if values[key] is None:
+            continue
         try:
             values[key] = int(values[key])
         except ValueError:
             raise ConfigError(f"{key} must be an integer, not '{values[key]}'") from None
         if key != "seed" and values[key] <= 0:
             raise ConfigError(f"{key} must be positive")
+    if values["sample"] is not None:
+        if values["sample"].lower() not in BOOLEANS:
+            raise ConfigError(f"sample must be true or false, not '{values['sample']}'")
+        values["sample"] = BOOLEANS[values["sample"].lower()]
     return values
 
 
-def evaluate_run(run_dir: Path, episodes: int, device: str, seed: int, num_envs: int) -> dict:
+def evaluate_run(
+    run_dir: Path,
+    episodes: int | None = None,
+    device: str = "auto",
+    seed: int | None = None,
+    num_envs: int | None = None,
+    sample: bool | None = None,
+) -> tuple[dict, Path]:
+    """Evaluate a run's latest checkpoint; returns the report and the file it was written to."""
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
         raise MarlDiffError(f"'{config_file}' does not exist: run_dir must be a training run")
     cfg = OmegaConf.load(config_file)
+    runner = OffPolicyConfig(**{k: v for k, v in cfg.runner.items() if k.startswith("eval_")})
+    episodes = runner.eval_episodes if episodes is None else episodes
+    seed = eval_seed(int(cfg.seed)) if seed is None else seed
+    num_envs = runner.eval_num_envs if num_envs is None else num_envs
+    mode = runner.eval_mode if sample is None else ("sample" if sample else "default")
     torch_device = resolve_device(device)
+    state = load_latest(run_dir / "checkpoints", map_location=torch_device)
     env = make_env(
         OmegaConf.to_container(cfg.scenario, resolve=True),
         min(num_envs, episodes),
         torch_device,
         seed,
     )
-    agent = make_agent(OmegaConf.to_container(cfg.agent, resolve=True), env.spec, torch_device)
-    state = load_latest(run_dir / "checkpoints", map_location=torch_device)
-    if state.get("spec") != env.spec.summary():
-        raise MarlDiffError(
-            "checkpoint does not match the run's scenario (agents or spaces differ)"
-        )
-    agent.load_training_state(state["agent"])
-    agent.eval()
     try:
-        report = evaluate_episodes(agent, env, episodes, seed)
+        if state.get("spec") != env.spec.summary():
+            raise MarlDiffError(
+                "checkpoint does not match the run's scenario (agents or spaces differ)"
+            )
+        agent = make_agent(OmegaConf.to_container(cfg.agent, resolve=True), env.spec, torch_device)
+        agent.load_training_state(state["agent"])
+        agent.eval()
+        report = evaluate_episodes(agent, env, episodes, seed, mode)
     finally:
         env.close()
-    report["env_steps"] = int(state["env_steps"])
-    with open(run_dir / "eval.json", "w", encoding="utf-8") as handle:
+    report.update(env_steps=int(state["env_steps"]), seed=seed, num_envs=env.num_envs)
+    out = run_dir / "evaluations" / f"{mode}_episodes{episodes}_seed{seed}.json"
+    out.parent.mkdir(exist_ok=True)
+    with open(out, "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=1)
-    return report
+    return report, out
 
 
 @exit_cleanly_on_user_error
 def main(argv: list[str] | None = None) -> None:
     values = parse(sys.argv[1:] if argv is None else argv)
-    run_dir = Path(values["run_dir"])
-    report = evaluate_run(
-        run_dir, values["episodes"], values["device"], values["seed"], values["num_envs"]
+    report, out = evaluate_run(
+        Path(values["run_dir"]),
+        values["episodes"],
+        values["device"],
+        values["seed"],
+        values["num_envs"],
+        values["sample"],
     )
+    modes = f", {report['modes_covered']} goals covered" if "modes_covered" in report else ""
     print(
         f"return {report['mean_return']:.3f} +- {report['std_return']:.3f} over "
-        f"{report['episodes']} episodes -> {run_dir / 'eval.json'}"
+        f"{report['episodes']} episodes ({report['mode']}{modes}) -> {out}"
     )
 
 

@@ -333,7 +333,7 @@ def test_buffer_state_dict_round_trip():
     buffer.add(numbered(spec, 0, 4))
     buffer.add(numbered(spec, 4, 3))  # wrapped: holds 2..6, oldest at position 2
     state = buffer.state_dict()
-    assert set(state) == set(Batch._fields)
+    assert set(state) == {*Batch._fields, "position"}
     assert state["terminated"].tolist() == [2, 3, 4, 5, 6]  # insertion order
     assert state["obs"].shape == (5, 3, 4)
 
@@ -341,7 +341,7 @@ def test_buffer_state_dict_round_trip():
     same.load_state_dict(state)
     assert same.size == 5
     for x, y in zip(same.state_dict().values(), state.values(), strict=True):
-        assert torch.equal(x, y)
+        assert torch.equal(x, y)  # the same slots, write position included
     same.add(numbered(spec, 7, 1))  # the next write replaces the oldest (2)
     assert sorted(same.state_dict()["terminated"].tolist()) == [3, 4, 5, 6, 7]
 

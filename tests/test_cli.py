@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,18 +123,37 @@ def test_resume_with_incompatible_config_fails(trained, run_cli, tmp_path, overr
     assert digests(trained / "checkpoints") == before
 
 
-def test_evaluate_cli(trained, run_cli, tmp_path):
+def test_evaluate_cli_repeats_the_runs_final_evaluation(trained, run_cli, tmp_path):
+    """With no settings, evaluate replays the run's own final evaluation from the checkpoint:
+    the same returns, which an untrained or wrongly loaded agent would not reproduce. It writes
+    its own file and leaves the run's eval.json alone."""
     run_dir = tmp_path / "run"
     shutil.copytree(trained, run_dir)
-    (run_dir / "eval.json").unlink()
-    proc = run_cli(
-        [f"run_dir={run_dir}", "episodes=3", "device=cpu"], tmp_path, "marl_diff.evaluate"
-    )
+    own = (run_dir / "eval.json").read_bytes()
+    proc = run_cli([f"run_dir={run_dir}", "device=cpu"], tmp_path, "marl_diff.evaluate")
     assert proc.returncode == 0, proc.stderr
-    report = json.loads((run_dir / "eval.json").read_text())
-    assert len(report["returns"]) == 3 and report["episodes"] == 3
-    assert report["env_steps"] == 300
-    assert report["mean_return"] == pytest.approx(sum(report["returns"]) / 3, rel=1e-5)
+    assert (run_dir / "eval.json").read_bytes() == own
+    report = json.loads(
+        (run_dir / "evaluations" / "default_episodes2_seed1000003.json").read_text()
+    )
+    assert report["returns"] == json.loads(own)["returns"]
+    assert report["env_steps"] == 300 and report["mode"] == "default"
+
+
+def test_evaluate_cli_sample_mode_draws_from_the_gaussian(trained, tmp_path):
+    """sample=true: the Gaussian samples instead of playing tanh(mean), so the returns differ
+    from the default mode's on the same episodes (same seed)."""
+    from marl_diff.evaluate import evaluate_run
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    default, _ = evaluate_run(run_dir, episodes=3, device="cpu", seed=7)
+    sampled, out = evaluate_run(run_dir, episodes=3, device="cpu", seed=7, sample=True)
+    again, _ = evaluate_run(run_dir, episodes=3, device="cpu", seed=7, sample=True)
+    assert out.name == "sample_episodes3_seed7.json" and sampled["mode"] == "sample"
+    assert len(sampled["returns"]) == 3
+    assert sampled["returns"] != default["returns"]
+    assert sampled["returns"] == again["returns"]  # its own seeded random stream
 
 
 @pytest.mark.parametrize(
@@ -141,7 +161,8 @@ def test_evaluate_cli(trained, run_cli, tmp_path):
     [
         (["episodes=3"], ["run_dir"]),
         (["run_dir=RUN", "episodes=many"], ["episodes", "many"]),
-        (["run_dir=RUN", "bogus=1"], ["bogus", "episodes=", "run_dir="]),
+        (["run_dir=RUN", "bogus=1"], ["bogus", "episodes=", "run_dir=", "sample="]),
+        (["run_dir=RUN", "sample=maybe"], ["sample", "true or false", "maybe"]),
         (["run_dir=NOWHERE"], ["config.yaml"]),
     ],
 )
@@ -156,6 +177,34 @@ def test_evaluate_cli_errors(trained, tmp_path, capsys, args, needles):
     out = capsys.readouterr()
     proc = subprocess.CompletedProcess(args, info.value.code, out.out, out.err)
     assert_clean_error(proc, *needles)
+
+
+# ---------------------------------------------------------------------------- agent_defaults
+def test_scenario_agent_defaults_apply_to_their_agent_only(compose_config):
+    """multigoal.yaml sets ddpl's target and entropy target; other agents get none of it."""
+    ddpl, _ = compose_config(["scenario=multigoal", "agent=ddpl"])
+    assert ddpl.agent.target == "soft" and ddpl.agent.target_entropy_scale == -0.5
+    pendulum, _ = compose_config(["scenario=pendulum", "agent=ddpl"])
+    assert pendulum.agent.target == "mirror" and pendulum.agent.target_entropy_scale == 0.9
+    gaussian, _ = compose_config(["scenario=multigoal", "agent=gaussian"])
+    assert "target" not in gaussian.agent and gaussian.agent.target_entropy_scale == 1.0
+    dacer, _ = compose_config(["scenario=humanoid", "agent=dacer"])
+    assert dacer.agent.noise_scale == 0.15
+
+
+def test_the_command_line_wins_over_agent_defaults_key_by_key(compose_config):
+    cfg, _ = compose_config(["scenario=multigoal", "agent=ddpl", "agent.target=mirror"])
+    assert cfg.agent.target == "mirror"  # given on the command line
+    assert cfg.agent.target_entropy_scale == -0.5  # still the scenario's default
+
+
+def test_a_resumed_run_keeps_its_saved_agent_settings(trained, compose_config):
+    """Resuming never re-applies agent_defaults: the saved config is the one that trained."""
+    from marl_diff.run import resumed_config
+
+    cfg, overrides = compose_config([f"resume={trained}", "runner.total_steps=600"])
+    resumed, _ = resumed_config(cfg, overrides)
+    assert resumed.agent == OmegaConf.load(trained / "config.yaml").agent
 
 
 # ---------------------------------------------------------------------------- listing, sweeps
@@ -197,11 +246,23 @@ def test_multirun_makes_one_run_dir_per_job(run_cli, tmp_path, tiny_args):
         (["agent.actor_lr=fast"], ["agent.actor_lr", "fast"]),
         (["agent.actor_activation=wiggle"], ["agent.actor_activation", "wiggle", "relu"]),
         (["device=gpu"], ["device", "gpu", "cuda"]),
+        (["runner.eval_mode=best"], ["runner.eval_mode", "default", "sample", "best"]),
     ],
 )
-def test_bad_command_lines_fail_cleanly(run_cli, tmp_path, tiny_args, args, needles):
-    proc = run_cli([*tiny_args, *args, f"run_dir={tmp_path / 'run'}"], tmp_path)
-    assert_clean_error(proc, *needles)
+def test_bad_command_lines_fail_cleanly(tmp_path, tiny_args, args, needles, monkeypatch, capsys):
+    """In-process through the entry point, Hydra included (a subprocess costs seconds each;
+    the subprocess tests below show the same handling in a real process)."""
+    from marl_diff import run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["marl_diff.run"])
+    argv = [*tiny_args, *args, f"run_dir={tmp_path / 'run'}"]
+    with pytest.raises(SystemExit) as info:
+        run.main(argv)
+    out = capsys.readouterr()
+    assert_clean_error(
+        subprocess.CompletedProcess(argv, info.value.code, out.out, out.err), *needles
+    )
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_AGENTS, TINY_NETS
 
 from marl_diff.agents.gaussian import GaussianAgent
 from marl_diff.checkpoint import checkpoint_paths, load_latest, save_checkpoint
@@ -151,6 +152,82 @@ def test_resume_continues_training_and_metrics(first_run, compose_config, tmp_pa
     assert load_latest(run_dir / "checkpoints")["env_steps"] == 600
     assert json.loads((run_dir / "eval.json").read_text())["env_steps"] == 600
     assert (run_dir / "config.yaml").read_text().count("total_steps: 600") == 1
+
+
+# ---------------------------------------------------------------------------- exact resume
+# The tiny agents of conftest, with the lagged proposal refreshed and alpha refit a few times
+# before and after the checkpoint.
+RESUME_AGENTS = {
+    name: {**TINY_NETS, **settings, **extra}
+    for (name, settings), extra in zip(
+        TINY_AGENTS.items(),
+        ({}, {"lag_updates": 5}, {"alpha_update_every": 7}, {}),
+        strict=True,
+    )
+}
+# Two env copies, episodes of 20 steps: the checkpoint at env step 60 falls mid-episode, between
+# two log events (every 25) and after the 50-slot buffer wrapped; 0.75 updates per env step
+# leaves a fractional update credit there.
+EXACT_RESUME_RUN = [
+    "scenario=multigoal",
+    "scenario.max_steps=20",
+    "runner.total_steps=120",
+    "runner.num_envs=2",
+    "runner.warmup_steps=30",
+    "runner.utd_ratio=0.75",
+    "runner.batch_size=16",
+    "runner.buffer_size=50",
+    "runner.eval_every=40",
+    "runner.eval_episodes=2",
+    "runner.eval_num_envs=2",
+    "runner.log_every=25",
+    "runner.checkpoint_every=60",
+    "runner.keep_checkpoints=0",
+    "runner.save_buffer=true",
+    "runner.progress=false",
+    "device=cpu",
+]
+
+
+class Killed(Exception):
+    """Stands in for the process being killed right after a checkpoint."""
+
+
+@pytest.mark.parametrize("agent_name", sorted(RESUME_AGENTS))
+def test_a_run_killed_and_resumed_equals_the_uninterrupted_run(
+    agent_name, compose_config, tmp_path, monkeypatch
+):
+    settings = RESUME_AGENTS[agent_name]
+    args = [
+        *EXACT_RESUME_RUN,
+        f"agent={agent_name}",
+        *(f"agent.{key}={json.dumps(value)}" for key, value in settings.items()),
+    ]
+    whole = tmp_path / "whole"
+    train(compose_config, [*args, f"run_dir={whole}"])
+
+    real_save = OffPolicyRunner.save
+
+    def save_then_die(self):
+        real_save(self)
+        raise Killed
+
+    killed = tmp_path / "killed"
+    with monkeypatch.context() as patch:
+        patch.setattr(OffPolicyRunner, "save", save_then_die)
+        with pytest.raises(Killed):
+            train(compose_config, [*args, f"run_dir={killed}"])
+    assert load_latest(killed / "checkpoints")["env_steps"] == 60
+    assert not (killed / "eval.json").exists()
+    train(compose_config, [f"resume={killed}"])
+
+    assert without_timing(metrics(killed)) == without_timing(metrics(whole))
+    assert json.loads((killed / "eval.json").read_text()) == json.loads(
+        (whole / "eval.json").read_text()
+    )
+    final = [load_latest(run / "checkpoints") for run in (whole, killed)]
+    assert_same_tensors(final[1]["agent"], final[0]["agent"], "agent")
+    assert_same_tensors(final[1]["torch_rng"], final[0]["torch_rng"], "torch_rng")
 
 
 # ---------------------------------------------------------------------------- divergence

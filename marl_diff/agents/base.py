@@ -71,6 +71,16 @@ class Agent(nn.Module, ABC):
         """
 
     @abstractmethod
+    def sample_policy(self, obs: torch.Tensor) -> torch.Tensor:
+        """obs [B, N, D] -> one draw a_i ~ pi_i(. | o_i) per agent, [B, N, A]: no exploration
+        noise and no choice among samples by Q.
+
+        Evaluation with `sample=true` uses it so that policy classes are compared in the same
+        mode: each agent's default evaluation action differs in kind (a Gaussian's is its
+        tanh(mean), a single point, while a diffusion policy samples).
+        """
+
+    @abstractmethod
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One gradient update from a replay batch."""
 

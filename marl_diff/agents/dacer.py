@@ -138,11 +138,14 @@ class DACERAgent(ActorCriticAgent):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool, state: torch.Tensor | None = None):
-        action = self.policy.sample(obs, clip_x0=self.config.clip_x0)
+        action = self.sample_policy(obs)
         return self.exploration_noise(action) if explore else action
 
+    def sample_policy(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.policy.sample(obs, clip_x0=self.config.clip_x0)
+
     def target_action(self, next_obs: torch.Tensor, next_state: torch.Tensor):
-        action = self.policy.sample(next_obs, clip_x0=self.config.clip_x0)
+        action = self.sample_policy(next_obs)
         return action, torch.zeros(next_obs.shape[0], device=next_obs.device)
 
     # ---------------------------------------------------------------- updates

@@ -137,13 +137,16 @@ class DDPLAgent(ActorCriticAgent):
     def act(self, obs: torch.Tensor, explore: bool, state: torch.Tensor | None = None):
         cfg = self.config
         if not (explore and cfg.action_selection == "best_of_k" and state is not None):
-            return self.policy.sample(obs)
+            return self.sample_policy(obs)
         candidates = self.policy.sample(obs, candidates=cfg.best_of_k)  # [K, B, N, A]
         q = self.q_each_agent(state, self.policy.sample(obs), candidates)  # [K, B, N]
         return best_candidate(candidates, q)
 
+    def sample_policy(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.policy.sample(obs)
+
     def target_action(self, next_obs: torch.Tensor, next_state: torch.Tensor):
-        action = self.policy.sample(next_obs)
+        action = self.sample_policy(next_obs)
         return action, torch.zeros(next_obs.shape[0], device=next_obs.device)
 
     # ---------------------------------------------------------------- ISSM

@@ -93,6 +93,10 @@ class GaussianAgent(ActorCriticAgent):
     def act(self, obs: torch.Tensor, explore: bool, state: torch.Tensor | None = None):
         return self.policy(obs, deterministic=not explore, with_log_prob=False)[0]
 
+    @torch.no_grad()
+    def sample_policy(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.policy(obs, with_log_prob=False)[0]
+
     def target_action(self, next_obs: torch.Tensor, next_state: torch.Tensor):
         action, log_prob = self.policy(next_obs)
         return action, -(self.log_alpha.exp() * log_prob).sum(-1)

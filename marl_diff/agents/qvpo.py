@@ -138,13 +138,16 @@ class QVPOAgent(ActorCriticAgent):
         otherwise) when the global state is given; a plain policy sample without it (the
         centralised critic needs the state, which decentralised evaluation does not have)."""
         if state is None:
-            return self.policy.sample(obs)
+            return self.sample_policy(obs)
         k = self.config.behavior_samples if explore else self.config.eval_samples
         candidates = self.policy.sample(obs, candidates=k)  # [K, B, N, A]
         if k == 1:
             return candidates[0]
         q = self.q_each_agent(state, candidates[0], candidates)
         return best_candidate(candidates, q)
+
+    def sample_policy(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.policy.sample(obs)
 
     @torch.no_grad()
     def target_action(self, next_obs: torch.Tensor, next_state: torch.Tensor):

@@ -150,6 +150,16 @@ class BatchedMultiAgentEnv(ABC):
     def close(self) -> None:
         """Release simulator resources (processes, GPU memory)."""
 
+    def snapshot(self) -> dict[str, torch.Tensor] | None:
+        """The episodes in flight (simulator state, step counters, random streams) as tensors,
+        so that a resumed run continues them exactly; None where the simulator cannot be
+        captured this way (a resumed run then starts fresh episodes)."""
+        return None
+
+    def restore_snapshot(self, snapshot: dict[str, torch.Tensor]) -> None:
+        """Put back what `snapshot` returned (same scenario and number of copies)."""
+        raise NotImplementedError(f"{type(self).__name__} has no snapshots")
+
     def scale_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Map [-1, 1] actions to the env's bounds (padded entries stay meaningless)."""
         low = self.spec.act_low.to(actions.device)

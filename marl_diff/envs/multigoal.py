@@ -118,6 +118,22 @@ class MultiGoalEnv(BatchedMultiAgentEnv):
         self._t.zero_()
         return self._observe()
 
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {
+            "pos": self._pos.clone(),
+            "reached": self._reached.clone(),
+            "goal": self._goal.clone(),
+            "t": self._t.clone(),
+            "generator": self._gen.get_state(),
+        }
+
+    def restore_snapshot(self, snapshot: dict[str, torch.Tensor]) -> None:
+        self._pos = snapshot["pos"].to(self.device)
+        self._reached = snapshot["reached"].to(self.device)
+        self._goal = snapshot["goal"].to(self.device)
+        self._t = snapshot["t"].to(self.device)
+        self._gen.set_state(snapshot["generator"].cpu())
+
     def step(self, actions: torch.Tensor) -> StepResult:
         cfg = self.config
         unit = actions.clamp(-1.0, 1.0)

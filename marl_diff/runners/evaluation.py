@@ -1,5 +1,14 @@
-"""Evaluation with decentralised execution: deterministic per-agent actions from local
-observations, on env copies separate from training."""
+"""Evaluation with decentralised execution: per-agent actions from local observations, on env
+copies separate from training.
+
+Two modes. "default" plays each agent's documented evaluation action (`act(explore=False)`: the
+Gaussian's tanh(mean), a diffusion policy's sample). "sample" draws from every agent's policy
+(`sample_policy`), so policy classes are compared in the same mode, e.g. how many goals a
+policy covers: a Gaussian's mean can only ever reach one.
+
+Evaluation runs on its own random stream seeded by `seed` (forked from the global one), so it
+is reproducible from the checkpoint alone and never perturbs the training run's randomness.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +19,29 @@ import torch
 from marl_diff.agents.base import Agent
 from marl_diff.envs.base import BatchedMultiAgentEnv
 
+EVAL_MODES = ("default", "sample")
+# A goal counts as a covered mode when at least this share of the episodes end there; a goal
+# reached once in 100 episodes (a near-random walk can do that) is not a mode of the policy.
+MODE_SHARE = 0.1
+
 
 @torch.no_grad()
-def evaluate_episodes(agent: Agent, env: BatchedMultiAgentEnv, episodes: int, seed: int) -> dict:
+def evaluate_episodes(
+    agent: Agent, env: BatchedMultiAgentEnv, episodes: int, seed: int, mode: str = "default"
+) -> dict:
     """Run until `episodes` episodes have finished; returns per-episode team returns (sum of the
     mean agent reward), lengths and the scenario's outcomes (e.g. which goal was reached)."""
+    if mode not in EVAL_MODES:
+        raise ValueError(f"evaluation mode must be one of {', '.join(EVAL_MODES)}, not '{mode}'")
+    devices = [env.device] if env.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        report = _play(agent, env, episodes, seed, mode)
+    report["mode"] = mode
+    return report
+
+
+def _play(agent: Agent, env: BatchedMultiAgentEnv, episodes: int, seed: int, mode: str) -> dict:
     obs, _ = env.reset(seed=seed)
     returns = torch.zeros(env.num_envs, device=env.device)
     lengths = torch.zeros(env.num_envs, dtype=torch.long, device=env.device)
@@ -25,7 +52,8 @@ def evaluate_episodes(agent: Agent, env: BatchedMultiAgentEnv, episodes: int, se
     per_copy = math.ceil(episodes / env.num_envs)
     done_count = torch.zeros(env.num_envs, dtype=torch.long, device=env.device)
     while len(finished["returns"]) < episodes:
-        result = env.step(agent.act(obs, explore=False))
+        actions = agent.sample_policy(obs) if mode == "sample" else agent.act(obs, explore=False)
+        result = env.step(actions)
         returns += result.reward.mean(-1)
         lengths += 1
         done = (result.terminated | result.truncated) & (done_count < per_copy)
@@ -56,15 +84,21 @@ def evaluate_episodes(agent: Agent, env: BatchedMultiAgentEnv, episodes: int, se
 
 
 def summarize_outcomes(outcomes: dict[str, list]) -> dict:
-    """Scenario-specific summaries; `goal` lists (one entry per agent) become goal counts, and
-    `won` flags (e.g. SMAX) become the win rate over the finished episodes."""
+    """Scenario-specific summaries. `won` flags (e.g. SMAX) become the win rate over the finished
+    episodes. `goal` lists (one entry per agent, -1 for none) become per-goal counts and shares
+    of the agent-episodes, `distinct_goals` (goals reached at least once) and `modes_covered`
+    (goals with at least MODE_SHARE of the agent-episodes)."""
     summary: dict = {}
     if outcomes.get("won"):
         summary["win_rate"] = sum(float(w) for w in outcomes["won"]) / len(outcomes["won"])
     if "goal" in outcomes:
-        reached = [g for episode in outcomes["goal"] for g in _as_list(episode) if g >= 0]
-        summary["distinct_goals"] = len(set(int(g) for g in reached))
-        summary["goal_counts"] = {str(int(g)): reached.count(g) for g in sorted(set(reached))}
+        ends = [int(g) for episode in outcomes["goal"] for g in _as_list(episode)]
+        counts = {g: ends.count(g) for g in sorted(set(ends)) if g >= 0}
+        shares = {g: count / len(ends) for g, count in counts.items()}
+        summary["distinct_goals"] = len(counts)
+        summary["goal_counts"] = {str(g): count for g, count in counts.items()}
+        summary["goal_shares"] = {str(g): share for g, share in shares.items()}
+        summary["modes_covered"] = sum(share >= MODE_SHARE for share in shares.values())
     return summary
 
 

@@ -2,6 +2,12 @@
 replay, update-to-data ratio, periodic evaluation, logging and atomic checkpoints.
 
 It drives any `Agent` through `act` / `update` and knows nothing of the algorithm.
+
+A checkpoint holds everything the loop carries between steps: the agent, the counters, the
+random streams, the metrics gathered since the last log event and, where the backend can
+snapshot its simulator (`BatchedMultiAgentEnv.snapshot`), the episodes in flight. A run resumed
+from it (with `save_buffer=true`) then continues exactly as the uninterrupted run would have.
+Backends without snapshots start fresh episodes on resume.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from marl_diff.checkpoint import checkpoint_paths, load_latest, save_checkpoint
 from marl_diff.envs import make_env
 from marl_diff.errors import ConfigError, MarlDiffError, TrainingDiverged
 from marl_diff.logger import RunLogger
-from marl_diff.runners.evaluation import evaluate_episodes
+from marl_diff.runners.evaluation import EVAL_MODES, evaluate_episodes
 
 
 @dataclass
@@ -38,6 +44,9 @@ class OffPolicyConfig:
     eval_every: int = 5_000
     eval_episodes: int = 10
     eval_num_envs: int = 10
+    # "default": each agent's documented evaluation action; "sample": a draw from every agent's
+    # policy (compares policy classes in the same mode, see runners/evaluation.py)
+    eval_mode: str = "default"
     checkpoint_every: int = 10_000
     keep_checkpoints: int = 3
     log_every: int = 1_000
@@ -60,8 +69,17 @@ def _validate(cfg: OffPolicyConfig) -> None:
             raise ConfigError(f"runner.{key} must be positive, got {getattr(cfg, key)}")
     if cfg.utd_ratio < 0 or cfg.warmup_steps < 0:
         raise ConfigError("runner.utd_ratio and runner.warmup_steps must be >= 0")
+    if cfg.eval_mode not in EVAL_MODES:
+        raise ConfigError(
+            f"runner.eval_mode must be one of {', '.join(EVAL_MODES)}, not '{cfg.eval_mode}'"
+        )
     if cfg.num_envs > cfg.buffer_size:
         raise ConfigError("runner.buffer_size must hold at least one batch of runner.num_envs")
+
+
+def eval_seed(seed: int) -> int:
+    """The evaluation seed of a run with `seed` (the evaluate command's default too)."""
+    return seed + 1_000_003
 
 
 class OffPolicyRunner:
@@ -90,9 +108,13 @@ class OffPolicyRunner:
         self.episodes = 0
         self.update_credit = 0.0
         self.last_eval: dict | None = None
-        # finished-episode sums [return, length, count], kept on the device and read only at
-        # log time, so collection never waits for the host
+        # Gathered between log events: finished-episode sums [return, length, count] and the
+        # update metrics' sums and counts, kept on the device and read only at log time, so
+        # collection never waits for the host.
         self.finished = torch.zeros(3, device=device)
+        self.metric_sums: dict[str, torch.Tensor] = {}
+        self.metric_counts: dict[str, int] = {}
+        self.collection_restored = False
         self.act_seconds, self.act_calls = 0.0, 0  # policy sampling time per env step
 
     # ---------------------------------------------------------------- checkpoints
@@ -109,7 +131,21 @@ class OffPolicyRunner:
             "agent": self.agent.training_state(),
             "torch_rng": torch.get_rng_state(),
             "sampler_rng": self.generator.get_state(),
+            "log_window": {
+                "finished": self.finished,
+                "metric_sums": dict(self.metric_sums),
+                "metric_counts": dict(self.metric_counts),
+            },
         }
+        env_snapshot = self.env.snapshot()
+        if env_snapshot is not None:
+            payload["collection"] = {
+                "env": env_snapshot,
+                "obs": self.obs,
+                "state": self.state,
+                "ep_return": self.ep_return,
+                "ep_length": self.ep_length,
+            }
         return payload
 
     def save(self) -> None:
@@ -143,6 +179,17 @@ class OffPolicyRunner:
         self.update_credit = float(state["update_credit"])
         torch.set_rng_state(state["torch_rng"].cpu())
         self.generator.set_state(state["sampler_rng"].cpu())
+        window = state.get("log_window")  # absent in checkpoints of older versions
+        if window is not None:
+            self.finished.copy_(window["finished"])
+            self.metric_sums = dict(window["metric_sums"])
+            self.metric_counts = dict(window["metric_counts"])
+        collection = state.get("collection")
+        if collection is not None and self.env.num_envs == collection["obs"].shape[0]:
+            self.env.restore_snapshot(collection["env"])
+            self.obs, self.state = collection["obs"], collection["state"]
+            self.ep_return, self.ep_length = collection["ep_return"], collection["ep_length"]
+            self.collection_restored = True
         buffer_file = self.run_dir / "buffer.pt"
         if self.rc.save_buffer and buffer_file.exists():
             self.buffer.load_state_dict(torch.load(buffer_file, weights_only=True))
@@ -186,7 +233,7 @@ class OffPolicyRunner:
         self.obs, self.state = result.obs, result.state
         self.env_steps += self.env.num_envs
 
-    def update_step(self, sums: dict[str, torch.Tensor], counts: dict[str, int]) -> int:
+    def update_step(self) -> int:
         """The gradient updates this env step earns under the update-to-data ratio."""
         rc = self.rc
         if self.env_steps < rc.warmup_steps or self.buffer.size < rc.batch_size:
@@ -197,6 +244,7 @@ class OffPolicyRunner:
         for _ in range(n_updates):
             metrics = self.agent.update(self.buffer.sample(rc.batch_size, self.generator))
             self._check_finite(metrics)
+            sums, counts = self.metric_sums, self.metric_counts
             for key, value in metrics.items():
                 sums[key] = sums[key] + value if key in sums else value
                 counts[key] = counts.get(key, 0) + 1
@@ -209,9 +257,8 @@ class OffPolicyRunner:
         if resume:
             self.restore()
         logger = RunLogger(self.run_dir)
-        self.start_collection()
-        sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
+        if not self.collection_restored:
+            self.start_collection()
         next_log = self._next_multiple(rc.log_every)
         next_eval = self._next_multiple(rc.eval_every)
         next_ckpt = self._next_multiple(rc.checkpoint_every)
@@ -226,19 +273,18 @@ class OffPolicyRunner:
         try:
             while self.env_steps < rc.total_steps:
                 self.collect_step()
-                self.update_step(sums, counts)
+                self.update_step()
                 bar.update(self.env.num_envs)
 
                 if self.env_steps >= next_log or self.env_steps >= rc.total_steps:
                     next_log = self._next_multiple(rc.log_every)
-                    scalars = self._train_scalars(sums, counts, window)
+                    scalars = self._train_scalars(window)
                     logger.log(self.env_steps, scalars)
                     if "train/episode_return" in scalars:
                         bar.set_postfix(
                             ret=f"{scalars['train/episode_return']:.2f}",
                             ups=f"{scalars['perf/updates_per_s']:.0f}",
                         )
-                    sums.clear(), counts.clear()
                     window = (time.time(), self.env_steps, self.updates)
 
                 if self.env_steps >= next_eval and self.env_steps < rc.total_steps:
@@ -265,10 +311,13 @@ class OffPolicyRunner:
             if self.eval_env is not self.env:
                 self.eval_env.close()
 
-    def _train_scalars(self, sums, counts, window) -> dict[str, float]:
+    def _train_scalars(self, window) -> dict[str, float]:
+        """The log event's scalars; empties the log window."""
         start_time, start_steps, start_updates = window
         elapsed = max(time.time() - start_time, 1e-9)
+        sums, counts = self.metric_sums, self.metric_counts
         scalars = {key: float(sums[key]) / counts[key] for key in sums}
+        sums.clear(), counts.clear()
         scalars["perf/env_steps_per_s"] = (self.env_steps - start_steps) / elapsed
         scalars["perf/updates_per_s"] = (self.updates - start_updates) / elapsed
         scalars["perf/updates"] = self.updates
@@ -291,12 +340,17 @@ class OffPolicyRunner:
 
     def _evaluate(self, logger: RunLogger) -> dict:
         report = evaluate_episodes(
-            self.agent, self.eval_env, self.rc.eval_episodes, seed=int(self.cfg.seed) + 1_000_003
+            self.agent,
+            self.eval_env,
+            self.rc.eval_episodes,
+            seed=eval_seed(int(self.cfg.seed)),
+            mode=self.rc.eval_mode,
         )
         report["env_steps"] = self.env_steps
         scalars = {"eval/return": report["mean_return"], "eval/return_std": report["std_return"]}
         if "distinct_goals" in report:
             scalars["eval/distinct_goals"] = report["distinct_goals"]
+            scalars["eval/modes_covered"] = report["modes_covered"]
         if "win_rate" in report:
             scalars["eval/win_rate"] = report["win_rate"]
         logger.log(self.env_steps, scalars)
