@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_spec, train_run
+from conftest import MULTIGOAL, make_spec, train_run
 
 from marl_diff.agents import make_agent
 from marl_diff.buffer import Batch
@@ -175,61 +175,69 @@ def test_bad_settings_are_config_errors():
 # ---------------------------------------------------------------------------- learning
 
 
-SMALL = [
-    "agent.actor_hidden=[64,64]",
-    "agent.critic_hidden=[64,64]",
-    "agent.actor_lr=1e-3",
-    "agent.critic_lr=1e-3",
-    "agent.diffusion_steps=5",
-    "agent.policy_delay=1",
-    "agent.alpha_update_every=250",
-]
+SMALL = {
+    "agent.actor_hidden=[64,64]": "budget: 2x64 instead of 3x256",
+    "agent.critic_hidden=[64,64]": "budget: 2x64 instead of 3x256",
+    "agent.actor_lr=1e-3": "a few thousand updates instead of the card's 1.5M",
+    "agent.critic_lr=1e-3": "a few thousand updates instead of the card's 1.5M",
+    "agent.policy_delay=1": "a few thousand updates: every one updates the policy",
+    "agent.alpha_update_every=250": "alpha must move within the run (card: every 10000)",
+}
 
 
+@pytest.mark.learning(seconds=60)
 def test_dacer_learns_pendulum(tmp_path):
     # a uniform-random / untrained policy scores about -1200 on Pendulum; solved is about -150.
-    # ~65 s on one core. Reward scale 1 here: at the card's 0.2 Q grows too slowly for this
-    # budget (still -1460 after 5000 steps).
-    report, records = train_run(
-        tmp_path,
-        [
-            "scenario=pendulum",
-            "agent=dacer",
-            "runner.total_steps=4500",
-            "runner.warmup_steps=500",
-            "runner.batch_size=128",
-            "runner.eval_every=0",
-            "agent.reward_scale=1.0",
-            *SMALL,
-        ],
-    )
+    overrides = {
+        "runner.total_steps=3500": "budget (catalog: 20000); reached -216",
+        "runner.warmup_steps=500": "budget (catalog: 1000)",
+        "runner.batch_size=128": "budget (catalog: 256)",
+        "runner.eval_every=0": "budget: only the final evaluation",
+        "agent.reward_scale=1.0": "at the card's 0.2, Q grows too slowly for this budget "
+        "(still -1460 after 5000 steps)",
+        **SMALL,
+        "agent.diffusion_steps=3": "budget (card: T=20)",
+    }
+    report, records = train_run(tmp_path, ["scenario=pendulum", "agent=dacer", *overrides])
     first_train = next(r["train/episode_return"] for r in records if "train/episode_return" in r)
     assert first_train < -900
     assert report["mean_return"] > -600, report["mean_return"]
     assert any("policy/entropy" in r for r in records)
 
 
-def test_dacer_covers_most_goals_on_multigoal(tmp_path):
-    # On multigoal_sql, the reward of DACER's own demo (squared distance, action cost 30), at the
-    # card's reward scale 0.2. Seeds 0, 1, 2 reached 3 distinct goals each over 100 episodes
-    # (27/13/36, 36/5/59, 5/94/1). After 3000 or 5000 steps it was 2 or 3 goals depending on the
-    # seed: the critic needs this long to see every direction as equally good. On `multigoal`
-    # (weak action cost) the -Q gradient drives every sample into one corner of the action box,
-    # where the clipping zeroes the gradient: one goal, or none.
-    report, _ = train_run(
-        tmp_path,
-        [
-            "scenario=multigoal_sql",
-            "agent=dacer",
-            "runner.total_steps=10000",
-            "runner.warmup_steps=1000",
-            "runner.batch_size=128",
-            "runner.eval_every=0",
-            "runner.eval_episodes=100",
-            "runner.eval_num_envs=100",
-            *SMALL,
-        ],
-    )
-    assert report["distinct_goals"] >= 3, report["goal_counts"]
+@pytest.mark.learning(seconds=230)
+def test_dacer_covers_most_goals_on_multigoal_sql(tmp_path):
+    """DACER's own multimodality demo: on multigoal_sql (the soft Q-learning reward, squared
+    distance and action cost 30) at the card's reward scale 0.2, >= 10% of 100 episodes reach
+    each of 3 goals. Seed 0: 28/58/13/1%. Seeds 1 and 2 reached 36/5/59% and 5/94/1% (measured
+    before evaluation had its own random stream): 2 and 1 modes by this measure, so the claim
+    holds here for one seed in three. After 3000 or 5000 steps it was 2 or 3 goals depending on
+    the seed: the critic needs this long to see every direction as equally good."""
+    overrides = {
+        "runner.total_steps=10000": "budget (catalog: 20000)",
+        "runner.batch_size=128": "budget (catalog: 256)",
+        "runner.eval_every=0": "budget: only the final evaluation",
+        "runner.eval_episodes=100": "enough episodes to measure shares of 10%",
+        "runner.eval_num_envs=100": "all 100 episodes in one batch",
+        **SMALL,
+        "agent.diffusion_steps=5": "budget (card: T=20); T=3 left one goal at 10%",
+    }
+    report, _ = train_run(tmp_path, ["scenario=multigoal_sql", "agent=dacer", *overrides])
+    assert report["modes_covered"] >= 3, report["goal_shares"]
     # Reaching a goal at the best pace scores about -115; standing still costs 25 * 30 = -750.
     assert report["mean_return"] > -200, report["mean_return"]
+
+
+@pytest.mark.learning(seconds=55)
+@pytest.mark.xfail(
+    strict=True,
+    reason="DACER's multimodality claim does not hold on `multigoal` (weak action cost): the "
+    "-Q gradient drives every sample into one corner of the action box, where the clipping "
+    "zeroes the gradient; seed 0 sent 100% of the episodes to one goal",
+)
+def test_dacer_covers_most_goals_on_multigoal(tmp_path):
+    """The paper's claim on the catalog's multigoal task, at the budget and settings under which
+    DDPL covers 3 goals (tests/test_ddpl.py), both sampling. Strict: if DACER starts to pass,
+    the xfail must go."""
+    report, _ = train_run(tmp_path, [*MULTIGOAL, "agent=dacer", "agent.diffusion_steps=10"])
+    assert report["modes_covered"] >= 3, report["goal_shares"]

@@ -8,12 +8,11 @@ import math
 
 import pytest
 import torch
-from conftest import make_spec, train_run
+from conftest import MULTIGOAL, make_spec, train_run
 from omegaconf import OmegaConf
 
 from marl_diff.agents import make_agent
 from marl_diff.buffer import Batch
-from marl_diff.run import compose
 
 TINY_DDPL = {
     "algorithm": "ddpl",
@@ -131,92 +130,42 @@ def test_bad_settings_are_config_errors():
 # ---------------------------------------------------------------------------- learning
 
 
-MULTIGOAL = [
-    "scenario=multigoal",
-    "runner.total_steps=3000",
-    "runner.warmup_steps=1000",
-    "runner.batch_size=128",
-    "runner.eval_every=0",
-    "runner.eval_episodes=100",
-    "runner.eval_num_envs=100",
-    "agent.actor_hidden=[64,64]",
-    "agent.critic_hidden=[64,64]",
-    "agent.actor_lr=1e-3",
-    "agent.critic_lr=1e-3",
-]
-
-
-def test_ddpl_reaches_more_goals_than_gaussian_on_multigoal(tmp_path):
-    ddpl, _ = train_run(tmp_path / "ddpl", [*MULTIGOAL, "agent=ddpl", "agent.diffusion_steps=10"])
+@pytest.mark.learning(seconds=120)
+def test_ddpl_covers_more_goals_than_gaussian_on_multigoal_when_both_sample(tmp_path):
+    """The multimodality claim: over 100 sampled episodes DDPL sends at least 10% of them to
+    each of 3 or more goals; the Gaussian, sampled too, does not. Seed 0: DDPL 62/22/4/10%, the
+    Gaussian 91/1%. At this budget the claim is seed-dependent: seed 1 gave DDPL 24/73%."""
+    ddpl_args = [*MULTIGOAL, "agent=ddpl", "agent.diffusion_steps=10"]  # budget: half of T=20
+    ddpl, _ = train_run(tmp_path / "ddpl", ddpl_args)
     gaussian, _ = train_run(tmp_path / "gaussian", [*MULTIGOAL, "agent=gaussian"])
-    assert ddpl["distinct_goals"] >= 3, ddpl["goal_counts"]
-    assert gaussian["distinct_goals"] < ddpl["distinct_goals"], gaussian["goal_counts"]
+    assert ddpl["mode"] == gaussian["mode"] == "sample"
+    assert ddpl["modes_covered"] >= 3, ddpl["goal_shares"]
+    assert gaussian["modes_covered"] < ddpl["modes_covered"], gaussian["goal_shares"]
     assert ddpl["mean_return"] > 0  # it goes to goals, not just spreads out (standing still: -15)
 
 
-def test_ddpl_resume_restores_the_policy_and_lagged_proposal(tmp_path):
-    args = [
-        "scenario=pendulum",
-        "agent=ddpl",
-        "runner.total_steps=200",
-        "runner.warmup_steps=100",
-        "runner.batch_size=16",
-        "runner.eval_episodes=1",
-        "runner.eval_num_envs=1",
-        "runner.checkpoint_every=100",
-        "agent.proposal=lagged",
-        "agent.lag_updates=7",
-        *(
-            f"agent.{k}={json.dumps(v)}"
-            for k, v in TINY_DDPL.items()
-            if k not in ("algorithm", "name")
-        ),
-    ]
-    train_run(tmp_path, args)
-    state = torch.load(sorted((tmp_path / "checkpoints").iterdir())[-1], weights_only=True)
-    from marl_diff.run import resumed_config
-    from marl_diff.runners import OffPolicyConfig, OffPolicyRunner
-    from marl_diff.typed_config import to_dataclass
-
-    overrides = [f"resume={tmp_path}", "runner.total_steps=300"]
-    cfg, _ = resumed_config(compose(overrides), overrides)
-    runner = OffPolicyRunner(
-        cfg, tmp_path, to_dataclass(cfg.runner, OffPolicyConfig, "runner"), torch.device("cpu")
-    )
-    runner.restore()
-    restored = runner.agent.state_dict()
-    for key in (
-        "policy.denoiser.net.mlp.net.0.weight",
-        "old_policy.denoiser.net.mlp.net.0.weight",
-        "log_alpha",
-        "log_jitter",
-    ):
-        assert torch.equal(restored[key], state["agent"]["modules"][key]), key
-    assert runner.env_steps == 200
-
-
+@pytest.mark.learning(seconds=100)
 def test_ddpl_learns_vmas_navigation(tmp_path):
     # two agents, shaped reward = progress toward their goals: an untrained policy scores
-    # about 0 per episode, reaching both goals about 1 or more
-    report, records = train_run(
-        tmp_path,
-        [
-            "scenario=vmas_navigation",
-            "agent=ddpl",
-            "scenario.n_agents=2",
-            "scenario.max_steps=50",
-            "runner.total_steps=8000",
-            "runner.num_envs=16",
-            "runner.warmup_steps=2000",
-            "runner.utd_ratio=0.25",
-            "runner.eval_every=0",
-            "agent.actor_hidden=[64,64]",
-            "agent.critic_hidden=[64,64]",
-            "agent.actor_lr=1e-3",
-            "agent.critic_lr=1e-3",
-            "agent.diffusion_steps=5",
-        ],
-    )
+    # about 0 per episode, reaching both goals about 1 or more. The scenario's ddpl defaults
+    # (T=10, M=8) stand; the overrides are for the suite's budget.
+    overrides = {
+        "scenario.n_agents=2": "budget (catalog: 3 agents)",
+        "scenario.max_steps=50": "budget (catalog: 100-step episodes)",
+        "runner.total_steps=8000": "budget (catalog: 1M)",
+        "runner.num_envs=16": "budget (catalog: 64 copies)",
+        "runner.warmup_steps=2000": "budget (catalog: 10000)",
+        "runner.batch_size=256": "budget (catalog: 512); reached 0.64",
+        "runner.log_every=2000": "a train return logged at the end of the random warm-up: the "
+        "untrained baseline (catalog: every 10000 steps)",
+        "runner.eval_every=0": "budget: only the final evaluation",
+        "agent.actor_hidden=[64,64]": "budget: 2x64 instead of 3x256",
+        "agent.critic_hidden=[64,64]": "budget: 2x64 instead of 2x256",
+        "agent.actor_lr=1e-3": "a few hundred updates instead of the catalog's budget",
+        "agent.critic_lr=1e-3": "a few hundred updates instead of the catalog's budget",
+        "agent.diffusion_steps=5": "budget (scenario default: 10)",
+    }
+    report, records = train_run(tmp_path, ["scenario=vmas_navigation", "agent=ddpl", *overrides])
     first_train = next(r["train/episode_return"] for r in records if "train/episode_return" in r)
     assert first_train < 0.1
     assert report["mean_return"] > 0.45, report["mean_return"]
