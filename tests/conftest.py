@@ -146,6 +146,27 @@ def run_cli():
 
 
 @pytest.fixture
+def run_main(monkeypatch, capsys):
+    """run_main(args, cwd) -> CompletedProcess of `python -m marl_diff.run args` run in this
+    process, Hydra included: the entry point's own error handling without the seconds a
+    subprocess costs (the run_cli tests show the same in a real process)."""
+    from marl_diff import run
+
+    def _run(args: list[str], cwd: Path):
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["marl_diff.run"])
+        code = 0
+        try:
+            run.main(args)
+        except SystemExit as stop:
+            code = stop.code
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+    return _run
+
+
+@pytest.fixture
 def compose_config():
     """compose_config(args) -> (DictConfig, Hydra overrides) as the CLI would build them."""
 
@@ -225,16 +246,19 @@ class CISkipGuard:
 
 def pytest_configure(config):
     config.pluginmanager.register(CISkipGuard(), "ci_skip_guard")
-    # With `-n 2`, hand out tests one at a time (xdist's default sends runs of consecutive
-    # tests), so that the training runs sorted first below spread over both workers.
-    if getattr(config.option, "maxschedchunk", 0) is None:
-        config.option.maxschedchunk = 1
+    # With `-n 2`, whole modules go to a worker, in the order sorted below: a module's fixtures
+    # (a trained run, compiled JAX envs) are then built once, and the modules holding the
+    # longest training runs start first, one per worker.
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadscope"
+        config.option.loadscopereorder = False
 
 
 # ------------------------------------------------------------------ scheduling
 def pytest_collection_modifyitems(config, items):
     """Training runs (marker `learning(seconds=...)`) first, longest first: they are most of
-    the suite's time, and started last they would leave one worker idle at the end."""
+    the suite's time, and started last they would leave one worker idle at the end. Their
+    modules come first in that order too (see pytest_configure)."""
 
     def expected_seconds(item) -> float:
         marker = item.get_closest_marker("learning")

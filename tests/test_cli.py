@@ -7,7 +7,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -101,9 +100,9 @@ def test_run_keeps_last_k_checkpoints_and_writes_eval(trained):
     assert report["std_return"] >= 0
 
 
-def test_rerun_into_existing_run_dir_does_not_overwrite(trained, run_cli, tmp_path, tiny_args):
+def test_rerun_into_existing_run_dir_does_not_overwrite(trained, run_main, tmp_path, tiny_args):
     before = digests(trained / "checkpoints")
-    proc = run_cli([*tiny_args, f"run_dir={trained}"], tmp_path)
+    proc = run_main([*tiny_args, f"run_dir={trained}"], tmp_path)
     assert_clean_error(proc, "already holds a run", "resume=")
     assert digests(trained / "checkpoints") == before
 
@@ -116,9 +115,9 @@ def test_rerun_into_existing_run_dir_does_not_overwrite(trained, run_cli, tmp_pa
         ("runner=mujoco", "runner=off_policy"),
     ],
 )
-def test_resume_with_incompatible_config_fails(trained, run_cli, tmp_path, override, needle):
+def test_resume_with_incompatible_config_fails(trained, run_main, tmp_path, override, needle):
     before = digests(trained / "checkpoints")
-    proc = run_cli([f"resume={trained}", "runner.total_steps=600", override], tmp_path)
+    proc = run_main([f"resume={trained}", "runner.total_steps=600", override], tmp_path)
     assert_clean_error(proc, "cannot resume", needle)
     assert digests(trained / "checkpoints") == before
 
@@ -249,20 +248,9 @@ def test_multirun_makes_one_run_dir_per_job(run_cli, tmp_path, tiny_args):
         (["runner.eval_mode=best"], ["runner.eval_mode", "default", "sample", "best"]),
     ],
 )
-def test_bad_command_lines_fail_cleanly(tmp_path, tiny_args, args, needles, monkeypatch, capsys):
-    """In-process through the entry point, Hydra included (a subprocess costs seconds each;
-    the subprocess tests below show the same handling in a real process)."""
-    from marl_diff import run
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["marl_diff.run"])
-    argv = [*tiny_args, *args, f"run_dir={tmp_path / 'run'}"]
-    with pytest.raises(SystemExit) as info:
-        run.main(argv)
-    out = capsys.readouterr()
-    assert_clean_error(
-        subprocess.CompletedProcess(argv, info.value.code, out.out, out.err), *needles
-    )
+def test_bad_command_lines_fail_cleanly(run_main, tmp_path, tiny_args, args, needles):
+    proc = run_main([*tiny_args, *args, f"run_dir={tmp_path / 'run'}"], tmp_path)
+    assert_clean_error(proc, *needles)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

@@ -313,8 +313,8 @@ def test_make_env_without_isaaclab_raises_backend_missing_with_install_hint():
         ["scenario=isaaclab", "scenario.task=Isaac-Shadow-Hand-Over-Direct-v0", "agent=gaussian"],
     ],
 )
-def test_cli_reports_missing_isaaclab_cleanly(run_cli, tmp_path, args):
-    proc = run_cli([*args, "device=cpu"], tmp_path)
+def test_cli_reports_missing_isaaclab_cleanly(run_main, tmp_path, args):
+    proc = run_main([*args, "device=cpu"], tmp_path)
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
