@@ -74,8 +74,8 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict) -> None:
         """Newest transitions first when the capacity shrank; same layout when it is equal."""
         count = min(state["obs"].shape[0], self.capacity)
-        full_same_capacity = state["obs"].shape[0] == self.capacity and "position" in state
-        self.position = int(state["position"]) % self.capacity if full_same_capacity else 0
+        same_layout = state["obs"].shape[0] == self.capacity and "position" in state
+        self.position = int(state["position"]) % self.capacity if same_layout else 0
         self.size = 0
         if count:
             self.add(Batch(*(state[name][-count:].to(self.device) for name in Batch._fields)))

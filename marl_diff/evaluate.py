@@ -26,6 +26,7 @@ from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_o
 from marl_diff.run import resolve_device
 from marl_diff.runners.evaluation import evaluate_episodes
 from marl_diff.runners.off_policy import OffPolicyConfig, eval_seed
+from marl_diff.typed_config import to_dataclass
 
 # None: the run's own setting
 SETTINGS = {
@@ -79,7 +80,7 @@ def evaluate_run(
     if not config_file.is_file():
         raise MarlDiffError(f"'{config_file}' does not exist: run_dir must be a training run")
     cfg = OmegaConf.load(config_file)
-    runner = OffPolicyConfig(**{k: v for k, v in cfg.runner.items() if k.startswith("eval_")})
+    runner = to_dataclass(cfg.runner, OffPolicyConfig, "runner")
     episodes = runner.eval_episodes if episodes is None else episodes
     seed = eval_seed(int(cfg.seed)) if seed is None else seed
     num_envs = runner.eval_num_envs if num_envs is None else num_envs

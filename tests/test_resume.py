@@ -157,13 +157,10 @@ def test_resume_continues_training_and_metrics(first_run, compose_config, tmp_pa
 # ---------------------------------------------------------------------------- exact resume
 # The tiny agents of conftest, with the lagged proposal refreshed and alpha refit a few times
 # before and after the checkpoint.
+REFRESHES = {"ddpl": {"lag_updates": 5}, "dacer": {"alpha_update_every": 7}}
 RESUME_AGENTS = {
-    name: {**TINY_NETS, **settings, **extra}
-    for (name, settings), extra in zip(
-        TINY_AGENTS.items(),
-        ({}, {"lag_updates": 5}, {"alpha_update_every": 7}, {}),
-        strict=True,
-    )
+    name: {**TINY_NETS, **settings, **REFRESHES.get(name, {})}
+    for name, settings in TINY_AGENTS.items()
 }
 # Two env copies, episodes of 20 steps: the checkpoint at env step 60 falls mid-episode, between
 # two log events (every 25) and after the 50-slot buffer wrapped; 0.75 updates per env step

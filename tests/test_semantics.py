@@ -554,6 +554,18 @@ def counted_updates(runner, monkeypatch) -> list[int]:
     return sizes
 
 
+def collect_and_update(runner, steps: int) -> tuple[list[int], list[float]]:
+    """From fresh episodes, `steps` batched env steps each followed by its updates; returns the
+    updates each step earned and the credit left after it."""
+    runner.start_collection()
+    returned, credit = [], []
+    for _ in range(steps):
+        runner.collect_step()
+        returned.append(runner.update_step())
+        credit.append(runner.update_credit)
+    return returned, credit
+
+
 @pytest.mark.parametrize("warmup, batch_size", [(4, 6), (6, 2)])
 def test_utd_quarter_gives_one_update_per_four_env_steps_after_warmup_and_a_full_batch(
     tmp_path, monkeypatch, warmup, batch_size
@@ -568,12 +580,7 @@ def test_utd_quarter_gives_one_update_per_four_env_steps_after_warmup_and_a_full
     )
     try:
         sizes = counted_updates(runner, monkeypatch)
-        runner.start_collection()
-        returned, credit = [], []
-        for _ in range(13):
-            runner.collect_step()
-            returned.append(runner.update_step())
-            credit.append(runner.update_credit)
+        returned, credit = collect_and_update(runner, 13)
         # env steps 1..5 earn nothing (warm-up or too few transitions); 6, 7, 8, 9 earn 0.25
         # each, so step 9 updates once; the credit carries over to 13
         assert returned == [0] * 8 + [1] + [0] * 3 + [1]
@@ -595,12 +602,7 @@ def test_utd_half_with_three_envs_carries_the_fractional_credit(tmp_path, monkey
     )
     try:
         sizes = counted_updates(runner, monkeypatch)
-        runner.start_collection()
-        returned, credit = [], []
-        for _ in range(3):
-            runner.collect_step()
-            returned.append(runner.update_step())
-            credit.append(runner.update_credit)
+        returned, credit = collect_and_update(runner, 3)
         assert returned == [1, 2, 1] and credit == [0.5, 0.0, 0.5]
         assert len(sizes) == runner.updates == 4 and runner.env_steps == 9
     finally:

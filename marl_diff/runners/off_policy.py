@@ -114,7 +114,6 @@ class OffPolicyRunner:
         self.finished = torch.zeros(3, device=device)
         self.metric_sums: dict[str, torch.Tensor] = {}
         self.metric_counts: dict[str, int] = {}
-        self.collection_restored = False
         self.act_seconds, self.act_calls = 0.0, 0  # policy sampling time per env step
 
     # ---------------------------------------------------------------- checkpoints
@@ -160,7 +159,8 @@ class OffPolicyRunner:
             torch.save(self.buffer.state_dict(), tmp)
             tmp.replace(self.run_dir / "buffer.pt")
 
-    def restore(self) -> None:
+    def restore(self) -> bool:
+        """Load the latest checkpoint; True when it also put back the episodes in flight."""
         state = load_latest(self.run_dir / "checkpoints", map_location=self.device)
         if state.get("spec") != self.spec.summary():
             raise MarlDiffError(
@@ -184,15 +184,16 @@ class OffPolicyRunner:
             self.finished.copy_(window["finished"])
             self.metric_sums = dict(window["metric_sums"])
             self.metric_counts = dict(window["metric_counts"])
-        collection = state.get("collection")
-        if collection is not None and self.env.num_envs == collection["obs"].shape[0]:
-            self.env.restore_snapshot(collection["env"])
-            self.obs, self.state = collection["obs"], collection["state"]
-            self.ep_return, self.ep_length = collection["ep_return"], collection["ep_length"]
-            self.collection_restored = True
         buffer_file = self.run_dir / "buffer.pt"
         if self.rc.save_buffer and buffer_file.exists():
             self.buffer.load_state_dict(torch.load(buffer_file, weights_only=True))
+        collection = state.get("collection")
+        if collection is None or self.env.num_envs != collection["obs"].shape[0]:
+            return False
+        self.env.restore_snapshot(collection["env"])
+        self.obs, self.state = collection["obs"], collection["state"]
+        self.ep_return, self.ep_length = collection["ep_return"], collection["ep_length"]
+        return True
 
     # ---------------------------------------------------------------- collection
     def start_collection(self) -> None:
@@ -254,10 +255,9 @@ class OffPolicyRunner:
     # ---------------------------------------------------------------- training
     def train(self, resume: bool = False) -> dict:
         rc = self.rc
-        if resume:
-            self.restore()
+        in_flight = self.restore() if resume else False
         logger = RunLogger(self.run_dir)
-        if not self.collection_restored:
+        if not in_flight:
             self.start_collection()
         next_log = self._next_multiple(rc.log_every)
         next_eval = self._next_multiple(rc.eval_every)
