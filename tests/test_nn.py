@@ -18,3 +18,11 @@ def test_mish_without_autograd_matches():
     with torch.no_grad():
         assert torch.allclose(Mish()(x), F.mish(x), atol=1e-6)
     assert torch.allclose(Mish()(x), F.mish(x), atol=1e-6)  # x needs no grad: in-place path
+
+
+def test_mish_gradient_is_the_exact_derivative():
+    x = (torch.randn(64, dtype=torch.float64) * 6).requires_grad_(True)
+    assert torch.autograd.gradcheck(Mish(), (x,))
+    (grad,) = torch.autograd.grad(Mish()(x).sum(), x)
+    (expected,) = torch.autograd.grad(torch.nn.functional.mish(x).sum(), x)
+    torch.testing.assert_close(grad, expected)

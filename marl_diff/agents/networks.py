@@ -33,18 +33,24 @@ class PerAgentMLP(nn.Module):
         members = 1 if share else n_agents
         self.mlp = StackedMLP(members, in_features + extra, hidden, out_features, activation)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-2]
+    def agents_first(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., N, F] -> [N, rows, F], rows = the flattened leading dims, in the member-major
+        layout the stacked layers take (one member with `share`: [1, N * rows, F + N])."""
         n, features = x.shape[-2], x.shape[-1]
-        agents_first = x.reshape(-1, n, features).transpose(0, 1)  # [N, M, in]
-        if self.share:
-            ids = torch.eye(n, device=x.device, dtype=x.dtype)[:, None, :]
-            agents_first = torch.cat([agents_first, ids.expand(-1, agents_first.shape[1], -1)], -1)
-            out = self.mlp(agents_first.reshape(1, -1, agents_first.shape[-1]))
-            out = out.reshape(n, -1, out.shape[-1])
-        else:
-            out = self.mlp(agents_first)
-        return out.transpose(0, 1).reshape(*lead, n, -1)
+        agents_first = x.reshape(-1, n, features).transpose(0, 1)
+        if not self.share:
+            return agents_first
+        ids = torch.eye(n, device=x.device, dtype=x.dtype)[:, None, :]
+        agents_first = torch.cat([agents_first, ids.expand(-1, agents_first.shape[1], -1)], -1)
+        return agents_first.reshape(1, -1, agents_first.shape[-1])
+
+    def agents_last(self, out: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+        """The inverse layout: [members, rows', O] -> [*lead, N, O]."""
+        out = out.reshape(self.n_agents, -1, out.shape[-1])
+        return out.transpose(0, 1).reshape(*lead, self.n_agents, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.agents_last(self.mlp(self.agents_first(x)), x.shape[:-2])
 
 
 class CentralCritic(nn.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -17,6 +18,16 @@ def sinusoidal_embedding(t: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     return torch.cat([args.sin(), args.cos()], dim=-1)
 
 
+class Conditioning(NamedTuple):
+    """What a reverse chain's steps share, computed once per chain by
+    `StackedDenoiser.condition`: the first layer's pre-activation share of the observation and
+    bias, laid out as the chain's samples ([members, rows, H]), and the share of each step's time
+    features (and, with parameter sharing, of the agent id): [T, N, 1, H]."""
+
+    obs_part: torch.Tensor
+    time_parts: torch.Tensor
+
+
 class StackedDenoiser(nn.Module):
     """eps_theta for N agents: a_t [..., N, A], obs [..., N, D], step t -> eps [..., N, A].
 
@@ -25,6 +36,11 @@ class StackedDenoiser(nn.Module):
     MLP. Both MLPs are `PerAgentMLP`s, so every agent owns its parameters (or, with `share=True`,
     all agents share them and see a one-hot id) and all agents and all leading dims (batch,
     candidates) run in one call.
+
+    A reverse chain evaluates the network T times at the same observation, and its time features
+    depend on the step alone. `condition` computes their share of the first layer once per chain,
+    so each step (`predict`) multiplies only the action's few columns: on MaMuJoCo Ant 2x4 (63
+    observation features) this removes about 90% of the first layer's work per step.
     """
 
     def __init__(
@@ -90,3 +106,39 @@ class StackedDenoiser(nn.Module):
             dim=-1,
         )
         return self.net(x)
+
+    def condition(self, obs: torch.Tensor, lead: torch.Size, steps: int) -> Conditioning:
+        """Precompute the shared first-layer terms of a chain over `steps` steps: obs [..., N, D],
+        broadcastable to the chain's samples [*lead, N, D] (e.g. candidates over states)."""
+        net = self.net
+        first = net.mlp.net[0]
+        a, d = self.act_dim, self.obs_dim
+        n = self.n_agents
+        w_obs = first.weight[:, a : a + d]
+        w_time = first.weight[:, a + d : a + d + self.time_embed_dim]
+        members = first.weight.shape[0]  # N, or 1 with parameter sharing
+        obs_rows = obs.reshape(-1, n, d).transpose(0, 1).reshape(members, -1, d)
+        obs_part = torch.baddbmm(first.bias, obs_rows, w_obs).reshape(n, -1, w_obs.shape[-1])
+        obs_part = obs_part.transpose(0, 1).reshape(*obs.shape[:-1], -1)  # [..., N, H]
+        obs_part = obs_part.expand(*lead, n, obs_part.shape[-1])
+        obs_part = obs_part.reshape(-1, n, obs_part.shape[-1]).transpose(0, 1)  # [N, rows, H]
+        step_ids = torch.arange(steps, device=obs.device)
+        time_feats = self.time_features(step_ids[:, None].expand(-1, n))  # [T, N, E]
+        if net.share:
+            ids = first.weight[0, a + d + self.time_embed_dim :]  # [N, H]
+            time_parts = time_feats @ w_time[0] + ids
+            obs_part = obs_part.reshape(1, -1, obs_part.shape[-1])
+        else:
+            time_parts = torch.einsum("tne,neh->tnh", time_feats, w_time)
+        return Conditioning(obs_part.contiguous(), time_parts[:, :, None, :])
+
+    def predict(self, a_t: torch.Tensor, cond: Conditioning, t: int) -> torch.Tensor:
+        """The noise in a_t [..., N, A] at Python-int step t, from a chain's `condition`."""
+        net = self.net
+        first = net.mlp.net[0]
+        x = a_t.reshape(-1, self.n_agents, self.act_dim).transpose(0, 1)  # [N, rows, A]
+        if net.share:
+            x = x.reshape(1, -1, self.act_dim)
+        h = torch.baddbmm(cond.obs_part, x, first.weight[:, : self.act_dim])
+        h.view(self.n_agents, -1, h.shape[-1]).add_(cond.time_parts[t])
+        return net.agents_last(net.mlp.net[1:](h), a_t.shape[:-2])

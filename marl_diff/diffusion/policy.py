@@ -24,7 +24,7 @@ import contextlib
 import torch
 from torch import nn
 
-from marl_diff.diffusion.denoiser import StackedDenoiser
+from marl_diff.diffusion.denoiser import Conditioning, StackedDenoiser
 from marl_diff.diffusion.schedules import NoiseSchedule, make_schedule
 
 
@@ -68,6 +68,18 @@ class DiffusionPolicy(nn.Module):
         """x_T ~ N(0, I) (a VP process ends at the standard normal)."""
         return torch.randn(shape, device=like.device, dtype=like.dtype, generator=generator)
 
+    def chain(self, steps: int | None = None) -> list[int]:
+        """The schedule steps a reverse chain visits, ascending: all T (`steps` None or >= T),
+        or `steps` of them evenly spaced from 0 to T-1 (a respaced chain, as in DDIM and
+        improved DDPM: the model is trained on all T noise levels and sampled on fewer)."""
+        if steps is None or steps >= self.steps:
+            return list(range(self.steps))
+        if steps < 1:
+            raise ValueError(f"a chain needs at least one step, got steps={steps}")
+        if steps == 1:
+            return [self.steps - 1]
+        return sorted({round(i * (self.steps - 1) / (steps - 1)) for i in range(steps)})
+
     def denoise_step(
         self,
         x: torch.Tensor,
@@ -75,40 +87,52 @@ class DiffusionPolicy(nn.Module):
         t: int,
         noise: torch.Tensor | None = None,
         *,
+        t_prev: int | None = None,
         deterministic: bool = False,
         clip_x0: bool = True,
-        time_feat: torch.Tensor | None = None,
+        eta: float = 1.0,
+        cond: Conditioning | None = None,
     ) -> torch.Tensor:
-        """One reverse step x_t -> x_{t-1} at Python-int step t (T-1 .. 0).
+        """One reverse step x_t -> x_{t_prev} at Python-int steps (t_prev defaults to t - 1;
+        -1 is the clean end of the chain).
 
         The model predicts eps, hence x0 = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t), clamped to
         [-1, 1] when `clip_x0` (actions are bounded, and the clamp keeps short chains stable).
-        Ancestral (DDPM): the posterior mean of q(x_{t-1} | x_t, x0) plus sigma_t * `noise`
-        (no noise at t = 0; `noise` None means no noise). Deterministic: DDIM with eta = 0, with
-        eps re-derived from the clamped x0. `time_feat` lets `sample` pass the time features it
-        precomputed for this step.
+        Ancestral (DDPM, t_prev = t - 1): the posterior mean of q(x_{t-1} | x_t, x0) plus
+        sigma_t * `noise` (no noise at t = 0; `noise` None means no noise). Otherwise the
+        generalised DDIM step, with eps re-derived from the clamped x0:
+        x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - s^2) eps + s * noise, where
+        s = eta sqrt((1 - ab_prev) / (1 - ab_t) (1 - ab_t / ab_prev)); `deterministic` is
+        eta = 0 (DDIM), and eta = 1 on a full chain equals the ancestral step. `cond` is the
+        chain's precomputed `StackedDenoiser.condition` (computed here when not given).
         """
         c = self.schedule.coef
-        if time_feat is None:
-            time_feat = self.denoiser.time_features(
-                torch.full((self.n_agents,), t, device=x.device, dtype=torch.long)
-            )
-        eps = self.denoiser(x, obs, time_feat=time_feat)
+        t_prev = t - 1 if t_prev is None else t_prev
+        if cond is None:
+            cond = self.denoiser.condition(obs, x.shape[:-2], self.steps)
+        eps = self.denoiser.predict(x, cond, t)
         x0 = torch.add(
             c["sqrt_recip_alpha_bars"][t] * x, eps, alpha=-c["sqrt_recipm1_alpha_bars"][t]
         )
         if clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
-        if deterministic:
-            if clip_x0:
-                eps = (c["sqrt_recip_alpha_bars"][t] * x - x0) / c["sqrt_recipm1_alpha_bars"][t]
-            out = c["sqrt_alpha_bars_prev"][t] * x0 + c["sqrt_one_minus_alpha_bars_prev"][t] * eps
-        else:
+        if not deterministic and t_prev == t - 1:
             out = torch.add(
                 c["posterior_mean_coef1"][t] * x0, x, alpha=c["posterior_mean_coef2"][t]
             )
             if t > 0 and noise is not None:
                 out = out.add_(noise, alpha=c["posterior_variance"][t] ** 0.5)
+            return self._mask(out)
+        if clip_x0:
+            eps = (c["sqrt_recip_alpha_bars"][t] * x - x0) / c["sqrt_recipm1_alpha_bars"][t]
+        ab_t = c["alpha_bars"][t]
+        ab_prev = c["alpha_bars"][t_prev] if t_prev >= 0 else 1.0
+        sigma = 0.0
+        if not deterministic and noise is not None and t_prev >= 0:
+            sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)) ** 0.5
+        out = ab_prev**0.5 * x0 + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * eps
+        if sigma > 0:
+            out = out.add_(noise, alpha=sigma)
         return self._mask(out)
 
     def sample(
@@ -121,14 +145,18 @@ class DiffusionPolicy(nn.Module):
         noise_scale: float = 1.0,
         candidates: int | None = None,
         generator: torch.Generator | None = None,
+        steps: int | None = None,
+        eta: float = 1.0,
     ) -> torch.Tensor:
         """Run the reverse chain: obs [..., N, D] -> actions [..., N, A] in [-1, 1].
 
         With `candidates=M`, M independent actions per state come from the same batched call:
-        [M, ..., N, A]. `noise_scale` scales the noise injected by each ancestral step (not x_T;
-        0 makes the ancestral chain deterministic given x_T). `grad=True` keeps the graph through
+        [M, ..., N, A]. `noise_scale` scales the noise injected by each stochastic step (not
+        x_T; 0 makes the chain deterministic given x_T). `steps` K < T runs the respaced chain
+        of `chain(K)` with generalised DDIM steps of noise `eta` (1: DDPM-like, 0: DDIM);
+        the default is the full T-step ancestral chain. `grad=True` keeps the graph through
         every step (DACER's policy loss backpropagates through the whole chain); otherwise the
-        chain runs under no_grad. The only Python loop is over the T steps.
+        chain runs under no_grad. The only Python loop is over the steps.
         """
         if obs.shape[-2:] != (self.n_agents, self.obs_dim):
             raise ValueError(
@@ -136,17 +164,17 @@ class DiffusionPolicy(nn.Module):
             )
         lead = obs.shape[:-2] if candidates is None else (candidates, *obs.shape[:-2])
         shape = (*lead, self.n_agents, self.act_dim)
+        visited = self.chain(steps)
+        full = len(visited) == self.steps
         context = contextlib.nullcontext() if grad else torch.no_grad()
         with context:
-            obs = obs.expand(*lead, self.n_agents, self.obs_dim)
             x = self._mask(self._initial_noise(shape, obs, generator))
-            steps = torch.arange(self.steps, device=obs.device)
-            # Time features depend on t alone: one call for all T steps, [T, N, E].
-            time_feats = self.denoiser.time_features(steps[:, None].expand(-1, self.n_agents))
-            stochastic = not deterministic and noise_scale != 0
-            for t in reversed(range(self.steps)):
+            cond = self.denoiser.condition(obs, torch.Size(lead), self.steps)
+            stochastic = not deterministic and noise_scale != 0 and (full or eta != 0)
+            for i in reversed(range(len(visited))):
+                t, t_prev = visited[i], visited[i - 1] if i > 0 else -1
                 noise = None
-                if stochastic and t > 0:
+                if stochastic and t_prev >= 0:
                     noise = torch.randn(shape, device=x.device, dtype=x.dtype, generator=generator)
                     if noise_scale != 1.0:
                         noise = noise * noise_scale
@@ -155,9 +183,11 @@ class DiffusionPolicy(nn.Module):
                     obs,
                     t,
                     noise,
+                    t_prev=t_prev,
                     deterministic=deterministic,
                     clip_x0=clip_x0,
-                    time_feat=time_feats[t],
+                    eta=eta,
+                    cond=cond,
                 )
             return x.clamp(-1.0, 1.0)
 
