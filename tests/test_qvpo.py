@@ -111,7 +111,7 @@ def test_uniform_entropy_actions_join_the_training_set(monkeypatch, updates, alp
     samples = torch.cat([SAMPLES, torch.zeros(4, 1, 2, 1)], -1)  # agent 1's 2nd entry padded
     samples[:, :, 0, 1] = 0.25
     patched(monkeypatch, qvpo, samples, Q)
-    qvpo.updates.fill_(updates)
+    qvpo.updates = updates
     actions, weights, stats = qvpo.training_set(batch(a=2))
     assert actions.shape == (4, 1, 2, 2)  # the best sample + 3 uniform actions
     uniform = actions[1:]

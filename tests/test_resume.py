@@ -243,7 +243,8 @@ def test_nan_loss_raises_with_step_and_keeps_last_checkpoint(compose_config, tmp
     def poisoned_update(self, batch):
         out = real_update(self, batch)
         calls["n"] += 1
-        if calls["n"] > 150:  # updates start at env step 100: this is env step 250
+        if calls["n"] > 150:  # updates start at env step 100: this is env step 250, found at the
+            # log event of step 300 (metrics are checked per log window, not per update)
             out["loss/critic"] = torch.tensor(float("nan"))
         return out
 
@@ -253,7 +254,8 @@ def test_nan_loss_raises_with_step_and_keeps_last_checkpoint(compose_config, tmp
     with pytest.raises(TrainingDiverged) as info:
         train(compose_config, [f"run_dir={run_dir}", *_tiny()])
     message = str(info.value)
-    assert "env step 250" in message and "loss/critic" in message
+    assert "env step 300" in message and "loss/critic" in message
+    assert "after env step 200" in message
     last = run_dir / "checkpoints" / "step_000000000200.pt"
     assert str(last) in message
     assert checkpoint_paths(run_dir / "checkpoints") == [

@@ -712,3 +712,74 @@ def test_runner_stores_true_final_observations_and_terminal_flags(tmp_path, monk
         assert runner.ep_length.tolist() == [2.0, 1.0]
     finally:
         close(runner)
+
+
+# ---------------------------------------------------------------------------- update cost settings
+def recorded_samples(policy, monkeypatch) -> list[tuple]:
+    """(states, candidates, chain steps, with gradient) of every `sample` call of a policy."""
+    calls, real = [], policy.sample
+
+    def recording(obs, **kwargs):
+        calls.append(
+            (obs.shape[0], kwargs.get("candidates"), kwargs.get("steps"), kwargs.get("grad", False))
+        )
+        return real(obs, **kwargs)
+
+    monkeypatch.setattr(policy, "sample", recording)
+    return calls
+
+
+SPEED = {"diffusion_steps": 3, "sample_steps": 2, "candidate_steps": 1, "actor_batch_size": 3}
+
+
+@pytest.mark.parametrize(
+    "algorithm, actor_call",
+    [
+        ("ddpl", (3, 3, 1, False)),  # M=3 candidates of the first 3 states, 1-step chain
+        ("qvpo", (3, 4, 1, False)),  # 4 Q-weighted samples of the first 3 states
+        ("dacer", (3, None, 2, True)),  # the policy's own 2-step chain, with gradient
+    ],
+)
+def test_actor_updates_use_the_actor_batch_and_their_chains(algorithm, actor_call, monkeypatch):
+    a = agent(algorithm, **SPEED)
+    calls = recorded_samples(a.policy, monkeypatch)
+    a.critic.requires_grad_(False)
+    a.update_actor(random_batch(b=8))
+    assert calls == [actor_call]
+
+
+@pytest.mark.parametrize("algorithm", ["ddpl", "dacer"])
+def test_critic_targets_use_the_policy_chain_on_the_whole_batch(algorithm, monkeypatch):
+    a = agent(algorithm, **SPEED)
+    calls = recorded_samples(a.policy, monkeypatch)
+    a.update_critic(random_batch(b=8))
+    assert calls == [(8, None, 2, False)]
+
+
+def test_policy_delay_skips_actor_updates_without_reading_the_device(monkeypatch):
+    a = agent("ddpl", policy_delay=3)
+    actor_updates = []
+    monkeypatch.setattr(a, "update_actor", lambda batch: actor_updates.append(a.updates) or {})
+    for _ in range(7):
+        a.update(random_batch())
+    assert actor_updates == [0, 3, 6]
+    assert isinstance(a.updates, int) and a.updates == 7
+    restored = agent("ddpl", policy_delay=3)
+    restored.load_training_state(a.training_state())
+    assert restored.updates == 7
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"sample_steps": -1}, "agent.sample_steps must be >= 0"),
+        ({"candidate_steps": -2}, "agent.candidate_steps must be >= 0"),
+        ({"actor_batch_size": -1}, "agent.actor_batch_size must be >= 0"),
+        ({"sample_eta": 1.5}, r"agent.sample_eta must be in \[0, 1\]"),
+    ],
+)
+def test_bad_chain_settings_are_named(override, message):
+    from marl_diff.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        agent("ddpl", **override)

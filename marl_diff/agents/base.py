@@ -138,7 +138,9 @@ class ActorCriticAgent(Agent):
         )
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.register_buffer("act_mask", spec.act_mask().float())
-        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        # A Python int, not a device tensor: the update schedule (policy delay, refreshes,
+        # decays) branches on it every update, and reading a GPU tensor would wait for the GPU.
+        self.updates = 0
 
     def setup_optimizers(self) -> None:
         """Call at the end of a subclass __init__, after `.to(device)`."""
@@ -160,13 +162,22 @@ class ActorCriticAgent(Agent):
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         metrics = self.update_critic(batch)
-        if int(self.updates) % self.config.policy_delay == 0:
+        if self.updates % self.config.policy_delay == 0:
             self.critic.requires_grad_(False)
             metrics.update(self.update_actor(batch))
             self.critic.requires_grad_(True)
         self.soft_update_target()
         self.updates += 1
         return metrics
+
+    def training_state(self) -> dict:
+        return {**super().training_state(), "updates": self.updates}
+
+    def load_training_state(self, state: dict) -> None:
+        modules = dict(state["modules"])
+        legacy = modules.pop("updates", None)  # checkpoints before the counter left the device
+        super().load_training_state({**state, "modules": modules})
+        self.updates = int(state["updates"] if "updates" in state else legacy)
 
     def update_critic(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config

@@ -42,6 +42,25 @@ w_j ∝ exp(Q_i(s, a^(j)) / alpha). Our reading of the paper, each choice a conf
   samples from each agent's policy given its own observation.
 The critic target uses the current diffusion policy's next actions with no entropy bonus (as in
 DPMD): the temperature acts through the weights alone.
+
+What an update costs is rows x chain steps through the denoiser; at the earlier defaults
+(B = 256 states, M = 16, the full T = 20 chain everywhere) one update took 75x a Gaussian update
+on a 2-core CPU. The catalog defaults (agents/ddpl.yaml) take the cheap choices that kept what
+is learned; each is a setting, and the old behaviour is one override away:
+- `candidate_steps` 5: ISSM needs a proposal it can weight, not the exact policy. The
+  candidates come from a 5-step respaced chain of the same T-level model (ancestral noise,
+  `sample_eta` 1, which kept the modes' shares; a deterministic DDIM chain skewed them). The
+  target is then proposal x exp(Q / alpha), the proposal a slightly smoother pi_old.
+  `candidate_steps=0` draws them from the policy's own chain.
+- `sample_steps` 10: the policy acts and bootstraps from a 10-step respaced chain of its
+  20 trained levels (DDIM / improved-DDPM respacing); on a 4-mode target its samples matched
+  the full chain's (tests/test_diffusion.py). 0 samples all T steps.
+- `n_candidates` 8 (was 16) and `policy_delay` 2 (the actor updates every second critic
+  update, as DACER and TD3 do).
+- `actor_batch_size` stays 0 (ISSM on every state of the batch): 64 states met the cost target
+  but lost most of the learning on vmas_navigation (eval return -0.04 against 0.76 at the
+  learning test's budget, one seed), so fewer candidates over all states it is.
+`python -m marl_diff.bench update` measures the ratio per family (results/update_time_*.md).
 """
 
 from __future__ import annotations
@@ -52,13 +71,8 @@ from dataclasses import dataclass
 
 import torch
 
-from marl_diff.agents.base import (
-    ActorCriticAgent,
-    best_candidate,
-    check_at_least,
-    check_choices,
-)
-from marl_diff.agents.diffusion_actor import DiffusionActorConfig, make_diffusion_policy
+from marl_diff.agents.base import best_candidate, check_at_least, check_choices
+from marl_diff.agents.diffusion_actor import DiffusionActorConfig, DiffusionActorCritic
 from marl_diff.buffer import Batch
 from marl_diff.diffusion.entropy import knn_entropy, knn_log_distances
 from marl_diff.envs.base import EnvSpec
@@ -92,7 +106,7 @@ class DDPLConfig(DiffusionActorConfig):
     best_of_k: int = 16
 
 
-class DDPLAgent(ActorCriticAgent):
+class DDPLAgent(DiffusionActorCritic):
     Config = DDPLConfig
 
     def __init__(self, config: DDPLConfig, spec: EnvSpec, device: torch.device):
@@ -110,7 +124,6 @@ class DDPLAgent(ActorCriticAgent):
             )
         if config.jitter and config.jitter_init <= 0:
             raise ConfigError(f"agent.jitter_init must be positive, got {config.jitter_init}")
-        self.policy = make_diffusion_policy(config, spec)
         if config.proposal == "lagged":
             self.old_policy = copy.deepcopy(self.policy).requires_grad_(False)
         self.log_alpha = torch.nn.Parameter(
@@ -138,12 +151,9 @@ class DDPLAgent(ActorCriticAgent):
         cfg = self.config
         if not (explore and cfg.action_selection == "best_of_k" and state is not None):
             return self.sample_policy(obs)
-        candidates = self.policy.sample(obs, candidates=cfg.best_of_k)  # [K, B, N, A]
-        q = self.q_each_agent(state, self.policy.sample(obs), candidates)  # [K, B, N]
+        candidates = self.candidates(obs, cfg.best_of_k)  # [K, B, N, A]
+        q = self.q_each_agent(state, self.sample_policy(obs), candidates)  # [K, B, N]
         return best_candidate(candidates, q)
-
-    def sample_policy(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.policy.sample(obs)
 
     def target_action(self, next_obs: torch.Tensor, next_state: torch.Tensor):
         action = self.sample_policy(next_obs)
@@ -152,9 +162,10 @@ class DDPLAgent(ActorCriticAgent):
     # ---------------------------------------------------------------- ISSM
     def update_actor(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config
+        batch = self.actor_batch(batch)
         proposal = self.old_policy if cfg.proposal == "lagged" else self.policy
         with torch.no_grad():
-            samples = proposal.sample(batch.obs, candidates=cfg.n_candidates)  # [M, B, N, A]
+            samples = self.candidates(batch.obs, cfg.n_candidates, proposal)  # [M, B, N, A]
             candidates = samples
             if cfg.jitter:
                 noise = torch.randn_like(samples) * self.log_jitter.exp()[:, None]
@@ -162,7 +173,7 @@ class DDPLAgent(ActorCriticAgent):
             if cfg.others_actions == "replay":
                 base = batch.action
             else:
-                base = self.policy.sample(batch.obs)
+                base = self.sample_policy(batch.obs)
             q = self.q_each_agent(batch.state, base, candidates)  # [M, B, N]
             # soft target: divide by the proposal's kNN density estimate
             inverse_density = (
@@ -191,7 +202,7 @@ class DDPLAgent(ActorCriticAgent):
                     "jitter", -(self.log_jitter * shortfall).sum(), [self.log_jitter]
                 )
                 metrics["issm/jitter"] = self.log_jitter.exp().mean().detach()
-        if cfg.proposal == "lagged" and (int(self.updates) + 1) % cfg.lag_updates == 0:
+        if cfg.proposal == "lagged" and (self.updates + 1) % cfg.lag_updates == 0:
             self.old_policy.load_state_dict(self.policy.state_dict())
         return metrics
 

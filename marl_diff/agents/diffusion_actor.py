@@ -1,17 +1,23 @@
-"""What every diffusion-policy agent shares: the actor settings and building its policy."""
+"""What every diffusion-policy agent shares: the actor settings, building its policy, and the
+sampling and batching choices that set an update's cost."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from marl_diff.agents.base import (
+    ActorCriticAgent,
     ActorCriticConfig,
     check_activation,
     check_at_least,
     check_choices,
 )
+from marl_diff.buffer import Batch
 from marl_diff.diffusion import SCHEDULE_KINDS, DiffusionPolicy, make_schedule
 from marl_diff.envs.base import EnvSpec
+from marl_diff.errors import ConfigError
 
 
 @dataclass
@@ -21,8 +27,16 @@ class DiffusionActorConfig(ActorCriticConfig):
     actor_activation: str = "mish"
     time_embed_dim: int = 16
     share_parameters: bool = False
-    diffusion_steps: int = 20  # T
+    diffusion_steps: int = 20  # T: the noise levels the denoiser is trained on
     schedule: str = "vp"
+    # Chain steps when sampling the policy (acting, critic-target actions): 0 = all T
+    # (ancestral DDPM); K < T = a K-step respaced chain over the same T-level model.
+    sample_steps: int = 0
+    # Chain steps for the candidates an update weights or chooses among by Q (ISSM proposals,
+    # QVPO's Q-weighted samples, best-of-K): 0 = `sample_steps`.
+    candidate_steps: int = 0
+    sample_eta: float = 1.0  # noise of a respaced chain's steps: 1 DDPM-like, 0 DDIM
+    actor_batch_size: int = 0  # states per actor update, from the batch's front; 0 = all
 
 
 def make_diffusion_policy(config: DiffusionActorConfig, spec: EnvSpec) -> DiffusionPolicy:
@@ -41,3 +55,53 @@ def make_diffusion_policy(config: DiffusionActorConfig, spec: EnvSpec) -> Diffus
         time_embed_dim=config.time_embed_dim,
         share=config.share_parameters,
     )
+
+
+class DiffusionActorCritic(ActorCriticAgent):
+    """The centralised twin critic with a diffusion policy per agent (`self.policy`).
+
+    The cost of a diffusion agent's update is rows x chain steps through the denoiser, so the
+    two ways of sampling and the actor's batch are settings here, the same for every agent:
+    `sample_policy` draws what the agent executes and bootstraps from (`sample_steps`),
+    `candidates` draws what an update weights or chooses among by Q (`candidate_steps`), and
+    `actor_batch` is the part of the replay batch the actor update uses (`actor_batch_size`).
+    A respaced chain samples the same T-level model on fewer steps (DDIM; improved DDPM's
+    respacing), which leaves what is learned unchanged and changes only how it is sampled.
+    """
+
+    Config = DiffusionActorConfig
+
+    def __init__(self, config: DiffusionActorConfig, spec: EnvSpec, device: torch.device):
+        super().__init__(config, spec, device)
+        for key in ("sample_steps", "candidate_steps", "actor_batch_size"):
+            if getattr(config, key) < 0:
+                raise ConfigError(f"agent.{key} must be >= 0, got {getattr(config, key)}")
+        if not 0.0 <= config.sample_eta <= 1.0:
+            raise ConfigError(f"agent.sample_eta must be in [0, 1], got {config.sample_eta}")
+        self.policy = make_diffusion_policy(config, spec)
+
+    def chain_options(self) -> dict:
+        """Keyword arguments of `DiffusionPolicy.sample` for the policy's own samples."""
+        cfg = self.config
+        return {"steps": cfg.sample_steps or None, "eta": cfg.sample_eta}
+
+    def sample_policy(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.policy.sample(obs, **self.chain_options())
+
+    def candidates(
+        self, obs: torch.Tensor, count: int, policy: DiffusionPolicy | None = None
+    ) -> torch.Tensor:
+        """`count` samples per state of `policy` (default: the current one), no gradient:
+        obs [B, N, D] -> [count, B, N, A], on the `candidate_steps` chain."""
+        options = self.chain_options()
+        if self.config.candidate_steps:
+            options["steps"] = self.config.candidate_steps
+        return (policy or self.policy).sample(obs, candidates=count, **options)
+
+    def actor_batch(self, batch: Batch) -> Batch:
+        """The first `actor_batch_size` transitions (replay batches are drawn at random, so
+        these are a random subset); the whole batch when 0 or larger."""
+        size = self.config.actor_batch_size
+        if size == 0 or size >= batch.obs.shape[0]:
+            return batch
+        return Batch(*(field[:size] for field in batch))

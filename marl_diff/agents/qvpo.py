@@ -36,6 +36,15 @@ arg-max for N = 1). The card says "target actor" without details; our reading (c
 `target_actor`): "ema" (default) keeps a Polyak copy of the diffusion policy updated at rate
 `policy_tau` after every update, "current" uses the current policy.
 
+Update cost (the card's 64 samples x 256 states x T = 20 steps made one update 228x a Gaussian
+update on a 2-core CPU). The catalog defaults, each a setting of `DiffusionActorCritic`:
+`actor_batch_size` 32 (the 64 Q-weighted samples, the kept best and the 10 uniform actions for
+32 of the batch's states; the critic still uses the whole batch), `candidate_steps` 5 (the 64
+samples, the best-of-K at acting and the target's best of 4 come from a 5-step respaced chain
+with ancestral noise: they are only ranked by Q, and the kept action is fitted by DSM on all T
+levels), `sample_steps` 10 (plain policy samples on a 10-step respaced chain). 0 restores the
+card's setting for each.
+
 No entropy bonus enters the critic target (the entropy acts through the uniform actions only),
 so there is no temperature to log. Gradient clipping (`grad_clip`, 2.0) applies to the critic
 and the diffusion policy alike.
@@ -48,13 +57,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from marl_diff.agents.base import (
-    ActorCriticAgent,
-    best_candidate,
-    check_at_least,
-    check_choices,
-)
-from marl_diff.agents.diffusion_actor import DiffusionActorConfig, make_diffusion_policy
+from marl_diff.agents.base import best_candidate, check_at_least, check_choices
+from marl_diff.agents.diffusion_actor import DiffusionActorConfig, DiffusionActorCritic
 from marl_diff.buffer import Batch
 from marl_diff.envs.base import EnvSpec
 from marl_diff.errors import ConfigError
@@ -87,7 +91,7 @@ class QVPOConfig(DiffusionActorConfig):
     policy_tau: float = 0.005  # Polyak rate of the "ema" target policy
 
 
-class QVPOAgent(ActorCriticAgent):
+class QVPOAgent(DiffusionActorCritic):
     Config = QVPOConfig
 
     def __init__(self, config: QVPOConfig, spec: EnvSpec, device: torch.device):
@@ -111,7 +115,6 @@ class QVPOAgent(ActorCriticAgent):
             raise ConfigError("agent.entropy_alpha and agent.entropy_alpha_final must be >= 0")
         if not 0 < config.policy_tau <= 1:
             raise ConfigError(f"agent.policy_tau must be in (0, 1], got {config.policy_tau}")
-        self.policy = make_diffusion_policy(config, spec)
         if config.target_actor == "ema":
             self.target_policy = copy.deepcopy(self.policy).requires_grad_(False)
         self.to(device)
@@ -140,14 +143,11 @@ class QVPOAgent(ActorCriticAgent):
         if state is None:
             return self.sample_policy(obs)
         k = self.config.behavior_samples if explore else self.config.eval_samples
-        candidates = self.policy.sample(obs, candidates=k)  # [K, B, N, A]
+        candidates = self.candidates(obs, k)  # [K, B, N, A]
         if k == 1:
             return candidates[0]
         q = self.q_each_agent(state, candidates[0], candidates)
         return best_candidate(candidates, q)
-
-    def sample_policy(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.policy.sample(obs)
 
     @torch.no_grad()
     def target_action(self, next_obs: torch.Tensor, next_state: torch.Tensor):
@@ -155,7 +155,7 @@ class QVPOAgent(ActorCriticAgent):
         agent, the others held at their first sample); no soft bonus."""
         cfg = self.config
         policy = self.target_policy if cfg.target_actor == "ema" else self.policy
-        candidates = policy.sample(next_obs, candidates=cfg.target_samples)
+        candidates = self.candidates(next_obs, cfg.target_samples, policy)
         no_bonus = torch.zeros(next_obs.shape[0], device=next_obs.device)
         if cfg.target_samples == 1:
             return candidates[0], no_bonus
@@ -167,7 +167,7 @@ class QVPOAgent(ActorCriticAgent):
         """Actions [K, B, N, A] and weights [K, B, N] the weighted DSM is fitted to."""
         cfg = self.config
         with torch.no_grad():
-            samples = self.policy.sample(batch.obs, candidates=cfg.n_samples)  # [M, B, N, A]
+            samples = self.candidates(batch.obs, cfg.n_samples)  # [M, B, N, A]
             base = batch.action if cfg.others_actions == "replay" else samples[0]
             q = self.q_each_agent(batch.state, base, samples)  # [M, B, N]
             weights = self.q_weights(q)
@@ -176,7 +176,7 @@ class QVPOAgent(ActorCriticAgent):
                 actions, action_weights = best_candidate(samples, q)[None], best_weight[None]
             else:
                 actions, action_weights = samples, weights
-            alpha = self.entropy_alpha_at(int(self.updates))
+            alpha = self.entropy_alpha_at(self.updates)
             if cfg.n_entropy_samples > 0:
                 uniform = torch.rand(
                     (cfg.n_entropy_samples, *samples.shape[1:]),
@@ -196,6 +196,7 @@ class QVPOAgent(ActorCriticAgent):
         return actions, action_weights, stats
 
     def update_actor(self, batch: Batch) -> dict[str, torch.Tensor]:
+        batch = self.actor_batch(batch)
         actions, weights, metrics = self.training_set(batch)
         dsm = self.policy.dsm_loss(actions, batch.obs)  # [K, B, N]
         loss = (weights * dsm).sum(0).mean(0).sum()

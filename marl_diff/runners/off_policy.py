@@ -114,6 +114,7 @@ class OffPolicyRunner:
         self.finished = torch.zeros(3, device=device)
         self.metric_sums: dict[str, torch.Tensor] = {}
         self.metric_counts: dict[str, int] = {}
+        self.checked_at = 0  # env step up to which the gathered metrics were found finite
         self.act_seconds, self.act_calls = 0.0, 0  # policy sampling time per env step
 
     # ---------------------------------------------------------------- checkpoints
@@ -177,6 +178,7 @@ class OffPolicyRunner:
         self.updates = int(state["updates"])
         self.episodes = int(state["episodes"])
         self.update_credit = float(state["update_credit"])
+        self.checked_at = self.env_steps
         torch.set_rng_state(state["torch_rng"].cpu())
         self.generator.set_state(state["sampler_rng"].cpu())
         window = state.get("log_window")  # absent in checkpoints of older versions
@@ -244,7 +246,6 @@ class OffPolicyRunner:
         self.update_credit -= n_updates
         for _ in range(n_updates):
             metrics = self.agent.update(self.buffer.sample(rc.batch_size, self.generator))
-            self._check_finite(metrics)
             sums, counts = self.metric_sums, self.metric_counts
             for key, value in metrics.items():
                 sums[key] = sums[key] + value if key in sums else value
@@ -295,9 +296,11 @@ class OffPolicyRunner:
 
                 if self.env_steps >= next_ckpt and self.env_steps < rc.total_steps:
                     next_ckpt = self._next_multiple(rc.checkpoint_every)
+                    self._check_finite()
                     self._check_parameters()
                     self.save()
 
+            self._check_finite()
             self._check_parameters()
             report = self._evaluate(logger)
             self.save()
@@ -313,6 +316,7 @@ class OffPolicyRunner:
 
     def _train_scalars(self, window) -> dict[str, float]:
         """The log event's scalars; empties the log window."""
+        self._check_finite()
         start_time, start_steps, start_updates = window
         elapsed = max(time.time() - start_time, 1e-9)
         sums, counts = self.metric_sums, self.metric_counts
@@ -357,10 +361,19 @@ class OffPolicyRunner:
         self.last_eval = report
         return report
 
-    def _check_finite(self, metrics: dict[str, torch.Tensor]) -> None:
-        if metrics and not bool(torch.isfinite(torch.stack(list(metrics.values()))).all()):
-            bad = [k for k, v in metrics.items() if not torch.isfinite(v)]
-            raise TrainingDiverged(self._diverged_message(f"non-finite {', '.join(bad)}"))
+    def _check_finite(self) -> None:
+        """The update metrics gathered since the last check must be finite. Checked at log
+        events and before checkpoints, not per update: reading a device value makes the host
+        wait for the device, and one read per log event keeps the update loop asynchronous."""
+        sums = self.metric_sums
+        if sums and not bool(torch.isfinite(torch.stack(list(sums.values()))).all()):
+            bad = [k for k, v in sums.items() if not torch.isfinite(v)]
+            raise TrainingDiverged(
+                self._diverged_message(
+                    f"non-finite {', '.join(bad)} in the updates after env step {self.checked_at}"
+                )
+            )
+        self.checked_at = self.env_steps
 
     def _check_parameters(self) -> None:
         for name, param in self.agent.named_parameters():
