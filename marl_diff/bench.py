@@ -23,6 +23,10 @@ runner's collection step with the agent's policy in the loop.
 Time of one `DiffusionPolicy.sample()` call (ancestral DDPM, T denoising steps) for N agents
 stacked in one policy vs a Python loop over N separate single-agent policies of the same sizes
 (what per-agent modules would cost), interleaved over the repeats, median.
+
+`python -m marl_diff.bench peer [agents=2,4] [methods=masac,mappo,gaussian,ddpl] ...`:
+BenchMARL's MASAC and MAPPO in their own virtualenv against marl_diff agents on VMAS navigation
+at the same settings (marl_diff/peer.py).
 """
 
 from __future__ import annotations
@@ -317,7 +321,17 @@ UPDATE_SETTINGS = {
 
 
 # The settings that set an update's cost, shown beside each agent's time.
-UPDATE_COST_KEYS = ("actor_hidden", "critic_hidden", "diffusion_steps", "n_candidates", "n_samples")
+UPDATE_COST_KEYS = (
+    "actor_hidden",
+    "critic_hidden",
+    "diffusion_steps",
+    "sample_steps",
+    "candidate_steps",
+    "n_candidates",
+    "n_samples",
+    "actor_batch_size",
+    "policy_delay",
+)
 
 
 def update(args: list[str]) -> str:
@@ -497,7 +511,20 @@ def smax(args: list[str]) -> str:
     return _write(lines, values["out"])
 
 
-BENCHMARKS = {"rollout": rollout, "sampling": sampling, "update": update, "smax": smax}
+def peer(args: list[str]) -> str:
+    """BenchMARL's MASAC and MAPPO against marl_diff agents (marl_diff/peer.py)."""
+    from marl_diff.peer import peer as run_peer
+
+    return run_peer(args)
+
+
+BENCHMARKS = {
+    "rollout": rollout,
+    "sampling": sampling,
+    "update": update,
+    "smax": smax,
+    "peer": peer,
+}
 
 
 @exit_cleanly_on_user_error
