@@ -1,0 +1,533 @@
+"""Peer benchmark: BenchMARL's MASAC and MAPPO against marl_diff agents on VMAS navigation.
+
+`python -m marl_diff.bench peer [agents=2,4] [methods=masac,mappo,gaussian,ddpl]
+[frames=60000] [threshold=1.0] [seed=0] [venv=.peer_venv] [runs=results/runs/peer]
+[out=results/peer.md] [agent.<key>=value ...]`
+
+In one run:
+1. BenchMARL (1.5.2, with vmas) is made available in its own virtualenv `venv=`; when that
+   venv lacks it, the venv is created and filled: first `torch==<this interpreter's torch>` (on
+   the project's machines a local CPU wheel; installing anything else first makes pip fetch
+   CUDA wheels), then `benchmarl==1.5.2 vmas` constrained to that torch.
+2. BenchMARL's MASAC / MAPPO run at BenchMARL's own defaults (its shipped yaml files) through
+   `results/peer/benchmarl_run.py` under the venv's python, with `frames=` as the budget and an
+   evaluation after every collection iteration.
+3. marl_diff agents (any catalog agent, e.g. gaussian and ddpl) run as `python -m marl_diff.run`
+   subprocesses with BenchMARL MASAC's settings mapped onto marl_diff's overrides
+   (`marl_diff_overrides`), the same budget and the same evaluation interval.
+4. One table: frames/s, final and best evaluation return, seconds until the evaluation return
+   first reaches `threshold=`, and frames/s relative to MASAC at the same agent count.
+
+Returns are comparable: both frameworks report, per evaluation episode, the sum over steps of
+the mean over agents of each agent's reward, and marl_diff gets BenchMARL's navigation task
+arguments (notably `shared_rew=false`; marl_diff's own scenario keeps VMAS's default `true`,
+whose per-agent reward is the whole team's progress).
+
+Each run's raw output (JSON, metrics.jsonl, logs) stays under `runs=<folder>/<timestamp>/`,
+with `summary.json` holding every result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from marl_diff.bench import _header, _split, _write
+from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
+
+PEER_SETTINGS = {
+    "agents": "2,4",
+    "methods": "masac,mappo,gaussian,ddpl",
+    # 10 BenchMARL iterations per run. Measured here (2 cores, 1 torch thread each run), the
+    # whole default benchmark takes about 2 hours, most of it ddpl: raise it where that is cheap.
+    "frames": "60000",
+    "threshold": "1.0",
+    "seed": "0",
+    "venv": ".peer_venv",
+    "runs": "results/runs/peer",
+    "out": "results/peer.md",
+}
+BENCHMARL_METHODS = ("masac", "mappo")
+BENCHMARL_VERSION = "1.5.2"
+SCRIPT = Path(__file__).resolve().parent.parent / "results" / "peer" / "benchmarl_run.py"
+OUTPUT_TAIL = 30  # lines of a failed subprocess's output quoted in the error
+
+
+# --------------------------------------------------------------------------- settings mapping
+def _value(value) -> str:
+    """A value as a marl_diff command-line override writes it."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_value(v) for v in value) + "]"
+    return str(value)
+
+
+def marl_diff_overrides(
+    settings: dict, agent: str, n_agents: int, agent_keys: set[str] | None = None
+) -> list[str]:
+    """marl_diff overrides that reproduce BenchMARL's (MASAC) `settings` as far as marl_diff
+    has the knob. `settings` is what `benchmarl_run.py --settings-only` reports. `agent.*`
+    overrides are kept only for keys in `agent_keys` (the agent's config) when it is given.
+
+    The Gaussian agent is the MASAC counterpart, so it also takes MASAC's actor activation and
+    temperature settings; other agents keep their own policy network and temperature, which
+    mean something else there (a diffusion denoiser, DDPL's weight temperature)."""
+    frames_per_iter = int(settings["frames_per_iteration"])
+    episodes = int(settings["evaluation_episodes"])
+    overrides = [
+        f"scenario.n_agents={n_agents}",
+        f"scenario.max_steps={settings['max_steps']}",
+        *(f"scenario.kwargs.{k}={_value(v)}" for k, v in settings["task_kwargs"].items()),
+        f"runner.num_envs={settings['n_envs']}",
+        f"runner.utd_ratio={settings['updates_per_iteration'] / frames_per_iter!r}",
+        f"runner.batch_size={settings['minibatch_size']}",
+        f"runner.buffer_size={settings['buffer_size']}",
+        f"runner.warmup_steps={settings['prefill_frames']}",  # 0: the policy acts from step 0
+        f"runner.eval_every={frames_per_iter}",
+        f"runner.eval_episodes={episodes}",
+        f"runner.eval_num_envs={episodes}",
+        f"runner.log_every={frames_per_iter}",
+        "runner.checkpoint_every=0",  # BenchMARL's checkpoint_interval is 0
+    ]
+    agent_values = {
+        "gamma": settings["gamma"],
+        "tau": settings["tau"],
+        "actor_hidden": settings["actor_hidden"],
+        "critic_hidden": settings["critic_hidden"],
+        "critic_activation": settings["activation"],
+        "actor_lr": settings["lr"],
+        "critic_lr": settings["lr"],
+        "grad_clip": float(settings["clip_grad_val"]) if settings["clip_grad_norm"] else 0.0,
+        "share_parameters": settings["share_policy_params"],
+    }
+    if agent == "gaussian":
+        agent_values.update(
+            actor_activation=settings["activation"],
+            alpha_lr=settings["lr"],
+            init_alpha=settings["alpha_init"],
+        )
+    for key, value in agent_values.items():
+        if agent_keys is None or key in agent_keys:
+            overrides.append(f"agent.{key}={_value(value)}")
+    return overrides
+
+
+# --------------------------------------------------------------------------- results
+def summarize(result: dict, threshold: float) -> dict:
+    """Final and best evaluation return, and the first point of the curve at or above
+    `threshold` (None when never), from a run's `curve` of (frames, seconds, return)."""
+    curve = result["curve"]
+    returns = [point[2] for point in curve]
+    reached = next((point for point in curve if point[2] >= threshold), None)
+    return {
+        "final": returns[-1] if returns else math.nan,
+        "best": max(returns) if returns else math.nan,
+        "reached_s": reached[1] if reached else None,
+        "reached_frames": reached[0] if reached else None,
+    }
+
+
+def results_table(results: list[dict], threshold: float) -> list[str]:
+    """Markdown rows, one per (method, n_agents), in the order of `results`."""
+    masac = {
+        r["n_agents"]: r["frames_per_s"]
+        for r in results
+        if r["method"] == "masac" and "error" not in r
+    }
+    lines = [
+        f"| method | framework | agents | frames | train s | frames/s | frames/s / MASAC's "
+        f"| final eval return | best eval return | time to eval return >= {threshold:g} |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(
+                f"| {r['method']} | {r['framework']} | {r['n_agents']} | failed: see "
+                f"`{r['log']}` | | | | | | |"
+            )
+            continue
+        s = summarize(r, threshold)
+        base = masac.get(r["n_agents"])
+        ratio = f"{r['frames_per_s'] / base:.2f}" if base else "n/a (no MASAC run)"
+        reached = (
+            f"{s['reached_s']:,.0f} s ({s['reached_frames']:,} frames)"
+            if s["reached_s"] is not None
+            else "not reached"
+        )
+        lines.append(
+            f"| {r['method']} | {r['framework']} | {r['n_agents']} | {r['frames']:,} | "
+            f"{r['train_seconds']:,.0f} | {r['frames_per_s']:,.0f} | {ratio} | "
+            f"{s['final']:.3f} | {s['best']:.3f} | {reached} |"
+        )
+    return lines
+
+
+def read_metrics(path: Path) -> dict:
+    """frames, training seconds and the eval curve of a marl_diff run's metrics.jsonl."""
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    if not records:
+        raise MarlDiffError(f"{path} holds no log events")
+    curve = [
+        (int(r["env_steps"]), float(r["wall_time"]), float(r["eval/return"]))
+        for r in records
+        if "eval/return" in r
+    ]
+    frames = max(int(r["env_steps"]) for r in records)
+    seconds = max(float(r["wall_time"]) for r in records)
+    return {
+        "frames": frames,
+        "train_seconds": seconds,
+        "frames_per_s": frames / max(seconds, 1e-9),
+        "curve": curve,
+    }
+
+
+# --------------------------------------------------------------------------- subprocesses
+def _run(command: list[str], log: Path, what: str) -> None:
+    """Run `command`, its output into `log`; a failure quotes the end of the log."""
+    print(f"peer: {what} ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as handle:
+        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+        tail = "\n".join(lines[-OUTPUT_TAIL:])
+        raise MarlDiffError(f"{what} failed (exit code {code}); the end of {log}:\n{tail}")
+    print(f"peer: {what} done in {time.perf_counter() - start:,.0f} s", file=sys.stderr)
+
+
+def _venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def _has_benchmarl(python: Path) -> bool:
+    if not python.exists():
+        return False
+    check = f"import benchmarl, vmas; assert benchmarl.__version__ == '{BENCHMARL_VERSION}'"
+    return subprocess.run([str(python), "-c", check], capture_output=True).returncode == 0
+
+
+def install_commands(venv: Path, torch_version: str, constraints: Path) -> list[list[str]]:
+    """The commands that give `venv` BenchMARL next to this interpreter's torch version."""
+    python = str(_venv_python(venv))
+    return [
+        [sys.executable, "-m", "venv", str(venv)],
+        [python, "-m", "pip", "install", f"torch=={torch_version}"],
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            f"benchmarl=={BENCHMARL_VERSION}",
+            "vmas",
+            "-c",
+            str(constraints),
+        ],
+    ]
+
+
+def ensure_venv(venv: Path, log_dir: Path) -> Path:
+    """The python of `venv`, after installing BenchMARL there if it lacks it."""
+    python = _venv_python(venv)
+    if _has_benchmarl(python):
+        return python
+    torch_version = torch.__version__.split("+")[0]  # the public version; pip picks the wheel
+    with tempfile.TemporaryDirectory() as tmp:
+        constraints = Path(tmp) / "constraints.txt"
+        constraints.write_text(f"torch=={torch_version}\n", encoding="utf-8")
+        for i, command in enumerate(install_commands(venv, torch_version, constraints)):
+            if i == 0 and python.exists():
+                continue  # the venv exists, it only lacks the packages
+            _run(command, log_dir / f"install_{i}.log", " ".join(command[1:4]) + " ...")
+    if not _has_benchmarl(python):
+        raise MarlDiffError(f"{venv} still lacks benchmarl {BENCHMARL_VERSION} after installing")
+    return python
+
+
+def _benchmarl_json(python: Path, args: list[str], log: Path, what: str) -> dict:
+    if not SCRIPT.exists():
+        raise MarlDiffError(f"{SCRIPT} is missing: run the peer benchmark from a source checkout")
+    out = log.with_suffix(".json")
+    _run([str(python), str(SCRIPT), *args, "--out", str(out)], log, what)
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- the benchmark
+def _parse(args: list[str]) -> tuple[dict, list[str]]:
+    from marl_diff import catalog
+
+    values, passthrough = _split(args, PEER_SETTINGS, ("agent",))
+    valid_methods = (*BENCHMARL_METHODS, *catalog.names("agent"))
+    methods = [m for m in values["methods"].split(",") if m]
+    for method in methods:
+        if method not in valid_methods:
+            raise ConfigError(f"unknown method '{method}'. Valid choices: {choices(valid_methods)}")
+    if not methods:
+        raise ConfigError(f"methods= names none. Valid choices: {choices(valid_methods)}")
+    try:
+        agents = [int(a) for a in values["agents"].split(",") if a]
+        frames, seed = int(values["frames"]), int(values["seed"])
+        threshold = float(values["threshold"])
+    except ValueError:
+        raise ConfigError(
+            "agents must be a comma-separated list of integers, frames and seed integers and "
+            "threshold a number"
+        ) from None
+    if not agents or min(agents) < 1 or frames <= 0:
+        raise ConfigError("agents must list positive agent counts and frames must be positive")
+    parsed = dict(
+        values, methods=methods, agents=agents, frames=frames, seed=seed, threshold=threshold
+    )
+    return parsed, passthrough
+
+
+SETTINGS_SHOWN = (
+    "n_envs",
+    "frames_per_iteration",
+    "updates_per_iteration",
+    "minibatch_size",
+    "buffer_size",
+    "prefill_frames",
+    "actor_hidden",
+    "critic_hidden",
+    "activation",
+    "lr",
+    "adam_eps",
+    "gamma",
+    "tau",
+    "clip_grad_norm",
+    "clip_grad_val",
+    "share_policy_params",
+    "share_param_critic",
+    "max_steps",
+    "task_kwargs",
+    "evaluation_episodes",
+    "evaluation_deterministic_actions",
+    "alpha_init",
+    "target_entropy",
+    "num_qvalue_nets",
+    "clip_epsilon",
+    "entropy_coef",
+    "lmbda",
+)
+
+
+def settings_table(masac: dict, mappo: dict) -> list[str]:
+    """BenchMARL's settings side by side; blank where an algorithm does not have the key."""
+    lines = ["| BenchMARL setting | MASAC | MAPPO |", "|---|---|---|"]
+    for key in SETTINGS_SHOWN:
+        cells = [_cell(s[key]) if key in s else "" for s in (masac, mappo)]
+        lines.append(f"| {key} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
+def _cell(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_value(v)}" for k, v in value.items())
+    return _value(value)
+
+
+def _run_benchmarl(
+    python: Path, method: str, n: int, frames: int, seed: int, runs: Path, log: Path
+) -> dict:
+    args = ["--algorithm", method, "--n-agents", str(n), "--frames", str(frames)]
+    args += ["--seed", str(seed), "--folder", str(runs / f"benchmarl_{method}_n{n}")]
+    return _benchmarl_json(python, args, log, f"BenchMARL {method}, {n} agents, {frames:,} frames")
+
+
+def _run_marl_diff(
+    masac: dict, method: str, n: int, values: dict, passthrough: list[str], log: Path
+) -> dict:
+    from marl_diff import catalog
+
+    keys = set(catalog.load("agent", method).keys())
+    run_dir = log.with_suffix("")
+    command = [
+        sys.executable,
+        "-m",
+        "marl_diff.run",
+        "scenario=vmas_navigation",
+        f"agent={method}",
+        *marl_diff_overrides(masac, method, n, keys),
+        *(a for a in passthrough if a.partition("=")[0].removeprefix("agent.") in keys),
+        f"runner.total_steps={values['frames']}",
+        "runner.progress=false",
+        "device=cpu",
+        f"seed={values['seed']}",
+        f"run_dir={run_dir}",
+    ]
+    _run(command, log, f"marl_diff {method}, {n} agents, {values['frames']:,} frames")
+    result = read_metrics(run_dir / "metrics.jsonl")
+    result.update(framework="marl_diff", command=command[3:])
+    return result
+
+
+def peer(args: list[str]) -> str:
+    values, passthrough = _parse(args)
+    methods, agents, frames = values["methods"], values["agents"], values["frames"]
+    seed = values["seed"]
+    runs = Path(values["runs"]) / time.strftime("%Y%m%d-%H%M%S")
+    runs.mkdir(parents=True, exist_ok=True)
+
+    python = ensure_venv(Path(values["venv"]), runs)
+    settings = {
+        method: _benchmarl_json(
+            python,
+            ["--settings-only", "--algorithm", method, "--n-agents", str(agents[0])],
+            runs / f"settings_{method}.log",
+            f"reading BenchMARL's {method} defaults",
+        )
+        for method in BENCHMARL_METHODS
+    }
+    versions = settings["masac"]["versions"]
+    settings = {method: s["settings"] for method, s in settings.items()}
+    for method in [m for m in methods if m in BENCHMARL_METHODS] or ["masac"]:
+        per_iter = settings[method]["frames_per_iteration"]
+        if frames % per_iter:
+            raise ConfigError(
+                f"frames must be a multiple of BenchMARL {method}'s frames per iteration "
+                f"({per_iter}), e.g. {max(1, round(frames / per_iter)) * per_iter}"
+            )
+
+    results = []
+    for n in agents:
+        for method in methods:
+            log = runs / f"{method}_n{n}.log"
+            try:
+                if method in BENCHMARL_METHODS:
+                    result = _run_benchmarl(python, method, n, frames, seed, runs, log)
+                    result["framework"] = f"BenchMARL {versions['benchmarl']}"
+                else:
+                    result = _run_marl_diff(settings["masac"], method, n, values, passthrough, log)
+            except MarlDiffError as err:  # one failed run should not cost the others
+                print(f"peer: {err}", file=sys.stderr)
+                framework = "BenchMARL" if method in BENCHMARL_METHODS else "marl_diff"
+                result = {"error": str(err), "log": str(log), "framework": framework}
+            result.update(method=method, n_agents=n, seed=seed)
+            results.append(result)
+            (runs / "summary.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+
+    return _write(_report(args, values, versions, settings, results, runs), values["out"])
+
+
+def _report(args, values, versions, settings, results, runs) -> list[str]:
+    import vmas
+
+    methods, frames, threshold = values["methods"], values["frames"], values["threshold"]
+    masac = settings["masac"]
+    per_iter = masac["frames_per_iteration"]
+    run_bm = [m for m in BENCHMARL_METHODS if m in methods]
+    lines = _header(
+        "Peer benchmark: BenchMARL vs marl_diff on VMAS navigation",
+        "peer",
+        args,
+        torch.device("cpu"),
+        f"One seed ({values['seed']}), {frames:,} frames (env steps summed over the parallel "
+        f"envs) per run, an evaluation every {per_iter:,} frames, runs one after another. "
+        f"Raw outputs: `{runs}`.",
+    )
+    lines += [
+        f"BenchMARL side (own venv `{values['venv']}`): benchmarl {versions['benchmarl']}, "
+        f"torchrl {versions['torchrl']}, vmas {versions['vmas']}, torch {versions['torch']}. "
+        f"marl_diff side: torch {torch.__version__}, vmas {vmas.__version__}.",
+        "",
+        "## Results",
+        "",
+        *results_table(results, threshold),
+        "",
+        "frames/s = frames / training wall-clock seconds, from the start of training (after "
+        "building envs and networks) to the end of the last evaluation; both sides' times "
+        "include their evaluations. Time to threshold: wall-clock seconds at the first "
+        "evaluation whose mean return reaches it.",
+        "",
+        "## Settings",
+        "",
+        "BenchMARL runs its shipped defaults (experiment/base_experiment.yaml, "
+        "algorithm/masac.yaml / mappo.yaml, task/vmas/navigation.yaml, model/layers/mlp.yaml for "
+        f"actor and critic), changing only max_n_frames={frames}, "
+        f"evaluation_interval={per_iter} (default {masac['evaluation_interval']:,}), "
+        "loggers=[csv] (not wandb) and render=false.",
+        "",
+        *settings_table(masac, settings["mappo"]),
+        "",
+        f"The marl_diff command line for gaussian with {values['agents'][0]} agents (other "
+        "agents take the keys they have; MASAC's activation and temperature go to gaussian "
+        "only):",
+        "",
+        "`python -m marl_diff.run scenario=vmas_navigation agent=gaussian "
+        + " ".join(marl_diff_overrides(masac, "gaussian", values["agents"][0]))
+        + f" runner.total_steps={frames}`",
+        "",
+        "marl_diff agents (gaussian, ddpl, ...) take MASAC's settings: envs, episode length, "
+        "task arguments, updates per frame (runner.utd_ratio = updates per iteration / frames "
+        "per iteration), minibatch, buffer, no random prefill (runner.warmup_steps=0; updates "
+        "start once the buffer holds one minibatch), widths, lr, gamma, tau, grad-norm clip, "
+        "parameter sharing and the evaluation episodes. Not mapped: Adam eps (BenchMARL 1e-6, "
+        "marl_diff torch's 1e-8), BenchMARL's std mapping (biased softplus) and its schedule "
+        "of collecting a whole iteration and then doing all its updates (marl_diff interleaves "
+        "them at the same ratio). Equal already: twin Q networks (num_qvalue_nets=2), target "
+        "entropy -act_dim per agent ('auto'), centralised critic. ddpl keeps its own denoiser "
+        "(activation, diffusion steps and candidates of `agents/ddpl.yaml` and the scenario's "
+        "`agent_defaults`) and its own temperature; its hidden layers (MASAC's [256, 256] "
+        "instead of its own 3 x 256), lr, gamma, tau, clip and sharing follow MASAC."
+        f"{_not_run(run_bm)}",
+        "",
+        "## How the returns compare",
+        "",
+        "Both report, per evaluation episode, the sum over its steps of the mean over agents of "
+        "each agent's reward (BenchMARL's logger: each agent's rewards summed over the episode, "
+        "then averaged over agents; marl_diff: the team reward, mean over agents, summed over "
+        "steps), averaged over the evaluation episodes (10 on both sides). The marl_diff runs "
+        "get BenchMARL's task arguments, so the reward is the same function: with "
+        "shared_rew=false an agent earns its own progress to its goal, plus a shared 0.01 "
+        "when all agents are on their goals and -1 per collision. (marl_diff's own "
+        "`vmas_navigation` keeps VMAS's default shared_rew=true, where each agent earns the "
+        "whole team's progress, so its returns there are about n_agents times larger.) A "
+        "perfect episode scores about the agent's start distance to its goal: 1.09 on average "
+        "with 2 and with 4 agents (measured over 2,000 VMAS resets), so a threshold of 1.0 "
+        "asks for nearly every agent to reach its goal without collisions.",
+        "",
+        "Evaluation actions: BenchMARL's deterministic action of its tanh-normal policy "
+        "(evaluation_deterministic_actions=true) for MASAC / MAPPO; "
+        "marl_diff's `default` mode (gaussian: tanh of the mean; ddpl: a sample of the "
+        "diffusion policy). BenchMARL evaluates on fresh random episodes each time "
+        "(evaluation_static=false); marl_diff replays the same evaluation seed.",
+        "",
+        "## What this does not show",
+        "",
+        "- One seed per row, no confidence intervals: the returns and the times to threshold "
+        "are one draw each, and frames/s varies with whatever else runs on the machine.",
+        f"- CPU only, {torch.get_num_threads()} torch thread(s) in this process (the runs "
+        "inherit the environment, OMP_NUM_THREADS included); a GPU changes the balance between "
+        "collection and updates, and both frameworks' speeds.",
+        f"- A short budget ({frames:,} frames against BenchMARL's default 3,000,000): early "
+        "learning speed, not final performance.",
+        "- Default settings of each side, untuned for this task; MAPPO is on-policy and "
+        "spends its frames differently from the off-policy methods.",
+    ]
+    return lines
+
+
+def _not_run(run_bm: list[str]) -> str:
+    if run_bm:
+        return ""
+    return " (No BenchMARL method ran: the ratio column has no MASAC to compare with.)"
+
+
+@exit_cleanly_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    """`python -m marl_diff.peer [key=value ...]`, the same as `marl_diff.bench peer`."""
+    print(peer(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""The peer benchmark's pure parts: argument errors, the BenchMARL -> marl_diff settings mapping,
+the metrics reader and the table. Nothing here needs BenchMARL, its venv or a network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from marl_diff import catalog, peer
+from marl_diff.errors import ConfigError
+
+# What `results/peer/benchmarl_run.py --settings-only --algorithm masac` reports for
+# BenchMARL 1.5.2's shipped defaults on VMAS navigation.
+MASAC = {
+    "algorithm": "masac",
+    "on_policy": False,
+    "n_agents": 2,
+    "max_steps": 100,
+    "task_kwargs": {
+        "collisions": True,
+        "agents_with_same_goal": 1,
+        "observe_all_goals": False,
+        "shared_rew": False,
+        "split_goals": False,
+        "lidar_range": 0.35,
+        "agent_radius": 0.1,
+    },
+    "n_envs": 10,
+    "frames_per_iteration": 6000,
+    "updates_per_iteration": 1000,
+    "minibatch_size": 128,
+    "buffer_size": 1_000_000,
+    "prefill_frames": 0,
+    "actor_hidden": [256, 256],
+    "critic_hidden": [256, 256],
+    "activation": "tanh",
+    "lr": 5e-05,
+    "adam_eps": 1e-06,
+    "gamma": 0.99,
+    "tau": 0.005,
+    "clip_grad_norm": True,
+    "clip_grad_val": 5,
+    "share_policy_params": True,
+    "share_param_critic": True,
+    "evaluation_episodes": 10,
+    "evaluation_deterministic_actions": True,
+    "evaluation_interval": 120_000,
+    "alpha_init": 1.0,
+    "target_entropy": "auto",
+    "num_qvalue_nets": 2,
+}
+MAPPO = {**MASAC, "algorithm": "mappo", "updates_per_iteration": 675, "minibatch_size": 400}
+for key in ("alpha_init", "target_entropy", "num_qvalue_nets"):
+    del MAPPO[key]
+MAPPO.update(clip_epsilon=0.2, entropy_coef=0.0, lmbda=0.9, buffer_size=6000)
+
+
+def as_dict(overrides: list[str]) -> dict[str, str]:
+    return dict(o.split("=", 1) for o in overrides)
+
+
+# --------------------------------------------------------------------------- arguments
+def test_unknown_argument_names_the_valid_settings():
+    with pytest.raises(ConfigError, match="unknown argument 'steps=3'.*frames=.*threshold="):
+        peer.peer(["steps=3"])
+
+
+def test_bad_method_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="unknown method 'isac'") as err:
+        peer.peer(["methods=masac,isac"])
+    for name in ("masac", "mappo", "gaussian", "ddpl"):
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "arg", ["agents=two", "frames=1e5", "threshold=high", "agents=0", "frames=0", "methods="]
+)
+def test_bad_values_stop_before_anything_runs(arg, tmp_path):
+    with pytest.raises(ConfigError):
+        peer.peer([arg, f"runs={tmp_path}", f"venv={tmp_path / 'no_venv'}"])
+    assert not any(tmp_path.iterdir())  # no venv built, no run folder made
+
+
+def test_agent_passthrough_is_accepted_by_the_parser():
+    values, passthrough = peer._parse(["agents=4", "methods=gaussian", "agent.actor_lr=0.001"])
+    assert values["agents"] == [4] and values["methods"] == ["gaussian"]
+    assert passthrough == ["agent.actor_lr=0.001"]
+
+
+# --------------------------------------------------------------------------- mapping
+def test_masac_settings_map_onto_marl_diff_overrides():
+    keys = set(catalog.load("agent", "gaussian").keys())
+    got = as_dict(peer.marl_diff_overrides(MASAC, "gaussian", 4, keys))
+    assert got["scenario.n_agents"] == "4"
+    assert got["scenario.max_steps"] == "100"
+    assert got["scenario.kwargs.shared_rew"] == "false"
+    assert got["scenario.kwargs.lidar_range"] == "0.35"
+    assert got["runner.num_envs"] == "10"
+    assert float(got["runner.utd_ratio"]) == pytest.approx(1000 / 6000)
+    assert got["runner.batch_size"] == "128"
+    assert got["runner.buffer_size"] == "1000000"
+    assert got["runner.warmup_steps"] == "0"
+    assert got["runner.eval_every"] == "6000"
+    assert got["runner.eval_episodes"] == got["runner.eval_num_envs"] == "10"
+    assert got["runner.checkpoint_every"] == "0"
+    assert got["agent.actor_hidden"] == got["agent.critic_hidden"] == "[256,256]"
+    assert got["agent.actor_lr"] == got["agent.critic_lr"] == got["agent.alpha_lr"] == "5e-05"
+    assert got["agent.gamma"] == "0.99" and got["agent.tau"] == "0.005"
+    assert got["agent.grad_clip"] == "5.0"
+    assert got["agent.share_parameters"] == "true"
+    assert got["agent.actor_activation"] == got["agent.critic_activation"] == "tanh"
+    assert got["agent.init_alpha"] == "1.0"
+
+
+def test_diffusion_agents_keep_their_own_policy_network_and_temperature():
+    keys = set(catalog.load("agent", "ddpl").keys())
+    got = as_dict(peer.marl_diff_overrides(MASAC, "ddpl", 2, keys))
+    assert got["agent.actor_hidden"] == "[256,256]" and got["agent.actor_lr"] == "5e-05"
+    for key in ("agent.actor_activation", "agent.alpha_lr", "agent.init_alpha"):
+        assert key not in got
+
+
+def test_mapping_keeps_only_the_keys_an_agent_has():
+    got = as_dict(peer.marl_diff_overrides(MASAC, "gaussian", 2, {"gamma", "actor_lr"}))
+    assert {k for k in got if k.startswith("agent.")} == {"agent.gamma", "agent.actor_lr"}
+    no_clip = as_dict(peer.marl_diff_overrides({**MASAC, "clip_grad_norm": False}, "ddpl", 2))
+    assert no_clip["agent.grad_clip"] == "0.0"  # marl_diff only clips norms
+
+
+def test_mapped_overrides_compose_into_a_valid_config():
+    from marl_diff.run import compose
+
+    for agent in ("gaussian", "ddpl"):
+        keys = set(catalog.load("agent", agent).keys())
+        cfg = compose(
+            ["scenario=vmas_navigation", f"agent={agent}"]
+            + peer.marl_diff_overrides(MASAC, agent, 4, keys)
+        )
+        assert cfg.scenario.kwargs.shared_rew is False and cfg.scenario.n_agents == 4
+        assert cfg.runner.utd_ratio == pytest.approx(1 / 6) and cfg.runner.batch_size == 128
+        assert list(cfg.agent.critic_hidden) == [256, 256] and cfg.agent.tau == 0.005
+
+
+def test_install_pins_torch_first_then_constrains_benchmarl(tmp_path):
+    venv, constraints = tmp_path / "v", tmp_path / "c.txt"
+    create, torch_step, benchmarl_step = peer.install_commands(venv, "2.13.0", constraints)
+    assert create[1:] == ["-m", "venv", str(venv)]
+    assert torch_step[-1] == "torch==2.13.0" and torch_step[0].startswith(str(venv))
+    assert "benchmarl==1.5.2" in benchmarl_step and "vmas" in benchmarl_step
+    assert benchmarl_step[-2:] == ["-c", str(constraints)]
+
+
+# --------------------------------------------------------------------------- results
+def run_result(method: str, n: int, fps: float, curve, framework="marl_diff") -> dict:
+    frames = curve[-1][0]
+    return {
+        "method": method,
+        "framework": framework,
+        "n_agents": n,
+        "frames": frames,
+        "train_seconds": frames / fps,
+        "frames_per_s": fps,
+        "curve": curve,
+    }
+
+
+def test_summary_finds_the_first_evaluation_at_the_threshold():
+    result = run_result(
+        "gaussian", 2, 100.0, [(6000, 60.0, 0.2), (12000, 120.0, 1.1), (18000, 180.0, 0.9)]
+    )
+    s = peer.summarize(result, 1.0)
+    assert s == {"final": 0.9, "best": 1.1, "reached_s": 120.0, "reached_frames": 12000}
+    assert peer.summarize(result, 2.0)["reached_s"] is None
+
+
+def test_table_has_the_ratio_to_masac_and_not_reached():
+    results = [
+        run_result("masac", 2, 200.0, [(6000, 30.0, 0.5), (12000, 60.0, 1.2)], "BenchMARL 1.5.2"),
+        run_result("gaussian", 2, 300.0, [(6000, 20.0, 0.1), (12000, 40.0, 0.4)]),
+        run_result("gaussian", 4, 150.0, [(6000, 40.0, 0.3)]),
+        {"method": "ddpl", "framework": "marl_diff", "n_agents": 2, "error": "x", "log": "l.log"},
+    ]
+    lines = peer.results_table(results, 1.0)
+    text = "\n".join(lines)
+    assert lines[0].startswith("| method |") and "time to eval return >= 1" in lines[0]
+    masac, gaussian2, gaussian4, ddpl = lines[2:]
+    assert "| 1.00 |" in masac and "60 s (12,000 frames)" in masac
+    assert "| 1.50 |" in gaussian2 and "not reached" in gaussian2
+    assert "0.400 | 0.400" in gaussian2  # final and best
+    assert "n/a (no MASAC run)" in gaussian4
+    assert "failed" in ddpl and "l.log" in ddpl
+    assert text.count("\n") == len(results) + 1
+
+
+def test_read_metrics_takes_frames_seconds_and_the_eval_curve(tmp_path):
+    path = Path(tmp_path) / "metrics.jsonl"
+    records = [
+        {"env_steps": 6000, "wall_time": 20.0, "perf/env_steps_per_s": 300.0},
+        {"env_steps": 6000, "wall_time": 21.0, "eval/return": 0.1},
+        {"env_steps": 12000, "wall_time": 40.0, "perf/env_steps_per_s": 300.0},
+        {"env_steps": 12000, "wall_time": 42.0, "eval/return": 0.3},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    got = peer.read_metrics(path)
+    assert got["frames"] == 12000 and got["train_seconds"] == 42.0
+    assert got["frames_per_s"] == pytest.approx(12000 / 42.0)
+    assert got["curve"] == [(6000, 21.0, 0.1), (12000, 42.0, 0.3)]
+
+
+def test_settings_table_shows_both_algorithms():
+    lines = peer.settings_table(MASAC, MAPPO)
+    row = {line.split("|")[1].strip(): line for line in lines[2:]}
+    assert "| 1000 | 675 |" in row["updates_per_iteration"]
+    assert "shared_rew=false" in row["task_kwargs"]
+    assert row["clip_epsilon"].endswith("|  | 0.2 |")
+
+
+@pytest.fixture
+def fake_benchmarl(monkeypatch):
+    """peer() with the venv and every subprocess replaced: settings come from MASAC / MAPPO
+    above, runs from `run_result`, and a failing ddpl run."""
+    versions = {"benchmarl": "1.5.2", "torchrl": "0.11.1", "vmas": "1.5.2", "torch": "2.13.0"}
+
+    def settings_json(python, args, log, what):
+        assert "--settings-only" in args
+        method = args[args.index("--algorithm") + 1]
+        return {"settings": {"masac": MASAC, "mappo": MAPPO}[method], "versions": versions}
+
+    def benchmarl(python, method, n, frames, seed, runs, log):
+        return run_result(method, n, 100.0 * n, [(frames, frames / (100.0 * n), 1.0)])
+
+    def marl_diff(masac, method, n, values, passthrough, log):
+        if method == "ddpl":
+            raise peer.MarlDiffError("ddpl crashed")
+        assert masac is MASAC and passthrough == ["agent.actor_lr=0.001"]
+        return run_result(method, n, 150.0 * n, [(values["frames"], 1.0, 0.5)])
+
+    monkeypatch.setattr(peer, "ensure_venv", lambda venv, log_dir: Path("python"))
+    monkeypatch.setattr(peer, "_benchmarl_json", settings_json)
+    monkeypatch.setattr(peer, "_run_benchmarl", benchmarl)
+    monkeypatch.setattr(peer, "_run_marl_diff", marl_diff)
+
+
+def test_frames_must_be_whole_benchmarl_iterations(fake_benchmarl, tmp_path):
+    with pytest.raises(ConfigError, match="multiple of BenchMARL masac's .*6000.*12000"):
+        peer.peer(["frames=10000", f"runs={tmp_path}", "out="])
+
+
+def test_peer_writes_one_row_per_method_and_agent_count(fake_benchmarl, tmp_path):
+    out = tmp_path / "peer.md"
+    args = ["agents=2,4", "frames=12000", f"runs={tmp_path}", f"out={out}"]
+    text = peer.peer([*args, "methods=masac,gaussian,ddpl", "agent.actor_lr=0.001"])
+    assert out.read_text(encoding="utf-8") == text
+    assert text.startswith("# Peer benchmark") and "python -m marl_diff.bench peer" in text
+    rows = [
+        line for line in text.splitlines() if line.startswith(("| masac", "| gaussian", "| ddpl"))
+    ]
+    assert len(rows) == 6
+    assert all("| 1.50 |" in row for row in rows if row.startswith("| gaussian"))
+    assert all("failed" in row for row in rows if row.startswith("| ddpl"))
+    summary = json.loads(next(tmp_path.glob("*/summary.json")).read_text(encoding="utf-8"))
+    assert [(r["method"], r["n_agents"]) for r in summary][:3] == [
+        ("masac", 2),
+        ("gaussian", 2),
+        ("ddpl", 2),
+    ]
