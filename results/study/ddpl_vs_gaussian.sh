@@ -2,8 +2,8 @@
 # Short-budget learning curves, ddpl vs gaussian, 3 seeds, on vmas_navigation (2 agents) and
 # mamujoco_ant_2x4, sized to about an hour on a 2-core CPU (the two scenarios run side by side,
 # one torch thread each). Both agents share the critic, runner and budget; the diffusion
-# policy uses T=10 and M=8 candidates (the catalog's full defaults, T=20 and M=16 with 3x256
-# denoisers, cost about 10x more per update; see results/update_time_*.md).
+# policy uses T=10 and M=8 candidates (the catalog's MuJoCo defaults, T=20 with 3x256
+# denoisers, cost several times more per update; see results/update_time_*.md).
 # Then: python -m marl_diff.report curves runs=results/runs/study/vmas_navigation out=results/study/vmas_navigation
 #       python -m marl_diff.report curves runs=results/runs/study/mamujoco_ant_2x4 out=results/study/mamujoco_ant_2x4
 set -euo pipefail
