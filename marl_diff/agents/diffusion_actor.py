@@ -96,7 +96,8 @@ class DiffusionActorCritic(ActorCriticAgent):
         options = self.chain_options()
         if self.config.candidate_steps:
             options["steps"] = self.config.candidate_steps
-        return (policy or self.policy).sample(obs, candidates=count, **options)
+        policy = self.policy if policy is None else policy
+        return policy.sample(obs, candidates=count, **options)
 
     def actor_batch(self, batch: Batch) -> Batch:
         """The first `actor_batch_size` transitions (replay batches are drawn at random, so
