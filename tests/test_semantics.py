@@ -451,49 +451,43 @@ def test_ddpl_lagged_candidates_come_from_the_old_policy(monkeypatch):
 
 
 # ---------------------------------------------------------------------------- Polyak targets
+def parameters_of(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def assert_polyak_step(old_target, old_online, target, online, rate: float) -> int:
+    """Every target parameter is now (1 - rate) * its old value + rate * the updated online
+    one, and takes no gradient. Returns how many online parameters the update moved."""
+    moved = 0
+    for old_t, old_o, new_o, new_t in zip(
+        old_target, old_online, online.parameters(), target.parameters(), strict=True
+    ):
+        moved += not torch.equal(new_o, old_o)
+        assert torch.allclose(new_t, (1 - rate) * old_t + rate * new_o.detach(), atol=1e-7)
+        assert not new_t.requires_grad
+    return moved
+
+
 def test_gaussian_critic_target_is_polyak_averaged_after_one_update():
     """critic_target <- (1 - tau) critic_target + tau critic (the updated critic)."""
     torch.manual_seed(0)
-    tau = 0.3
-    gauss = agent("gaussian", tau=tau)
-    old_target = [p.detach().clone() for p in gauss.critic_target.parameters()]
-    old_online = [p.detach().clone() for p in gauss.critic.parameters()]
+    gauss = agent("gaussian", tau=0.3)
+    old_target, old_online = parameters_of(gauss.critic_target), parameters_of(gauss.critic)
     gauss.update(random_batch(16))
-    for old_t, old_o, new_o, new_t in zip(
-        old_target,
-        old_online,
-        gauss.critic.parameters(),
-        gauss.critic_target.parameters(),
-        strict=True,
-    ):
-        assert not torch.equal(new_o, old_o)  # the critic did move
-        assert torch.allclose(new_t, (1 - tau) * old_t + tau * new_o.detach(), atol=1e-7)
-        assert not new_t.requires_grad
+    moved = assert_polyak_step(old_target, old_online, gauss.critic_target, gauss.critic, 0.3)
+    assert moved == len(old_online)  # the critic did move, every parameter
 
 
 def test_qvpo_target_policy_is_polyak_averaged_with_policy_tau():
     """target_policy <- (1 - policy_tau) target_policy + policy_tau policy; critic with tau."""
     torch.manual_seed(0)
     qvpo = agent("qvpo", tau=0.3, policy_tau=0.2)
-    old_policy_target = [p.detach().clone() for p in qvpo.target_policy.parameters()]
-    old_critic_target = [p.detach().clone() for p in qvpo.critic_target.parameters()]
-    old_policy = [p.detach().clone() for p in qvpo.policy.parameters()]
+    old_policy_target, old_policy = parameters_of(qvpo.target_policy), parameters_of(qvpo.policy)
+    old_critic_target, old_critic = parameters_of(qvpo.critic_target), parameters_of(qvpo.critic)
     qvpo.update(random_batch(16))
-    moved = 0
-    for old_t, old_p, new_p, new_t in zip(
-        old_policy_target,
-        old_policy,
-        qvpo.policy.parameters(),
-        qvpo.target_policy.parameters(),
-        strict=True,
-    ):
-        moved += not torch.equal(new_p, old_p)
-        assert torch.allclose(new_t, 0.8 * old_t + 0.2 * new_p.detach(), atol=1e-7)
+    moved = assert_polyak_step(old_policy_target, old_policy, qvpo.target_policy, qvpo.policy, 0.2)
     assert moved > 0
-    for old_t, new_o, new_t in zip(
-        old_critic_target, qvpo.critic.parameters(), qvpo.critic_target.parameters(), strict=True
-    ):
-        assert torch.allclose(new_t, 0.7 * old_t + 0.3 * new_o.detach(), atol=1e-7)
+    assert_polyak_step(old_critic_target, old_critic, qvpo.critic_target, qvpo.critic, 0.3)
 
 
 def test_qvpo_current_target_actor_has_no_target_policy(monkeypatch):

@@ -40,7 +40,8 @@ class StackedDenoiser(nn.Module):
     A reverse chain evaluates the network T times at the same observation, and its time features
     depend on the step alone. `condition` computes their share of the first layer once per chain,
     so each step (`predict`) multiplies only the action's few columns: on MaMuJoCo Ant 2x4 (63
-    observation features) this removes about 90% of the first layer's work per step.
+    observation features) this removes about 90% of the first layer's work, about 3% of a
+    whole step (the hidden layers and their mish dominate).
     """
 
     def __init__(
