@@ -10,7 +10,7 @@ from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
 from marl_diff.agents import make_agent
 from marl_diff.agents.gaussian import LOG_STD_MAX, LOG_STD_MIN, GaussianAgent, GaussianConfig
-from marl_diff.agents.networks import PerAgentMLP, substitute_each_agent
+from marl_diff.agents.networks import CentralCritic, PerAgentMLP, substitute_each_agent
 from marl_diff.buffer import Batch, ReplayBuffer
 from marl_diff.envs.base import EnvSpec
 from marl_diff.errors import ConfigError
@@ -188,6 +188,19 @@ def test_substitute_each_agent():
     for i in range(3):
         for j in range(3):
             assert torch.all(joint[:, i, j] == (1.0 if i == j else 0.0))
+
+
+@pytest.mark.parametrize("n_q, out", [(2, 1), (3, 2)])
+def test_critic_is_the_stacked_mlp_on_state_and_joint_action_whatever_the_state_layout(n_q, out):
+    torch.manual_seed(0)
+    critic = CentralCritic(5, 3, 2, [8, 8], n_q=n_q, out_features=out)
+    state, joint = torch.randn(4, 5), torch.randn(6, 4, 3, 2)  # 6 joint actions per state
+    expanded = state.expand(6, 4, 5)
+    flat = torch.cat([expanded, joint.flatten(-2)], -1).reshape(-1, 11)
+    expected = critic.q(flat).reshape(n_q, 6, 4, out)
+    torch.testing.assert_close(critic.heads(expanded, joint), expected)
+    torch.testing.assert_close(critic.heads(state, joint), expected)  # state computed once
+    torch.testing.assert_close(critic(state, joint), expected[..., 0])
 
 
 @pytest.mark.parametrize("mode", ["replay", "policy"])

@@ -222,9 +222,8 @@ class ActorCriticAgent(Agent):
         `critic` defaults to the online critic (the target critic for critic targets).
         """
         joint = substitute_each_agent(base, own)  # [..., B, N, N, A]
-        n = base.shape[-2]
-        states = state[:, None, :].expand(*joint.shape[:-4], state.shape[0], n, state.shape[-1])
-        return (self.critic if critic is None else critic)(states, joint).min(0).values
+        # [B, 1, S]: each state's share of the critic is computed once, for all its joint actions
+        return (self.critic if critic is None else critic)(state[:, None], joint).min(0).values
 
 
 def best_candidate(candidates: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

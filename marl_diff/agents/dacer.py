@@ -47,11 +47,11 @@ from torch import nn
 
 from marl_diff.agents.base import check_at_least, check_choices
 from marl_diff.agents.diffusion_actor import DiffusionActorConfig, DiffusionActorCritic
+from marl_diff.agents.networks import CentralCritic
 from marl_diff.buffer import Batch
 from marl_diff.diffusion.gmm import mixture_entropy
 from marl_diff.envs.base import EnvSpec
 from marl_diff.errors import ConfigError
-from marl_diff.nn import StackedMLP
 
 LOG_STD_MIN, LOG_STD_MAX = -6.0, 4.0
 VARIANCE_EPS = 0.1  # DSAC-T's bias in the variance weights
@@ -59,26 +59,18 @@ STD_RATE = 0.005  # update rate of the running mean of sigma^2 (variance weighti
 ENTROPY_SOURCES = ("behaviour", "policy")
 
 
-class DistributionalCritic(nn.Module):
+class DistributionalCritic(CentralCritic):
     """Twin (n-fold) Gaussian Q over (global state, joint action): each head a mean and a
     log-std, all heads stacked in one call. `forward` returns the means [n_q, ...] so the
     shared machinery (`q_each_agent`) sees a plain twin critic; `distribution` returns both."""
 
     def __init__(self, state_dim, n_agents, act_dim, hidden, n_q=2, activation="relu"):
-        super().__init__()
-        self.n_q = n_q
-        self.q = StackedMLP(n_q, state_dim + n_agents * act_dim, hidden, 2, activation)
+        super().__init__(state_dim, n_agents, act_dim, hidden, n_q, activation, out_features=2)
 
     def distribution(self, state: torch.Tensor, joint_action: torch.Tensor):
         """state [..., S], joint_action [..., N, A] -> mean, std, each [n_q, ...]."""
-        lead = state.shape[:-1]
-        flat = torch.cat([state, joint_action.flatten(-2)], dim=-1)
-        out = self.q(flat.reshape(-1, flat.shape[-1])).reshape(self.n_q, *lead, 2)
-        mean, log_std = out.unbind(-1)
+        mean, log_std = self.heads(state, joint_action).unbind(-1)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
-
-    def forward(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
-        return self.distribution(state, joint_action)[0]
 
 
 @dataclass

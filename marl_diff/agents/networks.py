@@ -57,7 +57,7 @@ class CentralCritic(nn.Module):
     """Twin (or n-fold) Q over (global state, joint action), the Q networks stacked in one call.
 
     Joint actions are the padded per-agent actions flattened [N * A]; padded entries are always
-    zero so they carry no information.
+    zero so they carry no information. `heads` gives each network's `out_features` outputs.
     """
 
     def __init__(
@@ -68,16 +68,35 @@ class CentralCritic(nn.Module):
         hidden: Sequence[int],
         n_q: int = 2,
         activation: str = "relu",
+        out_features: int = 1,
     ):
         super().__init__()
         self.n_q = n_q
-        self.q = StackedMLP(n_q, state_dim + n_agents * act_dim, hidden, 1, activation)
+        self.state_dim = state_dim
+        self.q = StackedMLP(n_q, state_dim + n_agents * act_dim, hidden, out_features, activation)
+
+    def heads(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
+        """state [..., S], joint_action [..., N, A] -> [n_q, ..., out_features].
+
+        `state` may have size-1 (or fewer) leading dims where the joint actions vary, e.g. one
+        state for many candidate joint actions: the state's share of the first layer is then
+        computed once per state and broadcast, not once per joint action.
+        """
+        lead = joint_action.shape[:-2]
+        first, rest = self.q.net[0], self.q.net[1:]
+        s = self.state_dim
+        state_rows = state.reshape(1, -1, s).expand(self.n_q, -1, -1)
+        state_part = torch.baddbmm(first.bias, state_rows, first.weight[:, :s])  # [n_q, rows, H]
+        state_lead = (1,) * (len(lead) - (state.dim() - 1)) + tuple(state.shape[:-1])
+        actions = joint_action.reshape(1, -1, first.weight.shape[1] - s).expand(self.n_q, -1, -1)
+        h = torch.bmm(actions, first.weight[:, s:])  # [n_q, rows, H]
+        h = h.view(self.n_q, *lead, -1).add_(state_part.view(self.n_q, *state_lead, -1))
+        out = rest(h.view(self.n_q, -1, h.shape[-1]))
+        return out.view(self.n_q, *lead, -1)
 
     def forward(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
         """state [..., S], joint_action [..., N, A] -> Q values [n_q, ...]."""
-        lead = state.shape[:-1]
-        flat = torch.cat([state, joint_action.flatten(-2)], dim=-1)
-        return self.q(flat.reshape(-1, flat.shape[-1])).reshape(self.n_q, *lead)
+        return self.heads(state, joint_action)[..., 0]
 
 
 def substitute_each_agent(base: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
