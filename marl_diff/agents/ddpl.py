@@ -57,9 +57,10 @@ is learned; each is a setting, and the old behaviour is one override away:
   the full chain's (tests/test_diffusion.py). 0 samples all T steps.
 - `n_candidates` 8 (was 16) and `policy_delay` 2 (the actor updates every second critic
   update, as DACER and TD3 do).
-- `actor_batch_size` stays 0 (ISSM on every state of the batch): 64 states met the cost target
-  but lost most of the learning on vmas_navigation (eval return -0.04 against 0.76 at the
-  learning test's budget, one seed), so fewer candidates over all states it is.
+- `actor_batch_size` stays 0 (ISSM on every state of the batch) and `policy_delay` stays 2.
+  The cheaper settings measured all cut the actor's work per env step, and each learned less
+  in the vmas_navigation study (eval return at 24k steps, results/speed.md): these defaults
+  1.48 (5 seeds), 128 of the 256 states 1.16 (6 seeds), `policy_delay` 3 1.20 (3 seeds).
 `python -m marl_diff.bench update` measures the ratio per family (results/update_time_*.md).
 """
 
