@@ -114,9 +114,6 @@ def test_denoiser_shapes(share):
     cand = torch.randn(4, 7, N, ACT)
     assert net(cand, obs, torch.randint(0, 5, (4, 7, N))).shape == (4, 7, N, ACT)
     torch.testing.assert_close(net(cand, obs, t.expand(4, 7))[2], net(cand[2], obs, t))
-    # Precomputed time features are the same as passing t.
-    feat = net.time_features(torch.full((N,), 3))
-    torch.testing.assert_close(net(a, obs, time_feat=feat), net(a, obs, torch.full((7,), 3)))
 
 
 def test_agents_own_parameters():

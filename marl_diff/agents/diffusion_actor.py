@@ -73,9 +73,7 @@ class DiffusionActorCritic(ActorCriticAgent):
 
     def __init__(self, config: DiffusionActorConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)
-        for key in ("sample_steps", "candidate_steps", "actor_batch_size"):
-            if getattr(config, key) < 0:
-                raise ConfigError(f"agent.{key} must be >= 0, got {getattr(config, key)}")
+        check_at_least(config, ("sample_steps", "candidate_steps", "actor_batch_size"), minimum=0)
         if not 0.0 <= config.sample_eta <= 1.0:
             raise ConfigError(f"agent.sample_eta must be in [0, 1], got {config.sample_eta}")
         self.policy = make_diffusion_policy(config, spec)

@@ -80,24 +80,18 @@ class StackedDenoiser(nn.Module):
         self,
         a_t: torch.Tensor,
         obs: torch.Tensor,
-        t: torch.Tensor | None = None,
-        *,
-        time_feat: torch.Tensor | None = None,
+        t: torch.Tensor,
     ) -> torch.Tensor:
         """Predict the noise in a_t.
 
         `t` is a long tensor of step indices, either one per sample ([...], shared by its agents)
-        or one per agent ([..., N]). Instead of t, precomputed `time_features` may be passed
-        (anything broadcastable to [..., N, time_embed_dim]). `obs` broadcasts against a_t's
-        leading dims (e.g. a leading candidate dim).
+        or one per agent ([..., N]). `obs` broadcasts against a_t's leading dims (e.g. a leading
+        candidate dim). A reverse chain uses `condition` and `predict` instead.
         """
         lead = a_t.shape[:-1]  # [..., N]
-        if time_feat is None:
-            if t is None:
-                raise ValueError("pass either t or time_feat")
-            if t.dim() == a_t.dim() - 2:  # one step per sample: same for all its agents
-                t = t.unsqueeze(-1)
-            time_feat = self.time_features(t.expand(lead))
+        if t.dim() == a_t.dim() - 2:  # one step per sample: same for all its agents
+            t = t.unsqueeze(-1)
+        time_feat = self.time_features(t.expand(lead))
         x = torch.cat(
             [
                 a_t,
