@@ -327,6 +327,7 @@ UPDATE_COST_KEYS = (
     "diffusion_steps",
     "sample_steps",
     "candidate_steps",
+    "candidates_share_start",
     "n_candidates",
     "n_samples",
     "actor_batch_size",

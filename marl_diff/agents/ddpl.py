@@ -57,6 +57,11 @@ is learned; each is a setting, and the old behaviour is one override away:
   the full chain's (tests/test_diffusion.py). 0 samples all T steps.
 - `n_candidates` 8 (was 16) and `policy_delay` 2 (the actor updates every second critic
   update, as DACER and TD3 do).
+- `candidates_share_start` true: a state's M candidates start from one x_T and part at the
+  first step's noise (marl_diff.diffusion.policy), so that step runs once per state; 6-8% off
+  the candidate chain. vmas_navigation study, seeds 0-2: 1.63, 1.65, 1.66 against 1.46, 1.47,
+  1.65 with independent starts. Critic-target actions from a 5-step chain instead of the
+  10-step one were also measured and not kept (1.27, 1.26, 1.59).
 - `actor_batch_size` stays 0 (ISSM on every state of the batch) and `policy_delay` stays 2.
   The cheaper settings measured all cut the actor's work per env step, and each learned less
   in the vmas_navigation study (eval return at 24k steps, results/speed.md): these defaults

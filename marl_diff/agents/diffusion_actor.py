@@ -35,6 +35,9 @@ class DiffusionActorConfig(ActorCriticConfig):
     # Chain steps for the candidates an update weights or chooses among by Q (ISSM proposals,
     # QVPO's Q-weighted samples, best-of-K): 0 = `sample_steps`.
     candidate_steps: int = 0
+    # The candidates of a state share their chain's start x_T and first step (see
+    # `DiffusionPolicy.sample`): that step runs once per state instead of once per candidate.
+    candidates_share_start: bool = False
     sample_eta: float = 1.0  # noise of a respaced chain's steps: 1 DDPM-like, 0 DDIM
     actor_batch_size: int = 0  # states per actor update, from the batch's front; 0 = all
 
@@ -95,7 +98,9 @@ class DiffusionActorCritic(ActorCriticAgent):
         if self.config.candidate_steps:
             options["steps"] = self.config.candidate_steps
         policy = self.policy if policy is None else policy
-        return policy.sample(obs, candidates=count, **options)
+        return policy.sample(
+            obs, candidates=count, shared_start=self.config.candidates_share_start, **options
+        )
 
     def actor_batch(self, batch: Batch) -> Batch:
         """The first `actor_batch_size` transitions (replay batches are drawn at random, so

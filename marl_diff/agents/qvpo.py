@@ -42,6 +42,10 @@ update on a 2-core CPU). The catalog defaults, each a setting of `DiffusionActor
   for 64 of the batch's states; the critic still uses the whole batch. With 32 states the
   pendulum learning test ended at -754 (seed 0) and -207 (seed 1); the whole batch at -196
   (seed 0).
+- `candidates_share_start` true: the candidates of a state share the chain's start and first
+  step (marl_diff.diffusion.policy), about 12% off an update on Ant and VMAS; the Pendulum
+  learning-test setting reached -250, -226, -176 against -222, -203, -237 (seeds 0-2); false
+  restores independent starts.
 - `candidate_steps` 5: the 64 samples, the best-of-K at acting and the target's best of 4 come
   from a 5-step respaced chain with ancestral noise. They are only ranked by Q, and the kept
   action is fitted by DSM on all T levels.

@@ -104,7 +104,9 @@ class DiffusionPolicy(nn.Module):
         x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - s^2) eps + s * noise, where
         s = eta sqrt((1 - ab_prev) / (1 - ab_t) (1 - ab_t / ab_prev)); `deterministic` is
         eta = 0 (DDIM), and eta = 1 on a full chain equals the ancestral step. `cond` is the
-        chain's precomputed `StackedDenoiser.condition` (computed here when not given).
+        chain's precomputed `StackedDenoiser.condition` (computed here when not given). `noise`
+        may have more leading dims than x (one x, several noise draws: see `sample`'s
+        `shared_start`).
         """
         c = self.schedule.coef
         t_prev = t - 1 if t_prev is None else t_prev
@@ -121,7 +123,7 @@ class DiffusionPolicy(nn.Module):
                 c["posterior_mean_coef1"][t] * x0, x, alpha=c["posterior_mean_coef2"][t]
             )
             if t > 0 and noise is not None:
-                out = out.add_(noise, alpha=c["posterior_variance"][t] ** 0.5)
+                out = _add_noise(out, noise, c["posterior_variance"][t] ** 0.5)
             return self._mask(out)
         if clip_x0:
             eps = (c["sqrt_recip_alpha_bars"][t] * x - x0) / c["sqrt_recipm1_alpha_bars"][t]
@@ -132,7 +134,7 @@ class DiffusionPolicy(nn.Module):
             sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)) ** 0.5
         out = ab_prev**0.5 * x0 + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
-            out = out.add_(noise, alpha=sigma)
+            out = _add_noise(out, noise, sigma)
         return self._mask(out)
 
     def sample(
@@ -147,6 +149,7 @@ class DiffusionPolicy(nn.Module):
         generator: torch.Generator | None = None,
         steps: int | None = None,
         eta: float = 1.0,
+        shared_start: bool = False,
     ) -> torch.Tensor:
         """Run the reverse chain: obs [..., N, D] -> actions [..., N, A] in [-1, 1].
 
@@ -157,6 +160,14 @@ class DiffusionPolicy(nn.Module):
         the default is the full T-step ancestral chain. `grad=True` keeps the graph through
         every step (DACER's policy loss backpropagates through the whole chain); otherwise the
         chain runs under no_grad. The only Python loop is over the steps.
+
+        `shared_start` (with `candidates`): the M candidates of a state start from one x_T, so
+        the chain's first step runs once per state, and they part at that step's noise. Each
+        candidate is still an exact sample of the chain; only candidates of the same state are
+        no longer independent. That first step's noise dominates what it produces: on a 5-step
+        respaced VP chain x_prev = 0.24 x0 + 0.32 eps + 0.92 noise, with x0 and eps predicted
+        from x_T, so the shared x_T carries about a tenth of each candidate's variance there.
+        Applies only when that step adds noise (a stochastic chain of two or more steps).
         """
         if obs.shape[-2:] != (self.n_agents, self.obs_dim):
             raise ValueError(
@@ -168,9 +179,12 @@ class DiffusionPolicy(nn.Module):
         full = len(visited) == self.steps
         context = contextlib.nullcontext() if grad else torch.no_grad()
         with context:
-            x = self._mask(self._initial_noise(shape, obs, generator))
-            cond = self.denoiser.condition(obs, torch.Size(lead), self.steps)
             stochastic = not deterministic and noise_scale != 0 and (full or eta != 0)
+            shared = shared_start and candidates is not None and stochastic and len(visited) > 1
+            start = shape[1:] if shared else shape
+            x = self._mask(self._initial_noise(start, obs, generator))
+            cond = self.denoiser.condition(obs, torch.Size(lead), self.steps)
+            first_cond = self.denoiser.condition(obs, start[:-2], self.steps) if shared else cond
             for i in reversed(range(len(visited))):
                 t, t_prev = visited[i], visited[i - 1] if i > 0 else -1
                 noise = None
@@ -187,7 +201,7 @@ class DiffusionPolicy(nn.Module):
                     deterministic=deterministic,
                     clip_x0=clip_x0,
                     eta=eta,
-                    cond=cond,
+                    cond=cond if x.shape == shape else first_cond,
                 )
             return x.clamp(-1.0, 1.0)
 
@@ -222,3 +236,11 @@ class DiffusionPolicy(nn.Module):
         err = (self.denoiser(noised, obs, t) - eps).square()
         loss = (err * self.act_mask).sum(-1) if self.padded else err.sum(-1)
         return loss if weights is None else loss * weights
+
+
+def _add_noise(x: torch.Tensor, noise: torch.Tensor, scale: float) -> torch.Tensor:
+    """x + scale * noise, in place when the shapes agree; otherwise x broadcast over noise's
+    extra leading dims (candidates parting from a shared start)."""
+    if noise.shape == x.shape:
+        return x.add_(noise, alpha=scale)
+    return torch.add(x, noise, alpha=scale)
