@@ -341,7 +341,7 @@ def test_a_respaced_chain_samples_what_the_full_chain_learned():
         assert abs(spread - full_spread) < 0.25 * full_spread, (steps, spread, full_spread)
 
 
-def test_candidates_sharing_a_start_run_its_step_once_per_state_and_keep_the_modes():
+def test_candidates_sharing_a_start_run_its_step_once_per_state_and_keep_the_modes(monkeypatch):
     """With `shared_start` the first step of a 5-step candidate chain runs on one row per state
     and the other steps on every candidate. The candidates keep the chain's mode shares, and a
     state's 8 candidates reach about as many distinct modes as 8 independent draws (measured:
@@ -354,19 +354,17 @@ def test_candidates_sharing_a_start_run_its_step_once_per_state_and_keep_the_mod
         rows.append(tuple(a_t.shape[:-2]))
         return predict(a_t, cond, t)
 
+    monkeypatch.setattr(policy.denoiser, "predict", recording)
+
     def draw(shared):
         rows.clear()
-        policy.denoiser.predict = recording
-        try:
-            x = policy.sample(
-                torch.zeros(states, 1, 1),
-                candidates=m,
-                steps=5,
-                shared_start=shared,
-                generator=torch.Generator().manual_seed(2),
-            )[..., 0, :]  # [M, states, 2]
-        finally:
-            del policy.denoiser.predict
+        x = policy.sample(
+            torch.zeros(states, 1, 1),
+            candidates=m,
+            steps=5,
+            shared_start=shared,
+            generator=torch.Generator().manual_seed(2),
+        )[..., 0, :]  # [M, states, 2]
         nearest = torch.cdist(x.reshape(-1, 2), modes).argmin(1).view(m, states)
         shares = torch.bincount(nearest.flatten(), minlength=4) / nearest.numel()
         distinct = torch.stack([(nearest == k).any(0) for k in range(4)]).sum(0).float().mean()
