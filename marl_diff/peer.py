@@ -78,9 +78,11 @@ def marl_diff_overrides(
     has the knob. `settings` is what `benchmarl_run.py --settings-only` reports. `agent.*`
     overrides are kept only for keys in `agent_keys` (the agent's config) when it is given.
 
-    The Gaussian agent is the MASAC counterpart, so it also takes MASAC's actor activation and
-    temperature settings; other agents keep their own policy network and temperature, which
-    mean something else there (a diffusion denoiser, DDPL's weight temperature)."""
+    The Gaussian agent is the MASAC counterpart, so it also takes MASAC's actor activation,
+    temperature settings and actor loss (torchrl's SAC loss evaluates Q once at the joint action
+    freshly sampled for all agents: `others_actions=policy`); other agents keep their own policy
+    network, temperature and Q_i, which mean something else there (a diffusion denoiser, DDPL's
+    weight temperature, its candidates' Q_i against the replayed actions)."""
     frames_per_iter = int(settings["frames_per_iteration"])
     episodes = int(settings["evaluation_episodes"])
     overrides = [
@@ -114,6 +116,7 @@ def marl_diff_overrides(
             actor_activation=settings["activation"],
             alpha_lr=settings["lr"],
             init_alpha=settings["alpha_init"],
+            others_actions="policy",
         )
     for key, value in agent_values.items():
         if agent_keys is None or key in agent_keys:
@@ -460,8 +463,8 @@ def _report(args, values, versions, settings, results, runs) -> list[str]:
         *settings_table(masac, settings["mappo"]),
         "",
         f"The marl_diff command line for gaussian with {values['agents'][0]} agents (other "
-        "agents take the keys they have; MASAC's activation and temperature go to gaussian "
-        "only):",
+        "agents take the keys they have; MASAC's activation, temperature and actor loss go to "
+        "gaussian only):",
         "",
         "`python -m marl_diff.run scenario=vmas_navigation agent=gaussian "
         + " ".join(marl_diff_overrides(masac, "gaussian", values["agents"][0]))
@@ -475,9 +478,13 @@ def _report(args, values, versions, settings, results, runs) -> list[str]:
         "marl_diff torch's 1e-8), BenchMARL's std mapping (biased softplus) and its schedule "
         "of collecting a whole iteration and then doing all its updates (marl_diff interleaves "
         "them at the same ratio). Equal already: twin Q networks (num_qvalue_nets=2), target "
-        "entropy -act_dim per agent ('auto'), centralised critic. ddpl keeps its own denoiser "
+        "entropy -act_dim per agent ('auto'), centralised critic. gaussian takes MASAC's actor "
+        "loss: Q once at the joint action sampled afresh for all agents "
+        "(`agent.others_actions=policy`, marl_diff's default being HASAC's replayed others). "
+        "ddpl keeps its own denoiser "
         "(activation, diffusion steps and candidates of `agents/ddpl.yaml` and the scenario's "
-        "`agent_defaults`) and its own temperature; its hidden layers (MASAC's [256, 256] "
+        "`agent_defaults`), its own temperature and its candidates' Q_i against the replayed "
+        "actions; its hidden layers (MASAC's [256, 256] "
         "instead of its own 3 x 256), lr, gamma, tau, clip and sharing follow MASAC."
         f"{_not_run(run_bm)}",
         "",

@@ -203,31 +203,41 @@ def test_critic_is_the_stacked_mlp_on_state_and_joint_action_whatever_the_state_
     torch.testing.assert_close(critic(state, joint), expected[..., 0])
 
 
-@pytest.mark.parametrize("mode", ["replay", "policy"])
-def test_q_each_agent_semantics(mode):
+def test_q_each_agent_semantics():
     torch.manual_seed(3)
     spec = hetero_spec()
-    agent = agent_for(spec, others_actions=mode)
+    agent = agent_for(spec)
     batch = random_batch(spec)
     fresh = agent.policy(batch.obs)[0].detach().requires_grad_(True)
-    base = agent.others_base(batch, fresh)
-    assert not base.requires_grad
-    if mode == "replay":
-        assert base is batch.action
-    else:
-        assert torch.equal(base, fresh)
-    q = agent.q_each_agent(batch.state, base, fresh)
+    q = agent.q_each_agent(batch.state, batch.action, fresh)
     assert q.shape == (B, 3)
-    assert torch.allclose(q, manual_q_each(agent, batch.state, base, fresh), atol=1e-6)
-    if mode == "policy":  # every agent's substitution gives the same joint action
-        joint_q = agent.critic(batch.state, fresh).min(0).values
-        assert torch.allclose(q, joint_q[:, None].expand(-1, 3), atol=1e-6)
+    assert torch.allclose(q, manual_q_each(agent, batch.state, batch.action, fresh), atol=1e-6)
     # Q_i depends on agent i's own action only: gradients reach no other agent
     for i in range(3):
         (grad,) = torch.autograd.grad(q[:, i].sum(), fresh, retain_graph=True)
         others = [j for j in range(3) if j != i]
         assert torch.all(grad[:, others] == 0)
         assert grad[:, i].abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["replay", "policy"])
+def test_own_q_sum_has_each_agents_q_value_and_gradient(mode):
+    """sum_i Q_i(s, a_i, a_-i), a_-i replayed or the fresh actions detached: with `policy`
+    one joint critic call must give the value and every a_i's gradient of N substitutions."""
+    torch.manual_seed(3)
+    spec = hetero_spec()
+    agent = agent_for(spec, others_actions=mode)
+    batch = random_batch(spec)
+    fresh = agent.policy(batch.obs)[0].detach().requires_grad_(True)
+    base = batch.action if mode == "replay" else fresh.detach()
+    expected = manual_q_each(agent, batch.state, base, fresh).sum(-1)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), fresh)
+    q_sum = agent.own_q_sum(batch, fresh)
+    (grad,) = torch.autograd.grad(q_sum.sum(), fresh)
+    assert q_sum.shape == (B,)
+    torch.testing.assert_close(q_sum, expected)
+    torch.testing.assert_close(grad, expected_grad)
+    assert grad.abs().sum() > 0
 
 
 def test_q_each_agent_with_candidate_dim():

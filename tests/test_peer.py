@@ -112,13 +112,19 @@ def test_masac_settings_map_onto_marl_diff_overrides():
     assert got["agent.share_parameters"] == "true"
     assert got["agent.actor_activation"] == got["agent.critic_activation"] == "tanh"
     assert got["agent.init_alpha"] == "1.0"
+    assert got["agent.others_actions"] == "policy"  # MASAC's actor loss: the joint fresh action
 
 
 def test_diffusion_agents_keep_their_own_policy_network_and_temperature():
     keys = set(catalog.load("agent", "ddpl").keys())
     got = as_dict(peer.marl_diff_overrides(MASAC, "ddpl", 2, keys))
     assert got["agent.actor_hidden"] == "[256,256]" and got["agent.actor_lr"] == "5e-05"
-    for key in ("agent.actor_activation", "agent.alpha_lr", "agent.init_alpha"):
+    for key in (
+        "agent.actor_activation",
+        "agent.alpha_lr",
+        "agent.init_alpha",
+        "agent.others_actions",
+    ):
         assert key not in got
 
 

@@ -205,9 +205,19 @@ class ActorCriticAgent(Agent):
             list(self.critic_target.parameters()), list(self.critic.parameters()), self.config.tau
         )
 
-    def others_base(self, batch: Batch, fresh_action: torch.Tensor) -> torch.Tensor:
-        """The joint action the other agents play when evaluating each Q_i."""
-        return batch.action if self.config.others_actions == "replay" else fresh_action.detach()
+    def own_q_sum(self, batch: Batch, action: torch.Tensor) -> torch.Tensor:
+        """sum_i Q_i(s, a_i, a_-i) [B] for the agents' fresh actions `action` [B, N, A], with
+        a_-i from `others_actions`; its gradient with respect to each a_i is dQ_i/da_i.
+
+        With `others_actions=policy` every Q_i is evaluated at the same joint action, so one
+        critic call on B rows (MASAC's actor loss) replaces N substitutions on N x B: its value
+        is N Q(s, a), and the straight-through term gives each a_i the gradient dQ(s, a)/da_i,
+        exactly what Q_i with the others' actions detached gives it.
+        """
+        if self.config.others_actions == "replay":
+            return self.q_each_agent(batch.state, batch.action, action).sum(-1)
+        q = self.critic(batch.state, action).min(0).values
+        return q + (self.spec.n_agents - 1) * q.detach()
 
     def q_each_agent(
         self,

@@ -194,8 +194,7 @@ class DACERAgent(DiffusionActorCritic):
     def update_actor(self, batch: Batch) -> dict[str, torch.Tensor]:
         batch = self.actor_batch(batch)
         action = self.policy.sample(batch.obs, grad=True, **self.chain_options())
-        q = self.q_each_agent(batch.state, self.others_base(batch, action), action)  # [B, N]
-        loss = -q.mean(0).sum()
+        loss = -self.own_q_sum(batch, action).mean()
         self.step_optimizer("actor", loss, self.policy.parameters())
         return {"loss/actor": loss.detach()}
 

@@ -3,7 +3,8 @@ gradient against the centralised twin soft Q, per-agent automatic temperature (M
 
 Agents are updated simultaneously in one batched call rather than sequentially in a random
 order as HASAC does; with `others_actions=replay` each agent's Q_i uses the other agents'
-replayed actions, which is the HASAC objective for one agent at a time.
+replayed actions, which is the HASAC objective for one agent at a time; with `policy` all agents'
+fresh actions form one joint action and Q is evaluated once (MASAC's loss, `own_q_sum`).
 """
 
 from __future__ import annotations
@@ -103,9 +104,8 @@ class GaussianAgent(ActorCriticAgent):
 
     def update_actor(self, batch: Batch) -> dict[str, torch.Tensor]:
         action, log_prob = self.policy(batch.obs)
-        q = self.q_each_agent(batch.state, self.others_base(batch, action), action)  # [B, N]
         alpha = self.log_alpha.exp().detach()
-        actor_loss = (alpha * log_prob - q).mean(0).sum()
+        actor_loss = (alpha * log_prob).mean(0).sum() - self.own_q_sum(batch, action).mean()
         self.step_optimizer("actor", actor_loss, self.policy.parameters())
         metrics = {
             "loss/actor": actor_loss.detach(),
