@@ -145,6 +145,7 @@ def _collection_steppers(cfg, num_envs: int, steps: int, repeats: int, device: t
     stepped with uniform random actions, and "runner", the training runner's collection step
     with cfg's agent exploring. Everything they built is closed on exit."""
     from marl_diff.envs import make_env
+    from marl_diff.experiment import build
     from marl_diff.runners import OffPolicyConfig, OffPolicyRunner
 
     runner_cfg = OffPolicyConfig(
@@ -154,17 +155,17 @@ def _collection_steppers(cfg, num_envs: int, steps: int, repeats: int, device: t
         buffer_size=num_envs * (steps + 2) * repeats,
         progress=False,
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        runner = OffPolicyRunner(cfg, Path(tmp), runner_cfg, device)
-        runner.start_collection()
-        env = make_env(OmegaConf.to_container(cfg.scenario, resolve=True), num_envs, device, 1)
-        env.reset(seed=1)
-        try:
+    parts = build(cfg, OffPolicyRunner, runner_cfg, device)
+    env = make_env(OmegaConf.to_container(cfg.scenario, resolve=True), num_envs, device, 1)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            runner = OffPolicyRunner(cfg, Path(tmp), runner_cfg, parts)
+            runner.start_collection()
+            env.reset(seed=1)
             yield {"env": lambda: env.step(env.random_actions()), "runner": runner.collect_step}
-        finally:
-            env.close()
-            runner.env.close()
-            runner.eval_env.close()
+    finally:
+        env.close()
+        parts.close()
 
 
 def rollout(args: list[str]) -> str:

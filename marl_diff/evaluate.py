@@ -17,16 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from marl_diff.agents import make_agent
-from marl_diff.checkpoint import load_latest
-from marl_diff.envs import make_env
-from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
+from marl_diff.errors import ConfigError, choices, exit_cleanly_on_user_error
+from marl_diff.experiment import load_run, run_config, runner_setup
 from marl_diff.run import resolve_device
+from marl_diff.runners.base import eval_seed
 from marl_diff.runners.evaluation import evaluate_episodes
-from marl_diff.runners.off_policy import OffPolicyConfig, eval_seed
-from marl_diff.typed_config import to_dataclass
 
 # None: the run's own setting
 SETTINGS = {
@@ -76,35 +71,21 @@ def evaluate_run(
     sample: bool | None = None,
 ) -> tuple[dict, Path]:
     """Evaluate a run's latest checkpoint; returns the report and the file it was written to."""
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise MarlDiffError(f"'{config_file}' does not exist: run_dir must be a training run")
-    cfg = OmegaConf.load(config_file)
-    runner = to_dataclass(cfg.runner, OffPolicyConfig, "runner")
+    cfg = run_config(run_dir)
+    _, runner = runner_setup(cfg)
     episodes = runner.eval_episodes if episodes is None else episodes
     seed = eval_seed(int(cfg.seed)) if seed is None else seed
     num_envs = runner.eval_num_envs if num_envs is None else num_envs
     mode = runner.eval_mode if sample is None else ("sample" if sample else "default")
-    torch_device = resolve_device(device)
-    state = load_latest(run_dir / "checkpoints", map_location=torch_device)
-    env = make_env(
-        OmegaConf.to_container(cfg.scenario, resolve=True),
-        min(num_envs, episodes),
-        torch_device,
-        seed,
-    )
+    loaded = load_run(run_dir, resolve_device(device), min(num_envs, episodes), seed)
     try:
-        if state.get("spec") != env.spec.summary():
-            raise MarlDiffError(
-                "checkpoint does not match the run's scenario (agents or spaces differ)"
-            )
-        agent = make_agent(OmegaConf.to_container(cfg.agent, resolve=True), env.spec, torch_device)
-        agent.load_training_state(state["agent"])
-        agent.eval()
-        report = evaluate_episodes(agent, env, episodes, seed, mode)
+        report = evaluate_episodes(loaded.agent, loaded.env, episodes, seed, mode)
     finally:
-        env.close()
-    report.update(env_steps=int(state["env_steps"]), seed=seed, num_envs=env.num_envs)
+        loaded.env.close()
+    progress = {
+        k: int(loaded.checkpoint[k]) for k in ("env_steps", "updates") if k in loaded.checkpoint
+    }
+    report.update(progress, seed=seed, num_envs=loaded.env.num_envs)
     out = run_dir / "evaluations" / f"{mode}_episodes{episodes}_seed{seed}.json"
     out.parent.mkdir(exist_ok=True)
     with open(out, "w", encoding="utf-8") as handle:

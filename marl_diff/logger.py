@@ -10,15 +10,19 @@ from torch.utils.tensorboard import SummaryWriter
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path):
+    """`step_key` names the x-axis each record carries: env steps for online runs, updates for
+    offline ones."""
+
+    def __init__(self, run_dir: Path, step_key: str = "env_steps"):
+        self.step_key = step_key
         self.writer = SummaryWriter(log_dir=str(run_dir))
         self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
         self.start = time.time()
 
-    def log(self, env_steps: int, scalars: dict[str, float]) -> None:
+    def log(self, step: int, scalars: dict[str, float]) -> None:
         for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, env_steps)
-        record = {"env_steps": env_steps, "wall_time": round(time.time() - self.start, 3)}
+            self.writer.add_scalar(tag, value, step)
+        record = {self.step_key: step, "wall_time": round(time.time() - self.start, 3)}
         record.update(scalars)
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()

@@ -15,10 +15,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from marl_diff import catalog
+from marl_diff import catalog, experiment
 from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
-from marl_diff.runners import RUNNERS
-from marl_diff.typed_config import to_dataclass
 
 DEFAULTS = {"scenario": "pendulum", "agent": "gaussian"}
 TOP_LEVEL = {"seed": 0, "device": "auto", "run_dir": None, "resume": None}
@@ -195,17 +193,12 @@ def launch(cfg: DictConfig, user_overrides: list[str]) -> dict:
     else:
         run_dir = Path(str(cfg.run_dir)) if cfg.run_dir else default_run_dir(cfg)
     device = resolve_device(str(cfg.device))
-    kind = str(cfg.runner.get("kind", "off_policy"))
-    if kind not in RUNNERS:
-        raise ConfigError(f"unknown runner kind '{kind}'. Valid choices: {choices(RUNNERS)}.")
-    runner_cls, runner_config_cls = RUNNERS[kind]
-    runner_cfg = to_dataclass(cfg.runner, runner_config_cls, "runner")
     if not cfg.resume and (run_dir / "checkpoints").exists():
         raise MarlDiffError(
             f"run_dir '{run_dir}' already holds a run; pass resume={run_dir} "
             "to continue it, or choose another run_dir"
         )
-    runner = runner_cls(cfg, run_dir, runner_cfg, device)  # validates scenario and agent
+    runner = experiment.make_runner(cfg, run_dir, device)  # validates the config
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     print(f"marl_diff: {cfg.scenario.name} / {cfg.agent.name} on {device} -> {run_dir}")

@@ -14,10 +14,10 @@ from conftest import TINY_AGENTS, TINY_NETS
 from marl_diff.agents.gaussian import GaussianAgent
 from marl_diff.checkpoint import checkpoint_paths, load_latest, save_checkpoint
 from marl_diff.errors import MarlDiffError, TrainingDiverged
+from marl_diff.experiment import make_runner
 from marl_diff.run import launch, resumed_config
-from marl_diff.runners import off_policy
-from marl_diff.runners.off_policy import OffPolicyConfig, OffPolicyRunner
-from marl_diff.typed_config import to_dataclass
+from marl_diff.runners import base as runner_base
+from marl_diff.runners.off_policy import OffPolicyRunner
 
 TIMING_KEYS = ("wall_time", "perf/env_steps_per_s", "perf/updates_per_s", "perf/act_ms_per_step")
 
@@ -114,8 +114,7 @@ def test_resume_restores_agent_optimizers_alpha_and_buffer(first_run, compose_co
     cfg, run_dir = resumed_config(cfg, overrides)
     assert run_dir == first_run and cfg.runner.total_steps == 600
     assert list(cfg.agent.actor_hidden) == [32, 32]  # from the saved config, not the YAML
-    runner_cfg = to_dataclass(cfg.runner, OffPolicyConfig, "runner")
-    runner = OffPolicyRunner(cfg, run_dir, runner_cfg, torch.device("cpu"))
+    runner = make_runner(cfg, run_dir, "cpu")
     fresh_alpha = runner.agent.log_alpha.detach().clone()
     runner.restore()
     try:
@@ -230,7 +229,7 @@ def test_a_run_killed_and_resumed_equals_the_uninterrupted_run(
 # ---------------------------------------------------------------------------- divergence
 def test_nan_loss_raises_with_step_and_keeps_last_checkpoint(compose_config, tmp_path, monkeypatch):
     written: dict[Path, str] = {}
-    real_save = off_policy.save_checkpoint
+    real_save = runner_base.save_checkpoint
 
     def recording_save(*args, **kwargs):
         path = real_save(*args, **kwargs)
@@ -248,7 +247,7 @@ def test_nan_loss_raises_with_step_and_keeps_last_checkpoint(compose_config, tmp
             out["loss/critic"] = torch.tensor(float("nan"))
         return out
 
-    monkeypatch.setattr(off_policy, "save_checkpoint", recording_save)
+    monkeypatch.setattr(runner_base, "save_checkpoint", recording_save)
     monkeypatch.setattr(GaussianAgent, "update", poisoned_update)
     run_dir = tmp_path / "run"
     with pytest.raises(TrainingDiverged) as info:

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-import marl_diff.runners.off_policy as off_policy
+import marl_diff.experiment as experiment
 from marl_diff.envs import make_env
 from marl_diff.run import compose, launch
 
@@ -20,7 +20,7 @@ def test_single_instance_simulators_are_evaluated_on_the_training_env(tmp_path, 
         built.append(env)
         return env
 
-    monkeypatch.setattr(off_policy, "make_env", make_single_instance_env)
+    monkeypatch.setattr(experiment, "make_env", make_single_instance_env)
     cfg = compose(
         [
             "scenario=multigoal",

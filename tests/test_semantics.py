@@ -13,7 +13,7 @@ from conftest import make_spec
 from torch.distributions import Normal
 
 import marl_diff.agents.ddpl as ddpl_module
-import marl_diff.runners.off_policy as off_policy
+import marl_diff.experiment as experiment
 from marl_diff.agents import make_agent
 from marl_diff.buffer import Batch
 from marl_diff.diffusion.entropy import knn_entropy
@@ -509,9 +509,8 @@ def test_qvpo_current_target_actor_has_no_target_policy(monkeypatch):
 
 # ---------------------------------------------------------------------------- the runner
 def make_runner(tmp_path, *args: str):
+    from marl_diff.experiment import make_runner
     from marl_diff.run import compose
-    from marl_diff.runners.off_policy import OffPolicyConfig, OffPolicyRunner
-    from marl_diff.typed_config import to_dataclass
 
     cfg = compose(
         [
@@ -527,8 +526,7 @@ def make_runner(tmp_path, *args: str):
             *args,
         ]
     )
-    rc = to_dataclass(cfg.runner, OffPolicyConfig, "runner")
-    return OffPolicyRunner(cfg, tmp_path, rc, torch.device("cpu"))
+    return make_runner(cfg, tmp_path, "cpu")
 
 
 def close(runner) -> None:
@@ -646,7 +644,7 @@ class ScriptedEnv(BatchedMultiAgentEnv):
 def test_runner_stores_true_final_observations_and_terminal_flags(tmp_path, monkeypatch):
     """A termination stores terminated=1, a truncation 0; next_obs is the final observation."""
     monkeypatch.setattr(
-        off_policy, "make_env", lambda scenario, n, device, seed: ScriptedEnv(n, device)
+        experiment, "make_env", lambda scenario, n, device, seed: ScriptedEnv(n, device)
     )
     runner = make_runner(tmp_path, "runner.num_envs=2", "runner.warmup_steps=4")
     try:

@@ -19,6 +19,7 @@ ALGORITHMS: dict[str, str] = {
     "ddpl": "marl_diff.agents.ddpl:DDPLAgent",
     "dacer": "marl_diff.agents.dacer:DACERAgent",
     "qvpo": "marl_diff.agents.qvpo:QVPOAgent",
+    "diffusion_bc": "marl_diff.agents.diffusion_bc:DiffusionBCAgent",
 }
 
 

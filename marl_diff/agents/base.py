@@ -6,11 +6,12 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from marl_diff.agents.networks import CentralCritic, substitute_each_agent
+from marl_diff.agents.networks import CRITIC_REDUCTIONS, CentralCritic, substitute_each_agent
 from marl_diff.buffer import Batch
 from marl_diff.envs.base import EnvSpec
 from marl_diff.errors import ConfigError
@@ -51,6 +52,9 @@ class Agent(nn.Module, ABC):
     """
 
     Config: type[AgentConfig] = AgentConfig
+    # "online": trained from its own experience by an online runner; "offline": from a dataset
+    # by the offline runner (checked when a run is built, marl_diff.experiment).
+    regime: ClassVar[str] = "online"
 
     def __init__(self, config: AgentConfig, spec: EnvSpec, device: torch.device):
         super().__init__()
@@ -105,6 +109,15 @@ class ActorCriticConfig(AgentConfig):
     critic_lr: float = 3e-4
     critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
     critic_activation: str = "relu"
+    critic_members: int = 2  # K Q networks in the critic ensemble
+    # How the K estimates become one value (networks.CentralCritic): min, mean, or lcb
+    # (mean - lcb_beta std); the catalog's online agents use the twin min.
+    critic_reduction: str = "min"
+    lcb_beta: float = 4.0
+    # Critic regression targets: "reduced", every member regresses to r + gamma reduce(Q'),
+    # the clipped double-Q target; "own", member k to r + gamma Q'_k, its own target network
+    # (the Q-ensemble policy's choice: no min and no LCB in the targets keeps members diverse).
+    critic_targets: str = "reduced"
     # Where the other agents' actions come from when evaluating Q_i(s, a_i, a_-i):
     # "replay" (HASAC-style, the batch's actions) or "policy" (fresh samples of their policies).
     others_actions: str = "replay"
@@ -113,7 +126,8 @@ class ActorCriticConfig(AgentConfig):
 
 
 class ActorCriticAgent(Agent):
-    """Centralised twin Q critic over (state, joint action) shared by every policy class.
+    """Centralised Q critic over (state, joint action) shared by every policy class: K members
+    and a configured reduction (twin min by default, see `CentralCritic`).
 
     The team reward is the mean of the agents' rewards. Subclasses provide the policy: how to
     act, how to draw next actions (with any soft-value bonus) for the critic target, and the
@@ -122,19 +136,33 @@ class ActorCriticAgent(Agent):
 
     Config = ActorCriticConfig
     OTHERS_ACTIONS = ("replay", "policy")
+    CRITIC_TARGETS = ("reduced", "own")
     critic_class: type[nn.Module] = CentralCritic  # built from (state, agents, act dims, hidden)
 
     def __init__(self, config: ActorCriticConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)
-        check_choices(config, {"others_actions": self.OTHERS_ACTIONS})
+        check_choices(
+            config,
+            {
+                "others_actions": self.OTHERS_ACTIONS,
+                "critic_reduction": CRITIC_REDUCTIONS,
+                "critic_targets": self.CRITIC_TARGETS,
+            },
+        )
         check_activation("agent.critic_activation", config.critic_activation)
         check_at_least(config, ("policy_delay",))
+        check_at_least(
+            config, ("critic_members",), minimum=2 if config.critic_reduction == "lcb" else 1
+        )
         self.critic = self.critic_class(
             spec.state_dim,
             spec.n_agents,
             spec.act_dim,
             config.critic_hidden,
+            n_q=config.critic_members,
             activation=config.critic_activation,
+            reduction=config.critic_reduction,
+            lcb_beta=config.lcb_beta,
         )
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.register_buffer("act_mask", spec.act_mask().float())
@@ -183,9 +211,11 @@ class ActorCriticAgent(Agent):
         cfg = self.config
         with torch.no_grad():
             next_action, bonus = self.target_action(batch.next_obs, batch.next_state)
-            next_q = self.critic_target(batch.next_state, next_action).min(0).values + bonus
+            next_q = self.critic_target(batch.next_state, next_action)  # [K, B]
+            if cfg.critic_targets == "reduced":
+                next_q = self.critic_target.reduce(next_q)
             team_reward = batch.reward.mean(-1) * cfg.reward_scale
-            target = team_reward + cfg.gamma * (1.0 - batch.terminated) * next_q
+            target = team_reward + cfg.gamma * (1.0 - batch.terminated) * (next_q + bonus)
         q = self.critic(batch.state, batch.action)
         loss = (q - target).pow(2).mean(-1).sum()
         self.step_optimizer("critic", loss, self.critic.parameters())
@@ -216,7 +246,7 @@ class ActorCriticAgent(Agent):
         """
         if self.config.others_actions == "replay":
             return self.q_each_agent(batch.state, batch.action, action).sum(-1)
-        q = self.critic(batch.state, action).min(0).values
+        q = self.critic.value(batch.state, action)
         return q + (self.spec.n_agents - 1) * q.detach()
 
     def q_each_agent(
@@ -226,14 +256,14 @@ class ActorCriticAgent(Agent):
         own: torch.Tensor,
         critic: nn.Module | None = None,
     ) -> torch.Tensor:
-        """Q_i(s, own_i, base_-i) = min over the twin critics, for every agent at once.
+        """Q_i(s, own_i, base_-i), reduced over the critic's members, for every agent at once.
 
         state [B, S], base [B, N, A], own [..., B, N, A] (e.g. M candidates) -> [..., B, N].
         `critic` defaults to the online critic (the target critic for critic targets).
         """
         joint = substitute_each_agent(base, own)  # [..., B, N, N, A]
         # [B, 1, S]: each state's share of the critic is computed once, for all its joint actions
-        return (self.critic if critic is None else critic)(state[:, None], joint).min(0).values
+        return (self.critic if critic is None else critic).value(state[:, None], joint)
 
 
 def best_candidate(candidates: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

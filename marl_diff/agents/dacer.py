@@ -64,8 +64,10 @@ class DistributionalCritic(CentralCritic):
     log-std, all heads stacked in one call. `forward` returns the means [n_q, ...] so the
     shared machinery (`q_each_agent`) sees a plain twin critic; `distribution` returns both."""
 
-    def __init__(self, state_dim, n_agents, act_dim, hidden, n_q=2, activation="relu"):
-        super().__init__(state_dim, n_agents, act_dim, hidden, n_q, activation, out_features=2)
+    def __init__(self, state_dim, n_agents, act_dim, hidden, n_q=2, activation="relu", **reduce):
+        super().__init__(
+            state_dim, n_agents, act_dim, hidden, n_q, activation, out_features=2, **reduce
+        )
 
     def distribution(self, state: torch.Tensor, joint_action: torch.Tensor):
         """state [..., S], joint_action [..., N, A] -> mean, std, each [n_q, ...]."""
@@ -99,7 +101,15 @@ class DACERAgent(DiffusionActorCritic):
 
     def __init__(self, config: DACERConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)
-        check_choices(config, {"entropy_source": ENTROPY_SOURCES})
+        check_choices(
+            config,
+            # its distributional critic's target takes the head of the smaller mean (twin min)
+            {
+                "entropy_source": ENTROPY_SOURCES,
+                "critic_reduction": ("min",),
+                "critic_targets": ("reduced",),
+            },
+        )
         check_at_least(
             config, ("alpha_update_every", "entropy_states", "gmm_components", "gmm_iterations")
         )

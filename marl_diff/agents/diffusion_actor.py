@@ -10,6 +10,7 @@ import torch
 from marl_diff.agents.base import (
     ActorCriticAgent,
     ActorCriticConfig,
+    AgentConfig,
     check_activation,
     check_at_least,
     check_choices,
@@ -21,7 +22,9 @@ from marl_diff.errors import ConfigError
 
 
 @dataclass
-class DiffusionActorConfig(ActorCriticConfig):
+class DiffusionPolicyConfig(AgentConfig):
+    """The settings of the agents' stacked diffusion policy (`make_diffusion_policy`)."""
+
     actor_lr: float = 3e-4
     actor_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
     actor_activation: str = "mish"
@@ -32,21 +35,28 @@ class DiffusionActorConfig(ActorCriticConfig):
     # Chain steps when sampling the policy (acting, critic-target actions): 0 = all T
     # (ancestral DDPM); K < T = a K-step respaced chain over the same T-level model.
     sample_steps: int = 0
+    sample_eta: float = 1.0  # noise of a respaced chain's steps: 1 DDPM-like, 0 DDIM
+
+
+@dataclass
+class DiffusionActorConfig(ActorCriticConfig, DiffusionPolicyConfig):
     # Chain steps for the candidates an update weights or chooses among by Q (ISSM proposals,
     # QVPO's Q-weighted samples, best-of-K): 0 = `sample_steps`.
     candidate_steps: int = 0
     # The candidates of a state share their chain's start x_T and first step (see
     # `DiffusionPolicy.sample`): that step runs once per state instead of once per candidate.
     candidates_share_start: bool = False
-    sample_eta: float = 1.0  # noise of a respaced chain's steps: 1 DDPM-like, 0 DDIM
     actor_batch_size: int = 0  # states per actor update, from the batch's front; 0 = all
 
 
-def make_diffusion_policy(config: DiffusionActorConfig, spec: EnvSpec) -> DiffusionPolicy:
-    """The agents' stacked diffusion policy, after checking the actor settings."""
+def make_diffusion_policy(config: DiffusionPolicyConfig, spec: EnvSpec) -> DiffusionPolicy:
+    """The agents' stacked diffusion policy, after checking the policy settings."""
     check_choices(config, {"schedule": SCHEDULE_KINDS})
     check_activation("agent.actor_activation", config.actor_activation)
     check_at_least(config, ("diffusion_steps",))
+    check_at_least(config, ("sample_steps",), minimum=0)
+    if not 0.0 <= config.sample_eta <= 1.0:
+        raise ConfigError(f"agent.sample_eta must be in [0, 1], got {config.sample_eta}")
     return DiffusionPolicy(
         spec.n_agents,
         spec.obs_dim,
@@ -76,9 +86,7 @@ class DiffusionActorCritic(ActorCriticAgent):
 
     def __init__(self, config: DiffusionActorConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)
-        check_at_least(config, ("sample_steps", "candidate_steps", "actor_batch_size"), minimum=0)
-        if not 0.0 <= config.sample_eta <= 1.0:
-            raise ConfigError(f"agent.sample_eta must be in [0, 1], got {config.sample_eta}")
+        check_at_least(config, ("candidate_steps", "actor_batch_size"), minimum=0)
         self.policy = make_diffusion_policy(config, spec)
 
     def chain_options(self) -> dict:

@@ -1,4 +1,4 @@
-"""Building blocks shared by every agent: per-agent networks and the centralised twin critic."""
+"""Building blocks shared by every agent: per-agent networks and the centralised critic."""
 
 from __future__ import annotations
 
@@ -53,11 +53,18 @@ class PerAgentMLP(nn.Module):
         return self.agents_last(self.mlp(self.agents_first(x)), x.shape[:-2])
 
 
-class CentralCritic(nn.Module):
-    """Twin (or n-fold) Q over (global state, joint action), the Q networks stacked in one call.
+CRITIC_REDUCTIONS = ("min", "mean", "lcb")
 
-    Joint actions are the padded per-agent actions flattened [N * A]; padded entries are always
-    zero so they carry no information. `heads` gives each network's `out_features` outputs.
+
+class CentralCritic(nn.Module):
+    """K Q networks over (global state, joint action), stacked in one call, and the reduction
+    that turns their K estimates into the one value the agents use.
+
+    Reductions: "min" over the members (the clipped double-Q of SAC / TD3 with K = 2), "mean",
+    or "lcb", the lower confidence bound mean - `lcb_beta` std over the members (the Q-ensemble
+    policy's pessimism; std with Bessel's correction, as torch's default). Joint actions are the
+    padded per-agent actions flattened [N * A]; padded entries are always zero so they carry no
+    information. `heads` gives each network's `out_features` outputs.
     """
 
     def __init__(
@@ -69,11 +76,32 @@ class CentralCritic(nn.Module):
         n_q: int = 2,
         activation: str = "relu",
         out_features: int = 1,
+        reduction: str = "min",
+        lcb_beta: float = 4.0,
     ):
         super().__init__()
+        if reduction not in CRITIC_REDUCTIONS:
+            raise ValueError(
+                f"critic reduction must be one of {', '.join(CRITIC_REDUCTIONS)}, not {reduction!r}"
+            )
+        if reduction == "lcb" and n_q < 2:
+            raise ValueError("the lcb reduction needs at least 2 critic members")
         self.n_q = n_q
         self.state_dim = state_dim
+        self.reduction, self.lcb_beta = reduction, lcb_beta
         self.q = StackedMLP(n_q, state_dim + n_agents * act_dim, hidden, out_features, activation)
+
+    def reduce(self, q: torch.Tensor) -> torch.Tensor:
+        """The members' estimates [K, ...] -> the value [...] the agents use."""
+        if self.reduction == "min":
+            return q.min(0).values
+        if self.reduction == "mean":
+            return q.mean(0)
+        return q.mean(0) - self.lcb_beta * q.std(0)
+
+    def value(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
+        """The reduced Q: state [..., S], joint_action [..., N, A] -> [...]."""
+        return self.reduce(self(state, joint_action))
 
     def heads(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
         """state [..., S], joint_action [..., N, A] -> [n_q, ..., out_features].
