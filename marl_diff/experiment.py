@@ -73,6 +73,15 @@ def runner_names(regime: str) -> list[str]:
     return names
 
 
+def agent_names(regime: str) -> list[str]:
+    """The catalog's agents of a regime."""
+    return [
+        name
+        for name in catalog.names("agent")
+        if agent_class(str(catalog.load("agent", name).algorithm)).regime == regime
+    ]
+
+
 def check_regime(algorithm: str, runner_cls: type[Runner], agent_name: str) -> None:
     regime = agent_class(algorithm).regime
     if regime == runner_cls.regime:

@@ -12,9 +12,10 @@ In one run:
 2. BenchMARL's MASAC / MAPPO run at BenchMARL's own defaults (its shipped yaml files) through
    `results/peer/benchmarl_run.py` under the venv's python, with `frames=` as the budget and an
    evaluation after every collection iteration.
-3. marl_diff agents (any catalog agent, e.g. gaussian and ddpl) run as `python -m marl_diff.run`
-   subprocesses with BenchMARL MASAC's settings mapped onto marl_diff's overrides
-   (`marl_diff_overrides`), the same budget and the same evaluation interval.
+3. marl_diff agents (any online catalog agent, e.g. gaussian and ddpl) run as
+   `python -m marl_diff.run` subprocesses with BenchMARL MASAC's settings mapped onto
+   marl_diff's overrides (`marl_diff_overrides`), the same budget and the same evaluation
+   interval.
 4. One table: frames/s, final and best evaluation return, seconds until the evaluation return
    first reaches `threshold=`, and frames/s relative to MASAC at the same agent count.
 
@@ -266,10 +267,10 @@ def _benchmarl_json(python: Path, args: list[str], log: Path, what: str) -> dict
 
 # --------------------------------------------------------------------------- the benchmark
 def _parse(args: list[str]) -> tuple[dict, list[str]]:
-    from marl_diff import catalog
+    from marl_diff.experiment import agent_names
 
     values, passthrough = _split(args, PEER_SETTINGS, ("agent",))
-    valid_methods = (*BENCHMARL_METHODS, *catalog.names("agent"))
+    valid_methods = (*BENCHMARL_METHODS, *agent_names("online"))
     methods = [m for m in values["methods"].split(",") if m]
     for method in methods:
         if method not in valid_methods:

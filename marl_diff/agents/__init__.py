@@ -20,6 +20,8 @@ ALGORITHMS: dict[str, str] = {
     "dacer": "marl_diff.agents.dacer:DACERAgent",
     "qvpo": "marl_diff.agents.qvpo:QVPOAgent",
     "diffusion_bc": "marl_diff.agents.diffusion_bc:DiffusionBCAgent",
+    "dtql": "marl_diff.agents.dtql:DTQLAgent",
+    "qensemble": "marl_diff.agents.qensemble:QEnsembleAgent",
 }
 
 

@@ -176,13 +176,14 @@ class ActorCriticAgent(Agent):
             self.critic.parameters(), lr=self.config.critic_lr
         )
 
-    @abstractmethod
     def target_action(
         self, next_obs: torch.Tensor, next_state: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Next joint action [B, N, A] for the critic target and the soft bonus [B] added to
-        min Q' (e.g. -sum_i alpha_i log pi_i; zero for policies without an entropy term).
-        `next_state` is there for agents that choose the action by Q' (QVPO's best of K)."""
+        the reduced Q' (e.g. -sum_i alpha_i log pi_i; zero for policies without an entropy
+        term). `next_state` is there for agents that choose the action by Q' (QVPO's best of
+        K). Agents whose critic learns another target (IQL's V) override `update_critic`."""
+        raise NotImplementedError(f"{type(self).__name__} defines no TD target action")
 
     @abstractmethod
     def update_actor(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -221,12 +222,17 @@ class ActorCriticAgent(Agent):
         self.step_optimizer("critic", loss, self.critic.parameters())
         return {"loss/critic": loss.detach(), "q/mean": q.mean().detach()}
 
+    def grad_clip_for(self, optimizer: str) -> float:
+        """The gradient-norm clip of one optimiser's step (0: none)."""
+        return self.config.grad_clip
+
     def step_optimizer(self, name: str, loss: torch.Tensor, params) -> None:
         opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if self.config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        clip = self.grad_clip_for(name)
+        if clip > 0:
+            nn.utils.clip_grad_norm_(params, clip)
         opt.step()
 
     @torch.no_grad()

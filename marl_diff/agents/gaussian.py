@@ -47,7 +47,7 @@ class TanhGaussianPolicy(torch.nn.Module):
         self.register_buffer("act_mask", spec.act_mask().float())
 
     def forward(self, obs: torch.Tensor, deterministic: bool = False, with_log_prob: bool = True):
-        """obs [B, N, D] -> action [B, N, A] (padded dims zero), log-prob [B, N] (or None)."""
+        """obs [..., N, D] -> action [..., N, A] (padded dims zero), log-prob [..., N] (or None)."""
         mean, log_std = self.net(obs).chunk(2, dim=-1)
         if deterministic:
             return torch.tanh(mean) * self.act_mask, None
@@ -55,6 +55,16 @@ class TanhGaussianPolicy(torch.nn.Module):
         pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
         if not with_log_prob:
             return torch.tanh(pre_tanh) * self.act_mask, None
+        return torch.tanh(pre_tanh) * self.act_mask, self._log_prob(pre_tanh, mean, log_std)
+
+    def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """log pi(action | obs) [..., N] of given actions in [-1, 1] (e.g. a dataset's; the
+        edges, where atanh is infinite, are pulled in by 1e-6)."""
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        pre_tanh = torch.atanh(action.clamp(-1.0 + 1e-6, 1.0 - 1e-6))
+        return self._log_prob(pre_tanh, mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX))
+
+    def _log_prob(self, pre_tanh, mean, log_std) -> torch.Tensor:
         # log N(u; mean, std) - log |d tanh(u)/du|, per action dimension
         log_prob = (
             -0.5 * ((pre_tanh - mean) / log_std.exp()).pow(2)
@@ -62,7 +72,7 @@ class TanhGaussianPolicy(torch.nn.Module):
             - 0.5 * math.log(2 * math.pi)
             - 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))
         )
-        return torch.tanh(pre_tanh) * self.act_mask, (log_prob * self.act_mask).sum(-1)
+        return (log_prob * self.act_mask).sum(-1)
 
 
 class GaussianAgent(ActorCriticAgent):

@@ -10,11 +10,11 @@ Actions live in [-1, 1]. Padded action entries (heterogeneous agents, see `EnvSp
 are held at exactly zero along the whole chain and never enter the loss.
 
 Extension points. The forward process is the `schedule` object and one reverse step is
-`denoise_step`; `dsm_loss` is the matching training objective. An EDM-style model (DTQL,
-sigma_data = 0.5, preconditioned denoiser) or the mean-reverting SDE of the Q-ensemble paper
-(closed-form optimal reverse step, tractable entropy) would subclass this with its own schedule,
-override `denoise_step`, `dsm_loss` and `_initial_noise`, and reuse `sample`'s loop, candidate
-batching, masking and gradient handling. Neither is implemented yet.
+`denoise_step`; `dsm_loss` is the matching training objective. The EDM model of DTQL
+(`edm.EDMPolicy`: sigma_data = 0.5, preconditioned denoiser, Heun sampler) and the
+mean-reverting SDE of the Q-ensemble policy (`mean_reverting.MeanRevertingPolicy`: closed-form
+reverse step, tractable entropy) subclass this with their own noise levels, overriding those
+methods and reusing the candidate batching, masking and gradient handling.
 """
 
 from __future__ import annotations

@@ -7,9 +7,8 @@ they move with `.to(device)` and can be gathered by a tensor of random steps dur
 and as plain Python floats in `coef` (so a sampling step indexed by a Python int needs neither a
 tensor gather nor a device sync).
 
-Extension point: a different forward process (EDM sigmas for DTQL, the mean-reverting SDE of the
-Q-ensemble paper) would be a sibling class exposing its own coefficients, plus a policy whose
-`denoise_step` / `dsm_loss` use them; nothing here assumes more than `steps` and these tensors.
+Other forward processes keep their own coefficient tables beside their policy: EDM's continuous
+sigmas (`edm.py`) and the mean-reverting SDE's (`mean_reverting.py`).
 """
 
 from __future__ import annotations
