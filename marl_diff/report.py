@@ -25,18 +25,21 @@ CURVES_SETTINGS = {"runs": None, "out": None, "metric": "eval/return", "group": 
 
 
 def load_run(run_dir: Path, metric: str) -> dict:
+    """A run's `metric` curve over its progress counter: env steps for online runs, updates for
+    offline ones (`x`), its throughput figures and its wall time."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    curve, speeds, wall = {}, defaultdict(list), 0.0
+    curve, speeds, wall, x = {}, defaultdict(list), 0.0, "env_steps"
     with open(run_dir / "metrics.jsonl", encoding="utf-8") as handle:
         for line in handle:
             record = json.loads(line)
             wall = max(wall, record["wall_time"])
+            x = "env_steps" if "env_steps" in record else "updates"
             if metric in record:
-                curve[record["env_steps"]] = record[metric]
+                curve[record[x]] = record[metric]
             for key in ("perf/updates_per_s", "perf/env_steps_per_s", "perf/act_ms_per_step"):
                 if key in record:
                     speeds[key].append(record[key])
-    return {"config": cfg, "curve": curve, "speeds": speeds, "wall_time": wall}
+    return {"config": cfg, "curve": curve, "speeds": speeds, "wall_time": wall, "x": x}
 
 
 def curves(args: list[str]) -> str:
@@ -67,9 +70,16 @@ def curves(args: list[str]) -> str:
             groups[name].append(run)
     if not groups:
         raise MarlDiffError(f"no run under '{root}' logged '{metric}'")
+    axes = {run["x"] for runs in groups.values() for run in runs}
+    if len(axes) > 1:
+        raise MarlDiffError(
+            f"the runs under '{root}' mix online runs (env steps) and offline runs (updates); "
+            "report them separately"
+        )
+    x_label = axes.pop().replace("_", " ")
     out = Path(values["out"] or root / "report")
     out.parent.mkdir(parents=True, exist_ok=True)
-    _plot(groups, metric, out.with_suffix(".png"), title=root.name)
+    _plot(groups, metric, out.with_suffix(".png"), title=root.name, x_label=x_label)
 
     command = "python -m marl_diff.report curves " + " ".join(shlex.quote(a) for a in args)
     lines = [
@@ -79,7 +89,7 @@ def curves(args: list[str]) -> str:
         "",
         f"Plot: `{out.with_suffix('.png').name}` (mean +- std over seeds).",
         "",
-        f"| {group_key} | seeds | env steps | final {metric} (mean +- std) | best mean "
+        f"| {group_key} | seeds | {x_label} | final {metric} (mean +- std) | best mean "
         "| updates/s | env steps/s | act ms/step | wall min/run |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -101,7 +111,7 @@ def curves(args: list[str]) -> str:
         "",
         f"{metric} at each evaluation (mean over seeds):",
         "",
-        "| env steps | " + " | ".join(sorted(groups)) + " |",
+        f"| {x_label} | " + " | ".join(sorted(groups)) + " |",
         "|---:|" + "---:|" * len(groups),
     ]
     per_group = {name: dict(zip(*stats[name][:2], strict=True)) for name in groups}
@@ -122,14 +132,14 @@ def _mean_positive(runs: list[dict], key: str) -> float:
 
 
 def _aggregate(runs: list[dict]) -> tuple[list[int], list[float], list[float]]:
-    """Mean and std over seeds at the env steps every run evaluated at."""
+    """Mean and std over seeds at the steps every run evaluated at."""
     common = sorted(set.intersection(*(set(run["curve"]) for run in runs)))
     means = [mean(run["curve"][s] for run in runs) for s in common]
     stds = [pstdev(run["curve"][s] for run in runs) for s in common]
     return common, means, stds
 
 
-def _plot(groups: dict[str, list[dict]], metric: str, path: Path, title: str) -> None:
+def _plot(groups: dict[str, list[dict]], metric: str, path: Path, title: str, x_label: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,7 +155,7 @@ def _plot(groups: dict[str, list[dict]], metric: str, path: Path, title: str) ->
             [m + s for m, s in zip(means, stds, strict=False)],
             alpha=0.2,
         )
-    ax.set_xlabel("env steps")
+    ax.set_xlabel(x_label)
     ax.set_ylabel(metric)
     ax.set_title(title)
     ax.legend()

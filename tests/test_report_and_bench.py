@@ -12,13 +12,16 @@ from marl_diff import bench, report
 from marl_diff.errors import ConfigError, MarlDiffError
 
 
-def make_run(run_dir, agent: str, curve: dict[int, float], updates_per_s: float = 10.0):
-    """A finished run as the runner leaves it: config.yaml and metrics.jsonl."""
+def make_run(
+    run_dir, agent: str, curve: dict[int, float], updates_per_s: float = 10.0, x="env_steps"
+):
+    """A finished run as the runner leaves it: config.yaml and metrics.jsonl (`x` "updates" for
+    an offline run)."""
     run_dir.mkdir(parents=True)
     OmegaConf.save(OmegaConf.create({"agent": {"name": agent}, "seed": 0}), run_dir / "config.yaml")
     with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as handle:
         for step, value in curve.items():
-            record = {"env_steps": step, "wall_time": step / 100, "eval/return": value}
+            record = {x: step, "wall_time": step / 100, "eval/return": value}
             record["perf/updates_per_s"] = updates_per_s
             handle.write(json.dumps(record) + "\n")
 
@@ -47,6 +50,18 @@ def test_curves_group_by_folder_keeps_variants_of_one_agent_apart(tmp_path):
     assert "| dacer | 2 | 1000 | 3.000 +- 2.000 |" in by_agent
     assert "| dacer | 1 | 1000 | 1.000 +- 0.000 |" in by_folder
     assert "| dacer_rs1 | 1 | 1000 | 5.000 +- 0.000 |" in by_folder
+
+
+def test_curves_of_offline_runs_are_over_updates_and_never_mixed_with_online_ones(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs / "dtql" / "seed0", "dtql", {500: -900.0, 1000: -300.0}, x="updates")
+    make_run(runs / "dtql" / "seed1", "dtql", {500: -700.0, 1000: -500.0}, x="updates")
+    text = report.curves([f"runs={runs}", f"out={tmp_path / 'offline'}"])
+    assert "| agent.name | seeds | updates |" in text
+    assert "| dtql | 2 | 1000 | -400.000 +- 100.000 |" in text
+    make_run(runs / "gaussian" / "seed0", "gaussian", {1000: -200.0})
+    with pytest.raises(MarlDiffError, match="mix online runs .* and offline runs"):
+        report.curves([f"runs={runs}", f"out={tmp_path / 'mixed'}"])
 
 
 def test_curves_errors_name_the_problem(tmp_path):
