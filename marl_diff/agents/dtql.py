@@ -5,8 +5,10 @@ Three parts learn from every dataset batch:
 - The behaviour model: an EDM diffusion model per agent (`marl_diff.diffusion.edm`), fitted to
   the dataset's actions by the preconditioned denoising loss.
 - The critic: IQL. V(s) by expectile regression toward the reduced (twin min) target critic's
-  Q(s, a) at dataset actions, and Q_k(s, a) toward r + gamma (1 - done) V(s'), so no action
-  outside the data is ever bootstrapped. For N > 1 Q and V are centralised over the global
+  Q(s, a) at dataset actions, then Q_k(s, a) toward r + gamma (1 - done) V(s') with the V just
+  updated, so no action outside the data is ever bootstrapped. That is IQL's own order and
+  target; DTQL's code takes the online critic's min Q and steps V and Q together, a difference
+  we keep as a reading rather than a switch. For N > 1 Q and V are centralised over the global
   state (and joint action), with the team reward, like the online agents' critic.
 - The one-step policy: a tanh-Gaussian per agent (a_i from o_i) trained with
   `alpha * L_trust(a) - Q(s, a) + nll_weight * NLL(dataset action)`. L_trust is the behaviour
