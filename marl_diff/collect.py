@@ -26,9 +26,10 @@ from tqdm import tqdm
 from marl_diff.checkpoint import checkpoint_paths
 from marl_diff.datasets import REF_SCORES, EpisodeRecord, NormalizedEnv, write_minari
 from marl_diff.envs.base import EnvSpec
-from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
+from marl_diff.errors import ConfigError, MarlDiffError, exit_cleanly_on_user_error
 from marl_diff.experiment import load_run, run_config
 from marl_diff.run import resolve_device
+from marl_diff.typed_config import key_values
 
 SETTINGS = {
     "run_dir": None,
@@ -46,14 +47,7 @@ CHECKPOINTS = ("latest", "all")
 
 
 def parse(args: list[str]) -> dict:
-    values = dict(SETTINGS)
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in SETTINGS:
-            raise ConfigError(
-                f"unknown argument '{arg}'. Valid: {choices(k + '=' for k in SETTINGS)}"
-            )
-        values[key] = value
+    values = key_values(args, SETTINGS)
     for key in ("run_dir", "episodes"):
         if values[key] is None:
             raise ConfigError(f"{key}= is required (collect run_dir=RUN episodes=K)")
@@ -62,7 +56,9 @@ def parse(args: list[str]) -> dict:
             values[key] = int(values[key])
         values["random_fraction"] = float(values["random_fraction"])
     except ValueError as err:
-        raise ConfigError(f"episodes, num_envs and seed must be integers ({err})") from None
+        raise ConfigError(
+            f"episodes, num_envs and seed must be integers, random_fraction a number ({err})"
+        ) from None
     if values["episodes"] <= 0 or values["num_envs"] <= 0:
         raise ConfigError("episodes and num_envs must be positive")
     if not 0.0 <= values["random_fraction"] <= 1.0:

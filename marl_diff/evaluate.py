@@ -17,11 +17,12 @@ import json
 import sys
 from pathlib import Path
 
-from marl_diff.errors import ConfigError, choices, exit_cleanly_on_user_error
+from marl_diff.errors import ConfigError, exit_cleanly_on_user_error
 from marl_diff.experiment import load_run, run_config, runner_setup
 from marl_diff.run import resolve_device
 from marl_diff.runners.base import eval_seed
 from marl_diff.runners.evaluation import evaluate_episodes
+from marl_diff.typed_config import key_values
 
 # None: the run's own setting
 SETTINGS = {
@@ -36,14 +37,7 @@ BOOLEANS = {"true": True, "false": False}
 
 
 def parse(args: list[str]) -> dict:
-    values = dict(SETTINGS)
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in SETTINGS:
-            raise ConfigError(
-                f"unknown argument '{arg}'. Valid: {choices(k + '=' for k in SETTINGS)}"
-            )
-        values[key] = value
+    values = key_values(args, SETTINGS)
     if values["run_dir"] is None:
         raise ConfigError("run_dir=DIR is required (a directory made by marl_diff.run)")
     for key in ("episodes", "seed", "num_envs"):

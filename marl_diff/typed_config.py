@@ -42,3 +42,17 @@ def to_dataclass(node: Mapping[str, Any] | DictConfig, cls: type[T], prefix: str
 
 def _first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0]
+
+
+def key_values(args: list[str], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A command's `key=value` arguments over its `settings` (name -> default); an argument
+    that is not one of them is a ConfigError listing the valid ones."""
+    values = dict(settings)
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in settings:
+            raise ConfigError(
+                f"unknown argument '{arg}'. Valid: {choices(k + '=' for k in settings)}"
+            )
+        values[key] = value
+    return values
