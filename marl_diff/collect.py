@@ -120,7 +120,8 @@ def _play(loaded, episodes: int, explore: bool, random_fraction: float, seed: in
     generator = torch.Generator(device=env.device).manual_seed(seed)
     torch.manual_seed(seed)
     obs, state = env.reset(seed=seed)
-    current = [_Episode(obs[e], state[e]) for e in range(env.num_envs)]
+    host_obs, host_state = obs.cpu().numpy(), state.cpu().numpy()
+    current = [_Episode(host_obs[e], host_state[e]) for e in range(env.num_envs)]
     done_records: list[EpisodeRecord] = []
     while len(done_records) < episodes:
         agent_state = to_agent_state(state) if explore else None
@@ -130,32 +131,37 @@ def _play(loaded, episodes: int, explore: bool, random_fraction: float, seed: in
             swap = torch.rand(env.num_envs, device=env.device, generator=generator)
             actions = torch.where((swap < random_fraction)[:, None, None], random, actions)
         result = env.step(actions)
-        env_actions = low + (actions + 1.0) * 0.5 * (high - low)
+        # one host copy per step; the per-env bookkeeping below indexes numpy arrays
+        env_actions = (low + (actions + 1.0) * 0.5 * (high - low)).cpu().numpy()
+        reward, next_obs = result.reward.cpu().numpy(), result.next_obs.cpu().numpy()
+        next_state = result.next_state.cpu().numpy()
+        host_obs, host_state = result.obs.cpu().numpy(), result.state.cpu().numpy()
         ended = (result.terminated | result.truncated).tolist()
+        terminated = result.terminated.tolist()
         for e, episode in enumerate(current):
-            episode.add(env_actions[e], result.reward[e], result.next_obs[e], result.next_state[e])
+            episode.add(env_actions[e], reward[e], next_obs[e], next_state[e])
             if ended[e]:
                 if len(done_records) < episodes:
-                    done_records.append(episode.record(bool(result.terminated[e])))
+                    done_records.append(episode.record(terminated[e]))
                     bar.update(1)
-                current[e] = _Episode(result.obs[e], result.state[e])
+                current[e] = _Episode(host_obs[e], host_state[e])
         obs, state = result.obs, result.state
     return done_records
 
 
 class _Episode:
-    """One env copy's episode in progress, kept as CPU arrays."""
+    """One env copy's episode in progress, as host arrays."""
 
-    def __init__(self, obs: torch.Tensor, state: torch.Tensor):
-        self.obs, self.state = [obs.cpu().numpy()], [state.cpu().numpy()]
+    def __init__(self, obs: np.ndarray, state: np.ndarray):
+        self.obs, self.state = [obs], [state]
         self.actions: list[np.ndarray] = []
         self.rewards: list[np.ndarray] = []
 
     def add(self, action, reward, next_obs, next_state) -> None:
-        self.actions.append(action.cpu().numpy())
-        self.rewards.append(reward.cpu().numpy())
-        self.obs.append(next_obs.cpu().numpy())
-        self.state.append(next_state.cpu().numpy())
+        self.actions.append(action)
+        self.rewards.append(reward)
+        self.obs.append(next_obs)
+        self.state.append(next_state)
 
     def record(self, terminated: bool) -> EpisodeRecord:
         return EpisodeRecord(

@@ -196,10 +196,7 @@ class EDMPolicy(DiffusionPolicy):
         """
         if not clip_x0:
             raise ValueError("EDMPolicy always clamps its denoised actions; clip_x0=False")
-        if obs.shape[-2:] != (self.n_agents, self.obs_dim):
-            raise ValueError(
-                f"obs must end in [{self.n_agents}, {self.obs_dim}], got {list(obs.shape)}"
-            )
+        self._check_obs(obs)
         lead = obs.shape[:-2] if candidates is None else (candidates, *obs.shape[:-2])
         shape = (*lead, self.n_agents, self.act_dim)
         sigmas = self.chain(steps)

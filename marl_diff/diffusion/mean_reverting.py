@@ -107,10 +107,6 @@ class MeanRevertingPolicy(DiffusionPolicy):
         schedule = schedule if schedule is not None else MeanRevertingSchedule(5)
         super().__init__(n_agents, obs_dim, act_dim, act_mask, schedule, **denoiser_kwargs)
 
-    def _real_sum(self, x: torch.Tensor) -> torch.Tensor:
-        """Sum over real action entries: [..., N, A] -> [..., N]."""
-        return (x * self.act_mask).sum(-1) if self.padded else x.sum(-1)
-
     def denoise_step(
         self,
         x: torch.Tensor,
@@ -231,10 +227,7 @@ class MeanRevertingPolicy(DiffusionPolicy):
         only the actions carry a graph under `grad=True` (otherwise the chain runs under
         no_grad).
         """
-        if obs.shape[-2:] != (self.n_agents, self.obs_dim):
-            raise ValueError(
-                f"obs must end in [{self.n_agents}, {self.obs_dim}], got {list(obs.shape)}"
-            )
+        self._check_obs(obs)
         lead = obs.shape[:-2] if candidates is None else (candidates, *obs.shape[:-2])
         shape = (*lead, self.n_agents, self.act_dim)
         std = self.schedule.coef["posterior_std"]

@@ -64,6 +64,16 @@ class DiffusionPolicy(nn.Module):
     def _mask(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.act_mask if self.padded else x
 
+    def _real_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum over real action entries: [..., N, A] -> [..., N]."""
+        return (x * self.act_mask).sum(-1) if self.padded else x.sum(-1)
+
+    def _check_obs(self, obs: torch.Tensor) -> None:
+        if obs.shape[-2:] != (self.n_agents, self.obs_dim):
+            raise ValueError(
+                f"obs must end in [{self.n_agents}, {self.obs_dim}], got {list(obs.shape)}"
+            )
+
     def _initial_noise(self, shape, like: torch.Tensor, generator) -> torch.Tensor:
         """x_T ~ N(0, I) (a VP process ends at the standard normal)."""
         return torch.randn(shape, device=like.device, dtype=like.dtype, generator=generator)
@@ -169,10 +179,7 @@ class DiffusionPolicy(nn.Module):
         from x_T, so the shared x_T carries about a tenth of each candidate's variance there.
         Applies only when that step adds noise (a stochastic chain of two or more steps).
         """
-        if obs.shape[-2:] != (self.n_agents, self.obs_dim):
-            raise ValueError(
-                f"obs must end in [{self.n_agents}, {self.obs_dim}], got {list(obs.shape)}"
-            )
+        self._check_obs(obs)
         lead = obs.shape[:-2] if candidates is None else (candidates, *obs.shape[:-2])
         shape = (*lead, self.n_agents, self.act_dim)
         visited = self.chain(steps)
@@ -234,7 +241,7 @@ class DiffusionPolicy(nn.Module):
             + s.sqrt_one_minus_alpha_bars[t].unsqueeze(-1) * eps
         )
         err = (self.denoiser(noised, obs, t) - eps).square()
-        loss = (err * self.act_mask).sum(-1) if self.padded else err.sum(-1)
+        loss = self._real_sum(err)
         return loss if weights is None else loss * weights
 
 
