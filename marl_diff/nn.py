@@ -67,10 +67,25 @@ class StackedLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
+class StackedLayerNorm(nn.Module):
+    """LayerNorm over the features with each member's own gain and bias: x [M, B, F]."""
+
+    def __init__(self, members: int, features: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(members, 1, features))
+        self.bias = nn.Parameter(torch.zeros(members, 1, features))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = nn.functional.layer_norm(x, x.shape[-1:], eps=self.eps)
+        return torch.addcmul(self.bias, normed, self.weight)
+
+
 class StackedMLP(nn.Module):
     """An MLP per member with stacked parameters.
 
-    Input [M, B, in] (or [B, in], broadcast to every member) -> [M, B, out].
+    Input [M, B, in] (or [B, in], broadcast to every member) -> [M, B, out]. With `layer_norm`
+    every hidden layer is linear -> LayerNorm -> activation (DTQL's Q heads).
     """
 
     def __init__(
@@ -80,6 +95,7 @@ class StackedMLP(nn.Module):
         hidden: Sequence[int],
         out_features: int,
         activation: str = "relu",
+        layer_norm: bool = False,
     ):
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -90,6 +106,8 @@ class StackedMLP(nn.Module):
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
             layers.append(StackedLinear(members, fan_in, fan_out))
             if i < len(sizes) - 2:
+                if layer_norm:
+                    layers.append(StackedLayerNorm(members, fan_out))
                 layers.append(ACTIVATIONS[activation]())
         self.net = nn.Sequential(*layers)
 

@@ -190,10 +190,12 @@ def test_substitute_each_agent():
             assert torch.all(joint[:, i, j] == (1.0 if i == j else 0.0))
 
 
-@pytest.mark.parametrize("n_q, out", [(2, 1), (3, 2)])
-def test_critic_is_the_stacked_mlp_on_state_and_joint_action_whatever_the_state_layout(n_q, out):
+@pytest.mark.parametrize("n_q, out, layer_norm", [(2, 1, False), (3, 2, False), (2, 1, True)])
+def test_critic_is_the_stacked_mlp_on_state_and_joint_action_whatever_the_state_layout(
+    n_q, out, layer_norm
+):
     torch.manual_seed(0)
-    critic = CentralCritic(5, 3, 2, [8, 8], n_q=n_q, out_features=out)
+    critic = CentralCritic(5, 3, 2, [8, 8], n_q=n_q, out_features=out, layer_norm=layer_norm)
     state, joint = torch.randn(4, 5), torch.randn(6, 4, 3, 2)  # 6 joint actions per state
     expanded = state.expand(6, 4, 5)
     flat = torch.cat([expanded, joint.flatten(-2)], -1).reshape(-1, 11)
@@ -279,6 +281,27 @@ def test_stacked_mlp_equals_per_member_linear_mlps():
     out = stacked(shared)
     for k in range(3):
         assert torch.allclose(out[k], members[k](shared), atol=1e-6)
+
+
+def test_stacked_layer_norm_mlp_equals_per_member_linear_layernorm_mish():
+    """DTQL's Q heads: linear -> LayerNorm (each member its own gain and bias) -> mish."""
+    torch.manual_seed(6)
+    stacked = StackedMLP(2, 4, [8, 6], 1, activation="mish", layer_norm=True)
+    with torch.no_grad():  # gains and biases away from their initial 1 and 0
+        for norm in stacked.net[1::3]:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 10, 4)
+    out = stacked(x)
+    for k in range(2):
+        h = x[k]
+        for i in (0, 3):
+            lin, norm = stacked.net[i], stacked.net[i + 1]
+            h = h @ lin.weight[k] + lin.bias[k, 0]
+            h = nn.functional.layer_norm(h, (h.shape[-1],), norm.weight[k, 0], norm.bias[k, 0])
+            h = nn.functional.mish(h)
+        expected = h @ stacked.net[6].weight[k] + stacked.net[6].bias[k, 0]
+        torch.testing.assert_close(out[k], expected)
 
 
 @pytest.mark.parametrize("share", [False, True])

@@ -109,6 +109,7 @@ class ActorCriticConfig(AgentConfig):
     critic_lr: float = 3e-4
     critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
     critic_activation: str = "relu"
+    critic_layer_norm: bool = False  # LayerNorm after every hidden layer of the Q networks
     critic_members: int = 2  # K Q networks in the critic ensemble
     # How the K estimates become one value (networks.CentralCritic): min, mean, or lcb
     # (mean - lcb_beta std); the catalog's online agents use the twin min.
@@ -163,6 +164,7 @@ class ActorCriticAgent(Agent):
             activation=config.critic_activation,
             reduction=config.critic_reduction,
             lcb_beta=config.lcb_beta,
+            layer_norm=config.critic_layer_norm,
         )
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.register_buffer("act_mask", spec.act_mask().float())

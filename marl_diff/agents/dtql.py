@@ -22,8 +22,9 @@ For the first `pretrain_updates` updates only the behaviour model and the critic
 card's 50k); then all three. Acting (N = 1, whose state is its observation): `act_samples`
 one-step samples, one drawn by a softmax over the target critic's Q. With N > 1 the critic
 needs the global state, which decentralised execution does not have, so each agent samples its
-one-step policy. Our readings, each a setting: the behaviour model keeps training after the
-pretraining (`bc_after_pretrain`); the Q heads have no LayerNorm (the stacked MLPs have none).
+one-step policy. The Q heads are the card's (linear, LayerNorm, mish; `critic_layer_norm`). Our
+reading, a setting: the behaviour model keeps training after the pretraining
+(`bc_after_pretrain`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from marl_diff.nn import StackedMLP
 class DTQLConfig(ActorCriticConfig):
     critic_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
     critic_activation: str = "mish"
+    critic_layer_norm: bool = True
     # the one-step policy
     actor_lr: float = 3e-4
     actor_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])

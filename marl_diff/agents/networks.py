@@ -64,7 +64,8 @@ class CentralCritic(nn.Module):
     or "lcb", the lower confidence bound mean - `lcb_beta` std over the members (the Q-ensemble
     policy's pessimism; std with Bessel's correction, as torch's default). Joint actions are the
     padded per-agent actions flattened [N * A]; padded entries are always zero so they carry no
-    information. `heads` gives each network's `out_features` outputs.
+    information. `heads` gives each network's `out_features` outputs. `layer_norm` puts a
+    LayerNorm after every hidden layer (DTQL's Q heads).
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class CentralCritic(nn.Module):
         out_features: int = 1,
         reduction: str = "min",
         lcb_beta: float = 4.0,
+        layer_norm: bool = False,
     ):
         super().__init__()
         if reduction not in CRITIC_REDUCTIONS:
@@ -89,7 +91,9 @@ class CentralCritic(nn.Module):
         self.n_q = n_q
         self.state_dim = state_dim
         self.reduction, self.lcb_beta = reduction, lcb_beta
-        self.q = StackedMLP(n_q, state_dim + n_agents * act_dim, hidden, out_features, activation)
+        self.q = StackedMLP(
+            n_q, state_dim + n_agents * act_dim, hidden, out_features, activation, layer_norm
+        )
 
     def reduce(self, q: torch.Tensor) -> torch.Tensor:
         """The members' estimates [K, ...] -> the value [...] the agents use."""
