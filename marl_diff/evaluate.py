@@ -99,6 +99,10 @@ def main(argv: list[str] | None = None) -> None:
         values["sample"],
     )
     modes = f", {report['modes_covered']} goals covered" if "modes_covered" in report else ""
+    if "success_rate" in report:
+        modes += f", success {report['success_rate']:.0%}"
+    if "distinct_modes" in report:
+        modes += f", {report['distinct_modes']} distinct modes"
     print(
         f"return {report['mean_return']:.3f} +- {report['std_return']:.3f} over "
         f"{report['episodes']} episodes ({report['mode']}{modes}) -> {out}"

@@ -26,6 +26,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "smax": ("marl_diff.envs.smax:SmaxEnv", "smax"),
     "mabrax": ("marl_diff.envs.mabrax:MabraxEnv", "smax"),
     "isaaclab": ("marl_diff.envs.isaaclab:IsaacLabEnv", "isaaclab"),
+    "maze": ("marl_diff.envs.maze:MazeEnv", "mamujoco"),
 }
 
 

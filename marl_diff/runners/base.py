@@ -218,8 +218,9 @@ class Runner(ABC):
         if "distinct_goals" in report:
             scalars["eval/distinct_goals"] = report["distinct_goals"]
             scalars["eval/modes_covered"] = report["modes_covered"]
-        if "win_rate" in report:
-            scalars["eval/win_rate"] = report["win_rate"]
+        for key in ("win_rate", "success_rate", "distinct_modes"):
+            if key in report:
+                scalars[f"eval/{key}"] = report[key]
         logger.log(self.step, scalars)
         self.last_eval = report
         return report

@@ -87,7 +87,12 @@ def summarize_outcomes(outcomes: dict[str, list]) -> dict:
     """Scenario-specific summaries. `won` flags (e.g. SMAX) become the win rate over the finished
     episodes. `goal` lists (one entry per agent, -1 for none) become per-goal counts and shares
     of the agent-episodes, `distinct_goals` (goals reached at least once) and `modes_covered`
-    (goals with at least MODE_SHARE of the agent-episodes)."""
+    (goals with at least MODE_SHARE of the agent-episodes). `success` flags (the mazes) become
+    `success_rate` over the finished episodes. `mode` values (the mazes: the route or goal an
+    episode took, -1 for none) become `distinct_modes` (modes >= 0 reached at least once) and
+    per-mode `mode_counts` and `mode_shares` (shares of all finished episodes, so they sum to at
+    most 1). Where `success` flags come with them, only successful episodes count toward a
+    mode: a failed episode that went round the wall on one side has not reached that mode."""
     summary: dict = {}
     if outcomes.get("won"):
         summary["win_rate"] = sum(float(w) for w in outcomes["won"]) / len(outcomes["won"])
@@ -99,6 +104,17 @@ def summarize_outcomes(outcomes: dict[str, list]) -> dict:
         summary["goal_counts"] = {str(g): count for g, count in counts.items()}
         summary["goal_shares"] = {str(g): share for g, share in shares.items()}
         summary["modes_covered"] = sum(share >= MODE_SHARE for share in shares.values())
+    if outcomes.get("success"):
+        flags = [float(f) for episode in outcomes["success"] for f in _as_list(episode)]
+        summary["success_rate"] = sum(flags) / len(flags)
+    if outcomes.get("mode"):
+        modes = [int(m) for episode in outcomes["mode"] for m in _as_list(episode)]
+        if outcomes.get("success") and len(flags) == len(modes):
+            modes = [m if flag > 0.5 else -1 for m, flag in zip(modes, flags, strict=True)]
+        mode_counts = {m: modes.count(m) for m in sorted(set(modes)) if m >= 0}
+        summary["distinct_modes"] = len(mode_counts)
+        summary["mode_counts"] = {str(m): count for m, count in mode_counts.items()}
+        summary["mode_shares"] = {str(m): count / len(modes) for m, count in mode_counts.items()}
     return summary
 
 
