@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -20,9 +21,20 @@ class Batch(NamedTuple):
 
 
 class ReplayBuffer:
-    """Ring buffer; `add` writes a whole env batch with one indexed copy per field."""
+    """Ring buffer; `add` writes a whole env batch with one indexed copy per field.
 
-    def __init__(self, capacity: int, spec: EnvSpec, device: torch.device):
+    `extras` are per-transition fields an agent keeps beside the transitions (name -> (shape,
+    dtype), e.g. DDiffPG's episode ids and improved target actions): zero for every newly added
+    transition, read and written by the agent through `extras[name][slots]`.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        spec: EnvSpec,
+        device: torch.device,
+        extras: Mapping[str, tuple[tuple[int, ...], torch.dtype]] | None = None,
+    ):
         self.capacity = capacity
         self.device = device
         n, d, a, s = spec.n_agents, spec.obs_dim, spec.act_dim, spec.state_dim
@@ -35,10 +47,15 @@ class ReplayBuffer:
             next_state=torch.zeros(capacity, s, device=device),
             terminated=torch.zeros(capacity, device=device),
         )
+        self.extras = {
+            name: torch.zeros(capacity, *shape, dtype=dtype, device=device)
+            for name, (shape, dtype) in (extras or {}).items()
+        }
         self.position = 0
         self.size = 0
 
-    def add(self, transitions: Batch) -> None:
+    def add(self, transitions: Batch) -> torch.Tensor:
+        """Store a batch of transitions; returns the slots [count] they were written to."""
         count = transitions.obs.shape[0]
         if count > self.capacity:
             raise ValueError(f"cannot add {count} transitions to a buffer of {self.capacity}")
@@ -46,16 +63,30 @@ class ReplayBuffer:
         if end <= self.capacity:  # contiguous: plain slice copies
             for store, value in zip(self.storage, transitions, strict=True):
                 store[self.position : end] = value
+            for store in self.extras.values():
+                store[self.position : end] = 0
+            slots = torch.arange(self.position, end, device=self.device)
         else:
-            idx = (torch.arange(count, device=self.device) + self.position) % self.capacity
+            slots = (torch.arange(count, device=self.device) + self.position) % self.capacity
             for store, value in zip(self.storage, transitions, strict=True):
-                store[idx] = value.to(store.dtype)
+                store[slots] = value.to(store.dtype)
+            for store in self.extras.values():
+                store[slots] = 0
         self.position = (self.position + count) % self.capacity
         self.size = min(self.size + count, self.capacity)
+        return slots
+
+    def sample_slots(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """`batch_size` slots drawn uniformly, with replacement, from the filled part."""
+        return torch.randint(self.size, (batch_size,), device=self.device, generator=generator)
+
+    def gather(self, slots: torch.Tensor) -> Batch:
+        return Batch(*(store[slots] for store in self.storage))
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
-        idx = torch.randint(self.size, (batch_size,), device=self.device, generator=generator)
-        return Batch(*(store[idx] for store in self.storage))
+        return self.gather(self.sample_slots(batch_size, generator))
 
     def state_dict(self) -> dict:
         """The filled part only, in insertion order, so a resumed buffer is compact, and the
@@ -68,6 +99,7 @@ class ReplayBuffer:
             name: store[order].cpu()
             for name, store in zip(Batch._fields, self.storage, strict=False)
         }
+        state.update({f"extras/{name}": store[order].cpu() for name, store in self.extras.items()})
         state["position"] = torch.tensor(self.position)
         return state
 
@@ -78,4 +110,9 @@ class ReplayBuffer:
         self.position = int(state["position"]) % self.capacity if same_layout else 0
         self.size = 0
         if count:
-            self.add(Batch(*(state[name][-count:].to(self.device) for name in Batch._fields)))
+            slots = self.add(
+                Batch(*(state[name][-count:].to(self.device) for name in Batch._fields))
+            )
+            for name, store in self.extras.items():
+                if f"extras/{name}" in state:
+                    store[slots] = state[f"extras/{name}"][-count:].to(self.device)

@@ -114,7 +114,7 @@ def build(cfg: DictConfig, runner_cls: type[Runner], rc: RunnerConfig, device) -
             else make_env(scenario, rc.eval_num_envs, device, seed + 10_007)
         )
         agent = make_agent(agent_cfg, env.spec, device)
-        buffer = ReplayBuffer(rc.buffer_size, env.spec, device)
+        buffer = ReplayBuffer(rc.buffer_size, env.spec, device, agent.buffer_fields())
         return Parts(device, env.spec, agent, eval_env, buffer, env=env)
     eval_env = make_env(scenario, rc.eval_num_envs, device, seed + 10_007)
     try:

@@ -363,6 +363,32 @@ def test_buffer_ring_wraps_around():
         assert torch.all(value == sample.terminated.view(-1, *[1] * (value.dim() - 1)))
 
 
+def test_buffer_extras_follow_their_slots():
+    """Agent-declared fields: zero for every new transition, returned slots address them, and
+    they survive a state_dict round trip beside the transitions they belong to."""
+    spec = hetero_spec()
+    fields = {"episode": ((), torch.long), "target": ((2, 3), torch.float32)}
+    buffer = ReplayBuffer(5, spec, torch.device("cpu"), fields)
+    slots = buffer.add(numbered(spec, 0, 4))
+    assert slots.tolist() == [0, 1, 2, 3]
+    buffer.extras["episode"][slots] = torch.arange(10, 14)
+    buffer.extras["target"][slots] = 1.0
+    slots = buffer.add(numbered(spec, 4, 3))  # wraps: overwrites slots 4, 0, 1
+    assert slots.tolist() == [4, 0, 1]
+    assert buffer.extras["episode"].tolist() == [0, 0, 12, 13, 0]
+    assert buffer.extras["target"][slots].abs().sum() == 0
+    buffer.extras["episode"][slots] = torch.tensor([14, 15, 16])
+    state = buffer.state_dict()
+    assert state["extras/episode"].tolist() == [12, 13, 14, 15, 16]  # insertion order
+    same = ReplayBuffer(5, spec, torch.device("cpu"), fields)
+    same.load_state_dict(state)
+    assert torch.equal(same.extras["episode"], buffer.extras["episode"])
+    assert torch.equal(same.extras["target"], buffer.extras["target"])
+    idx = buffer.sample_slots(16, torch.Generator().manual_seed(0))
+    batch = buffer.gather(idx)
+    assert torch.equal(batch.terminated, buffer.storage.terminated[idx])
+
+
 def test_buffer_sample_only_from_filled_part_and_is_reproducible():
     spec = hetero_spec()
     buffer = ReplayBuffer(100, spec, torch.device("cpu"))

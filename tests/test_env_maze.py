@@ -89,7 +89,7 @@ def test_spec_shapes_and_outcome_keys():
         spec = env.spec
         assert spec.n_agents == 1 and spec.obs_dims == (4,) and spec.act_dims == (2,)
         assert spec.state_dim == 4 and spec.max_episode_steps == 50
-        assert env.mode_features == (0, 1)
+        assert env.spec.mode_features == (0, 1)
         assert torch.allclose(env.goals, torch.tensor([[0.0, -1.0]]))
         obs, state = env.reset()
         assert obs.shape == (3, 1, 4) and state.shape == (3, 4) and obs.dtype == torch.float32

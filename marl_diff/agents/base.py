@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from marl_diff.agents.networks import CRITIC_REDUCTIONS, CentralCritic, substitute_each_agent
-from marl_diff.buffer import Batch
-from marl_diff.envs.base import EnvSpec
+from marl_diff.buffer import Batch, ReplayBuffer
+from marl_diff.envs.base import EnvSpec, StepResult
 from marl_diff.errors import ConfigError
 from marl_diff.nn import ACTIVATIONS
 
@@ -86,7 +86,24 @@ class Agent(nn.Module, ABC):
 
     @abstractmethod
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One gradient update from a replay batch."""
+        """One gradient update from a replay batch (what `sample_batch` drew)."""
+
+    # Hooks for agents that keep more than transitions (DDiffPG: episodes, modes, target
+    # actions). The defaults are those of a plain replay agent.
+    def buffer_fields(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Extra per-transition fields the replay buffer keeps for this agent, name -> (shape,
+        dtype); zero for every new transition (`ReplayBuffer.extras`)."""
+        return {}
+
+    def observe(self, buffer: ReplayBuffer, slots: torch.Tensor, result: StepResult) -> None:
+        """Called by the online runner after it stored one batched env step at `slots` (warm-up
+        included): `result` is the env's step, with its outcomes in `result.info`."""
+
+    def sample_batch(
+        self, buffer: ReplayBuffer, batch_size: int, generator: torch.Generator | None = None
+    ):
+        """The batch the next `update` learns from: by default uniform transitions."""
+        return buffer.sample(batch_size, generator)
 
     def training_state(self) -> dict:
         """Everything needed to resume: parameters, optimiser states, counters."""

@@ -48,6 +48,9 @@ class EnvSpec:
     # Per-agent env action bounds [N, A_max]; padded entries are -1 / 1.
     act_low: torch.Tensor = field(repr=False, compare=False)
     act_high: torch.Tensor = field(repr=False, compare=False)
+    # Which state dims describe the team's behaviour mode (positions: a maze's x-y, every point
+    # mass of multigoal), for agents that cluster trajectories into modes; () where unknown.
+    mode_features: tuple[int, ...] = ()
 
     @property
     def n_agents(self) -> int:

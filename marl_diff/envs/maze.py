@@ -22,8 +22,9 @@ two_goals (3x9, a corridor with the start in the middle and a goal of equal valu
 The goals are fixed per layout, so they are not part of the observation: the point's observation
 is gymnasium-robotics' `observation` entry (x, y, vx, vy); the ant's is (x, y) followed by its
 `observation` entry (the Ant-v5 vector without the x-y position, which AntMaze moves to
-`achieved_goal`). Either way the first two dims are the x-y position, `MazeEnv.mode_features ==
-(0, 1)` (the state dims that describe the path, for trajectory clustering). state = observation.
+`achieved_goal`). Either way the first two dims are the x-y position: the spec's
+`mode_features` are (0, 1), the state dims that describe the path (for trajectory clustering).
+state = observation.
 
 The task is episodic: the wrapped env is built with `continuing_task=False` (so it never moves
 its goal), but its own goal test (within 0.45 of one noisy goal cell) and reward are replaced by
@@ -203,8 +204,6 @@ class MazeEnv(BatchedMultiAgentEnv):
     """`num_envs` copies of one maze task, seen as one agent (see the module docstring)."""
 
     Config = MazeConfig
-    # Indices of the state dims that describe the path (x, y), for trajectory clustering.
-    mode_features: tuple[int, ...] = (0, 1)
 
     def __init__(self, config: MazeConfig, num_envs: int, device: torch.device, seed: int):
         _validate(config)
@@ -234,6 +233,7 @@ class MazeEnv(BatchedMultiAgentEnv):
             max_episode_steps=config.max_steps,
             act_low=torch.from_numpy(low)[None, :],
             act_high=torch.from_numpy(high)[None, :],
+            mode_features=(0, 1),  # the x-y path
         )
         self._xy = np.zeros((self.num_envs, 2))  # position before the coming step
         self._side = np.full(self.num_envs, -1.0)  # two_routes: side of the last wall crossing

@@ -83,6 +83,7 @@ class MultiGoalEnv(BatchedMultiAgentEnv):
             max_episode_steps=config.max_steps,
             act_low=torch.full((n, 2), -config.step_size, device=self.device),
             act_high=torch.full((n, 2), config.step_size, device=self.device),
+            mode_features=tuple(range(2 * n)),  # every point mass's position
         )
         angles = torch.arange(config.n_goals, dtype=torch.float64) * (2 * math.pi / config.n_goals)
         goals = config.goal_radius * torch.stack([angles.cos(), angles.sin()], dim=-1)

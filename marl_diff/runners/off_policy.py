@@ -141,7 +141,7 @@ class OffPolicyRunner(Runner):
             self.act_seconds += time.perf_counter() - start
             self.act_calls += 1
         result = self.env.step(actions)
-        self.buffer.add(
+        slots = self.buffer.add(
             Batch(
                 self.obs,
                 self.state,
@@ -152,6 +152,7 @@ class OffPolicyRunner(Runner):
                 result.terminated.float(),
             )
         )
+        self.agent.observe(self.buffer, slots, result)
         self.ep_return += result.reward.mean(-1)
         self.ep_length += 1
         done = (result.terminated | result.truncated).float()
@@ -172,7 +173,8 @@ class OffPolicyRunner(Runner):
         n_updates = int(self.update_credit)
         self.update_credit -= n_updates
         for _ in range(n_updates):
-            self.record(self.agent.update(self.buffer.sample(rc.batch_size, self.generator)))
+            batch = self.agent.sample_batch(self.buffer, rc.batch_size, self.generator)
+            self.record(self.agent.update(batch))
         self.updates += n_updates
         return n_updates
 

@@ -46,7 +46,8 @@ class OfflineRunner(Runner):
         return self.rc.total_updates
 
     def advance(self) -> None:
-        self.record(self.agent.update(self.buffer.sample(self.rc.batch_size, self.generator)))
+        batch = self.agent.sample_batch(self.buffer, self.rc.batch_size, self.generator)
+        self.record(self.agent.update(batch))
         self.updates += 1
 
     def evaluate(self, logger) -> dict:
