@@ -63,8 +63,11 @@ class StackedLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
+    def forward(self, x: torch.Tensor, members: int | None = None) -> torch.Tensor:
+        """`members`: run only the first that many members (x then has that many rows)."""
+        if members is None:
+            return torch.baddbmm(self.bias, x, self.weight)
+        return torch.baddbmm(self.bias[:members], x, self.weight[:members])
 
 
 class StackedLayerNorm(nn.Module):
@@ -76,9 +79,11 @@ class StackedLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(members, 1, features))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, members: int | None = None) -> torch.Tensor:
         normed = nn.functional.layer_norm(x, x.shape[-1:], eps=self.eps)
-        return torch.addcmul(self.bias, normed, self.weight)
+        if members is None:
+            return torch.addcmul(self.bias, normed, self.weight)
+        return torch.addcmul(self.bias[:members], normed, self.weight[:members])
 
 
 class StackedMLP(nn.Module):
@@ -111,7 +116,14 @@ class StackedMLP(nn.Module):
                 layers.append(ACTIVATIONS[activation]())
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, members: int | None = None) -> torch.Tensor:
+        """`members`: run only the first that many members, e.g. the critics of the modes
+        discovered so far out of all those allocated."""
         if x.dim() == 2:
-            x = x.unsqueeze(0).expand(self.members, -1, -1)
-        return self.net(x)
+            x = x.unsqueeze(0).expand(self.members if members is None else members, -1, -1)
+        if members is None:
+            return self.net(x)
+        for layer in self.net:
+            stacked = isinstance(layer, (StackedLinear, StackedLayerNorm))
+            x = layer(x, members) if stacked else layer(x)
+        return x

@@ -71,6 +71,14 @@ TINY_AGENTS = {
         "target_samples": 2,
         "n_entropy_samples": 2,
     },
+    "ddiffpg": {
+        "diffusion_steps": 3,
+        "max_modes": 3,
+        "mode_features": [0, 1],
+        "recluster_every": 20,
+        "target_steps": 2,
+        "critic_atoms": 11,
+    },
 }
 # A training run that takes about a second on one CPU core: 300 pendulum steps, updates from
 # step 100, tiny networks, 2 short evaluations.

@@ -77,7 +77,7 @@ def test_agent_acts_and_updates_on_every_scenario_family(envs, agent_name, scena
         env.spec,
         "cpu",
     )
-    buffer = ReplayBuffer(64, env.spec, torch.device("cpu"))
+    buffer = ReplayBuffer(64, env.spec, torch.device("cpu"), agent.buffer_fields())
     obs, state = env.reset(seed=0)
     mask = env.spec.act_mask()
     for explore in (True, True, True, False):
@@ -85,7 +85,7 @@ def test_agent_acts_and_updates_on_every_scenario_family(envs, agent_name, scena
         assert action.shape == (B, env.spec.n_agents, env.spec.act_dim)
         assert (action.abs() <= 1).all() and (action[:, ~mask] == 0).all()
         result = env.step(action)
-        buffer.add(
+        slots = buffer.add(
             Batch(
                 obs,
                 state,
@@ -96,12 +96,13 @@ def test_agent_acts_and_updates_on_every_scenario_family(envs, agent_name, scena
                 result.terminated.float(),
             )
         )
+        agent.observe(buffer, slots, result)
         obs, state = result.obs, result.state
     actor, critic = snapshot(agent.policy), snapshot(agent.critic)
     # two updates: the actor updates on the first of every `policy_delay` (2 for DACER) critic
     # updates, and the second covers the delayed branch
     for _ in range(2):
-        metrics = agent.update(buffer.sample(8))
+        metrics = agent.update(agent.sample_batch(buffer, 8))
         assert all(torch.isfinite(v) for v in metrics.values()), metrics
     assert {"loss/critic", "q/mean"} <= set(metrics)
     assert changed(critic, agent.critic), "the critic's parameters did not change"

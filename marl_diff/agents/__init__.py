@@ -22,6 +22,7 @@ ALGORITHMS: dict[str, str] = {
     "diffusion_bc": "marl_diff.agents.diffusion_bc:DiffusionBCAgent",
     "dtql": "marl_diff.agents.dtql:DTQLAgent",
     "qensemble": "marl_diff.agents.qensemble:QEnsembleAgent",
+    "ddiffpg": "marl_diff.agents.ddiffpg:DDiffPGAgent",
 }
 
 

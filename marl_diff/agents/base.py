@@ -99,6 +99,9 @@ class Agent(nn.Module, ABC):
         """Called by the online runner after it stored one batched env step at `slots` (warm-up
         included): `result` is the env's step, with its outcomes in `result.info`."""
 
+    def reset_episodes(self) -> None:
+        """Called when the runner resets its training envs: episodes in flight are gone."""
+
     def sample_batch(
         self, buffer: ReplayBuffer, batch_size: int, generator: torch.Generator | None = None
     ):
@@ -172,22 +175,27 @@ class ActorCriticAgent(Agent):
         check_at_least(
             config, ("critic_members",), minimum=2 if config.critic_reduction == "lcb" else 1
         )
-        self.critic = self.critic_class(
-            spec.state_dim,
-            spec.n_agents,
-            spec.act_dim,
-            config.critic_hidden,
-            n_q=config.critic_members,
-            activation=config.critic_activation,
-            reduction=config.critic_reduction,
-            lcb_beta=config.lcb_beta,
-            layer_norm=config.critic_layer_norm,
-        )
+        self.critic = self.build_critic(config, spec)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.register_buffer("act_mask", spec.act_mask().float())
         # A Python int, not a device tensor: the update schedule (policy delay, refreshes,
         # decays) branches on it every update, and reading a GPU tensor would wait for the GPU.
         self.updates = 0
+
+    def build_critic(self, config: ActorCriticConfig, spec: EnvSpec, **overrides) -> nn.Module:
+        """The stacked critic from the config; `overrides` (e.g. n_q, out_features) let an agent
+        with another layout (DDiffPG: a distributional twin per mode) change what it needs."""
+        settings = {
+            "n_q": config.critic_members,
+            "activation": config.critic_activation,
+            "reduction": config.critic_reduction,
+            "lcb_beta": config.lcb_beta,
+            "layer_norm": config.critic_layer_norm,
+            **overrides,
+        }
+        return self.critic_class(
+            spec.state_dim, spec.n_agents, spec.act_dim, config.critic_hidden, **settings
+        )
 
     def setup_optimizers(self) -> None:
         """Call at the end of a subclass __init__, after `.to(device)`."""

@@ -130,6 +130,19 @@ class CentralCritic(nn.Module):
         """state [..., S], joint_action [..., N, A] -> Q values [n_q, ...]."""
         return self.heads(state, joint_action)[..., 0]
 
+    def grouped_heads(
+        self, state: torch.Tensor, joint_action: torch.Tensor, per_group: int
+    ) -> torch.Tensor:
+        """Members in consecutive groups of `per_group`, each group on its own rows:
+        state [G, b, S], joint_action [G, b, N, A] -> outputs [G, per_group, b, out_features],
+        group g evaluated by members g * per_group ... (g + 1) * per_group - 1 only (DDiffPG: a
+        twin critic per mode on that mode's share of the batch, in one call). Members past the
+        G groups are not run."""
+        groups, rows = state.shape[:2]
+        x = torch.cat([state, joint_action.flatten(-2)], -1).repeat_interleave(per_group, 0)
+        out = self.q(x, members=groups * per_group)
+        return out.view(groups, per_group, rows, out.shape[-1])
+
 
 def substitute_each_agent(base: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
     """Joint actions in which agent i plays `own[..., i]` and the others play `base`.

@@ -124,6 +124,7 @@ class OffPolicyRunner(Runner):
     def start_collection(self) -> None:
         """Reset the training envs and the per-episode statistics."""
         self.obs, self.state = self.env.reset(seed=int(self.cfg.seed) + self.env_steps)
+        self.agent.reset_episodes()
         zeros = torch.zeros(self.env.num_envs, device=self.device)
         self.ep_return, self.ep_length = zeros.clone(), zeros.clone()
 

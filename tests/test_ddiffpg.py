@@ -1,0 +1,215 @@
+"""DDiffPG's parts by hand: the grouped stacked critic, the C51 projection, target-action
+improvement, trajectories and modes from the observe hook, critic inheritance on reclustering."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_spec
+
+from marl_diff.agents import make_agent
+from marl_diff.agents.networks import CentralCritic
+from marl_diff.buffer import Batch, ReplayBuffer
+from marl_diff.envs.base import StepResult
+from marl_diff.errors import ConfigError
+from marl_diff.run import compose
+
+pytest.importorskip("dtaidistance")
+
+
+def agent_for(spec, **overrides):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(compose(["scenario=pendulum", "agent=ddiffpg"]).agent)
+    tiny = {
+        "actor_hidden": [16, 16],
+        "critic_hidden": [16, 16],
+        "diffusion_steps": 3,
+        "max_modes": 3,
+        "critic_atoms": 11,
+        "mode_features": [0, 1],
+        "recluster_every": 10**9,
+    }
+    cfg.update({**tiny, **overrides})
+    return make_agent(cfg, spec, "cpu")
+
+
+def test_grouped_critic_runs_each_group_on_its_own_rows_only():
+    torch.manual_seed(0)
+    critic = CentralCritic(5, 2, 3, [8], n_q=8, out_features=4)  # 4 groups of 2 allocated
+    state, joint = torch.randn(3, 6, 5), torch.randn(3, 6, 2, 3)  # 3 groups in play
+    out = critic.grouped_heads(state, joint, per_group=2)
+    assert out.shape == (3, 2, 6, 4)
+    flat = torch.cat([state, joint.flatten(-2)], -1)
+    for g in range(3):
+        full = critic.q(flat[g])  # every member on group g's rows
+        torch.testing.assert_close(out[g], full[2 * g : 2 * g + 2])
+
+
+def test_c51_projection_by_hand():
+    spec = make_spec(n_agents=1, obs_dims=(2,), act_dims=(1,), state_dim=2)
+    agent = agent_for(spec, critic_atoms=5, value_min=0.0, value_max=4.0, gamma=0.5)
+    probs = torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    # z = 2 -> 1 + 0.5 * 2 = 2 exactly; z = 4 -> 1 + 2 = 3; a terminal lands on the reward
+    out = agent.project(torch.tensor([1.0, 0.5]), torch.tensor([0.0, 1.0]), probs)
+    torch.testing.assert_close(out[0], torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0]))
+    torch.testing.assert_close(out[1], torch.tensor([0.5, 0.5, 0.0, 0.0, 0.0]))  # 0.5 split
+    clipped = agent.project(torch.tensor([10.0]), torch.tensor([0.0]), probs[:1])
+    torch.testing.assert_close(clipped[0], torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0]))
+    random = torch.rand(7, 5).softmax(-1)
+    mass = agent.project(torch.randn(7), torch.zeros(7), random).sum(-1)
+    torch.testing.assert_close(mass, torch.ones(7))
+
+
+def test_target_improvement_raises_each_groups_q_inside_the_box():
+    torch.manual_seed(1)
+    spec = make_spec(n_agents=2, obs_dims=(3, 2), act_dims=(2, 1), state_dim=4)
+    agent = agent_for(spec, target_steps=20)
+    state = torch.randn(3, 16, 4)
+    start = (torch.rand(3, 16, 2, 2) * 2 - 1) * spec.act_mask()
+    improved = agent.improve_targets(state, start)
+    before, after = agent.group_q(state, start), agent.group_q(state, improved)
+    assert (after.mean(-1) > before.mean(-1)).all(), (before.mean(-1), after.mean(-1))
+    assert improved.abs().max() <= 1 and (improved[..., ~spec.act_mask()] == 0).all()
+    assert all(p.requires_grad for p in agent.critic.parameters())
+
+
+def step(state, next_state, done, success):
+    b = state.shape[0]
+    flags = torch.tensor(done)
+    return StepResult(
+        obs=next_state[:, None],
+        state=next_state,
+        reward=torch.zeros(b, 1),
+        terminated=flags & torch.tensor(success),
+        truncated=flags & ~torch.tensor(success),
+        next_obs=next_state[:, None],
+        next_state=next_state,
+        info={"success": torch.tensor(success, dtype=torch.float32)},
+    )
+
+
+def run_episodes(agent, buffer, sides):
+    """One episode per env copy: 5 steps from (0, 0) up to (0, 5), bowing out to x = side
+    on the way (two routes round a wall), all successful."""
+    b = len(sides)
+    xs = torch.tensor(sides, dtype=torch.float32)
+    for k in range(5):
+        bow = [0.0, 0.6, 1.0, 0.6, 0.0, 0.0]
+        state = torch.stack([xs * bow[k], torch.full((b,), float(k))], -1)
+        nxt = torch.stack([xs * bow[k + 1], torch.full((b,), float(k + 1))], -1)
+        last = k == 4
+        result = step(state, nxt, [last] * b, [last] * b)
+        slots = buffer.add(
+            Batch(
+                state[:, None],
+                state,
+                torch.zeros(b, 1, 1),
+                result.reward,
+                result.next_obs,
+                nxt,
+                result.terminated.float(),
+            )
+        )
+        agent.observe(buffer, slots, result)
+
+
+def test_trajectories_become_modes_and_groups_sample_their_own_transitions():
+    torch.manual_seed(2)
+    spec = make_spec(n_agents=1, obs_dims=(2,), act_dims=(1,), state_dim=2)
+    agent = agent_for(spec)
+    buffer = ReplayBuffer(100, spec, torch.device("cpu"), agent.buffer_fields())
+    run_episodes(agent, buffer, [-3.0, 3.0, -3.1, 3.1])
+    assert len(agent.trajectories) == 4 and all(t.success for t in agent.trajectories)
+    assert agent.trajectories[0].path.shape == (6, 2) and agent.trajectories[0].slots.numel() == 5
+    assert agent.n_modes == 1  # nothing clustered yet
+    agent.recluster(buffer)
+    assert agent.n_modes == 2
+    left = {t.mode for t in agent.trajectories if t.path[2, 0] < 0}
+    right = {t.mode for t in agent.trajectories if t.path[2, 0] > 0}
+    assert len(left) == len(right) == 1 and left != right
+    batch = agent.sample_batch(buffer, 30, torch.Generator().manual_seed(0))
+    assert batch.slots.shape == (3, 10)  # exploration and two modes
+    side = buffer.storage.state[:, 0].sign()
+    for mode, expected in ((left.pop(), -1.0), (right.pop(), 1.0)):
+        rows = batch.slots[mode + 1]
+        picked = side[rows][buffer.storage.state[rows, 1] % 4 != 0]  # off the shared axis
+        assert (picked == expected).all()
+    # a later episode joins the mode of its route without a reclustering
+    run_episodes(agent, buffer, [3.05])
+    newest = agent.trajectories[-1]
+    assert newest.mode == next(t.mode for t in agent.trajectories if t.path[2, 0] > 0)
+
+
+def test_reclustering_hands_each_mode_the_critic_of_the_mode_it_overlaps():
+    torch.manual_seed(3)
+    spec = make_spec(n_agents=1, obs_dims=(2,), act_dims=(1,), state_dim=2)
+    agent = agent_for(spec)
+    buffer = ReplayBuffer(100, spec, torch.device("cpu"), agent.buffer_fields())
+    run_episodes(agent, buffer, [-3.0, 3.0, -3.1, 3.1])
+    groups = agent.groups_max
+
+    def group_weights():
+        weight = agent.critic.q.net[0].weight.detach()
+        return weight.view(groups, -1, *weight.shape[1:]).clone()
+
+    before = group_weights()
+    buffer.extras["target"][:, 1] = 0.5  # mode 0's target-action slot before clustering
+    agent.recluster(buffer)  # both new modes overlap the old single mode (group 1)
+    after = group_weights()
+    torch.testing.assert_close(after[0], before[0])  # exploration keeps its own
+    torch.testing.assert_close(after[1], before[1])
+    torch.testing.assert_close(after[2], before[1])
+    assert (buffer.extras["target"][:, 2] == 0.5).all()
+
+
+def test_checkpoint_round_trip_keeps_the_modes():
+    torch.manual_seed(4)
+    spec = make_spec(n_agents=1, obs_dims=(2,), act_dims=(1,), state_dim=2)
+    agent = agent_for(spec)
+    buffer = ReplayBuffer(100, spec, torch.device("cpu"), agent.buffer_fields())
+    run_episodes(agent, buffer, [-3.0, 3.0, -3.1, 3.1])
+    agent.recluster(buffer)
+    state = agent.training_state()
+    fresh = agent_for(spec)
+    fresh.load_training_state(state)
+    assert fresh.n_modes == agent.n_modes == 2
+    assert [(t.id, t.mode, t.success) for t in fresh.trajectories] == [
+        (t.id, t.mode, t.success) for t in agent.trajectories
+    ]
+    for a, b in zip(fresh.trajectories, agent.trajectories, strict=True):
+        assert (a.path == b.path).all() and torch.equal(a.slots, b.slots)
+
+
+def test_a_scenario_without_mode_features_is_a_clear_error():
+    spec = make_spec()
+    with pytest.raises(ConfigError, match="mode_features"):
+        agent_for(spec, mode_features=[])
+    with pytest.raises(ConfigError, match="mode_features"):
+        agent_for(spec, mode_features=[9])
+
+
+@pytest.mark.slow
+def test_ddiffpg_reaches_at_least_three_goals_on_multigoal(tmp_path):
+    """The issue's check: from scratch on the 4-goal task, >= 3 distinct goals over 100
+    evaluation episodes. Measured (seed 0, this setting, one CPU core, about 8 min): see the
+    assertion message of a run; the modes are reclustered every 1000 env steps."""
+    from conftest import train_run
+
+    report, _ = train_run(
+        tmp_path / "run",
+        [
+            "scenario=multigoal",
+            "agent=ddiffpg",
+            "runner.total_steps=4000",
+            "runner.warmup_steps=500",
+            "runner.num_envs=4",
+            "runner.eval_every=0",
+            "runner.eval_episodes=100",
+            "runner.eval_num_envs=100",
+            "agent.recluster_every=1000",
+            "agent.actor_hidden=[64,64]",
+            "agent.critic_hidden=[64,64]",
+        ],
+    )
+    assert report["distinct_goals"] >= 3, report["goal_counts"]
