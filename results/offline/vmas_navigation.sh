@@ -28,7 +28,7 @@ fi
 SMALL="agent.actor_hidden=[64,64] agent.critic_hidden=[64,64]"
 declare -A AGENT_ARGS=(
   [diffusion_bc]="agent.actor_hidden=[64,64]"
-  [dtql]="$SMALL agent.bc_hidden=[64,64] agent.value_hidden=[64,64] agent.pretrain_updates=2000"
+  [dtql]="$SMALL agent.bc_hidden=[64,64] agent.value_hidden=[64,64] agent.pretrain_updates=2000 agent.critic_layer_norm=true"
   [qensemble]="$SMALL agent.critic_members=16"
 )
 run() {  # agent seed
