@@ -28,7 +28,8 @@ diffusion policy, critics centralised over the global state and joint action.
   group's embedding) plus TD3 smoothing noise (`target_noise`, clipped at `target_noise_clip`).
 - Mode embeddings (`mode_embeddings`, off by default as in the card): a fixed N(0, I) vector per
   group appended to every agent's observation, so a mode can be asked for at run time
-  (`evaluate mode=K`); collection uses the exploration group's, evaluation the zero vector.
+  (choosing one at evaluation is not wired yet); collection uses the exploration group's,
+  evaluation the zero vector.
 - Exploration: Gaussian noise on the sampled actions, its std spaced linearly over
   [`explore_noise_min`, `explore_noise_max`] across the env copies.
 
@@ -152,10 +153,7 @@ class DDiffPGAgent(ActorCriticAgent):
             spec, obs_dims=tuple(d + self.embed_dim for d in spec.obs_dims)
         )
         self.policy = make_diffusion_policy(config, widened)
-        generator = torch.Generator().manual_seed(int(torch.randint(2**31, ())))
-        self.register_buffer(
-            "embeddings", torch.randn(self.groups_max, self.embed_dim, generator=generator)
-        )
+        self.register_buffer("embeddings", torch.randn(self.groups_max, self.embed_dim))
         self.novelty = None
         if config.novelty != "none":
             self.novelty = NoveltyReward(
@@ -175,7 +173,6 @@ class DDiffPGAgent(ActorCriticAgent):
         self.next_id = 1  # 0 marks buffer slots written before tracking began
         self.steps_since_clustering = 0
         self.clustered = False
-        self.eval_group: int | None = None  # the group whose embedding evaluation uses
         self._in_flight: list[tuple[int, list, list]] | None = None  # per env copy
         self._group_slots: list[torch.Tensor] | None = None
         self.to(device)
@@ -216,7 +213,7 @@ class DDiffPGAgent(ActorCriticAgent):
         return torch.cat([obs, vec], -1)
 
     def sample_policy(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.policy.sample(self._with_embedding(obs, self.eval_group))
+        return self.policy.sample(self._with_embedding(obs, None))
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool, state: torch.Tensor | None = None):
