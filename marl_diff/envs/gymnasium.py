@@ -120,7 +120,60 @@ def _make_single(env_id: str, max_steps: int, env_kwargs: dict[str, Any]) -> gym
     return DropInfo(gym.make(env_id, **kwargs))
 
 
-class GymnasiumEnv(BatchedMultiAgentEnv):
+class SingleAgentVectorEnv(BatchedMultiAgentEnv):
+    """One agent over a Gymnasium vector env with same-step auto-reset: the reset, step and close
+    every such backend shares. Subclasses build `_venv`, `spec`, `_act_shape`, `_act_dtype` and
+    `_seed` (used by the first reset), and report per-env episode outcomes in `outcomes`."""
+
+    _venv: gym.vector.VectorEnv | None
+    _seed: int | None
+
+    def reset(self, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if seed is None:
+            seed, self._seed = self._seed, None
+        obs, _ = self._venv.reset(seed=seed)
+        obs = np.asarray(obs).reshape(self.num_envs, -1)
+        t = torch.from_numpy(np.array(obs, dtype=np.float32)).to(self.device)  # own copy
+        return t[:, None, :], t
+
+    def outcomes(
+        self, obs: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray, done: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Per-env outcomes [B] of this step, name -> values (`StepResult.info`); none here."""
+        return {}
+
+    def step(self, actions: torch.Tensor) -> StepResult:
+        act = self.scale_actions(actions.detach().cpu())[:, 0, :].numpy()
+        act = act.astype(self._act_dtype, copy=False).reshape((self.num_envs, *self._act_shape))
+        obs, reward, terminated, truncated, info = self._venv.step(act)
+        obs = np.asarray(obs).reshape(self.num_envs, -1)
+        done = np.logical_or(terminated, truncated)
+        next_obs = final_observations(obs, info, done)
+        outcomes = self.outcomes(obs, next_obs, np.asarray(terminated), done)
+        o, no, r, flags, *values = to_torch(
+            [obs, next_obs, reward, np.stack([terminated, truncated]), *outcomes.values()],
+            self.device,
+        )
+        te, tr = done_flags(flags)
+        return StepResult(
+            obs=o[:, None, :],
+            state=o,
+            reward=r[:, None],
+            terminated=te,
+            truncated=tr,
+            next_obs=no[:, None, :],
+            next_state=no,
+            info=dict(zip(outcomes, values, strict=True)),
+        )
+
+    def close(self) -> None:
+        venv = getattr(self, "_venv", None)
+        if venv is not None:
+            venv.close()
+            self._venv = None
+
+
+class GymnasiumEnv(SingleAgentVectorEnv):
     """`num_envs` copies of one single-agent Gymnasium task, seen as one agent."""
 
     Config = Config
@@ -183,39 +236,3 @@ class GymnasiumEnv(BatchedMultiAgentEnv):
             act_high=torch.tensor(high, dtype=torch.float32)[None, :],
         )
         self._venv = build_vector_env([make] * self.num_envs, config.vectorization)
-
-    def reset(self, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if seed is None:
-            seed, self._seed = self._seed, None
-        obs, _ = self._venv.reset(seed=seed)
-        obs = np.asarray(obs).reshape(self.num_envs, -1)
-        t = torch.from_numpy(np.array(obs, dtype=np.float32)).to(self.device)  # own copy
-        return t[:, None, :], t
-
-    def step(self, actions: torch.Tensor) -> StepResult:
-        act = self.scale_actions(actions.detach().cpu())[:, 0, :].numpy()
-        act = act.astype(self._act_dtype, copy=False).reshape((self.num_envs, *self._act_shape))
-        obs, reward, terminated, truncated, info = self._venv.step(act)
-        obs = np.asarray(obs).reshape(self.num_envs, -1)
-        done = np.logical_or(terminated, truncated)
-        next_obs = final_observations(obs, info, done)
-        o, no, r, flags = to_torch(
-            [obs, next_obs, reward, np.stack([terminated, truncated])], self.device
-        )
-        te, tr = done_flags(flags)
-        return StepResult(
-            obs=o[:, None, :],
-            state=o,
-            reward=r[:, None],
-            terminated=te,
-            truncated=tr,
-            next_obs=no[:, None, :],
-            next_state=no,
-            info={},
-        )
-
-    def close(self) -> None:
-        venv = getattr(self, "_venv", None)
-        if venv is not None:
-            venv.close()
-            self._venv = None

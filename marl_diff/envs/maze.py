@@ -53,14 +53,12 @@ import gymnasium_robotics  # noqa: F401  (registers the PointMaze / AntMaze ids)
 import numpy as np
 import torch
 
-from marl_diff.envs.base import BatchedMultiAgentEnv, EnvSpec, ScenarioConfig, StepResult
+from marl_diff.envs.base import EnvSpec, ScenarioConfig
 from marl_diff.envs.gymnasium import (
     VECTORIZATION_MODES,
+    SingleAgentVectorEnv,
     build_vector_env,
-    done_flags,
-    final_observations,
     quiet_mujoco_warnings,
-    to_torch,
 )
 from marl_diff.errors import ConfigError
 
@@ -200,7 +198,7 @@ def make_maze_task(cfg: MazeConfig) -> MazeTask:
     return MazeTask(env, cfg.robot, layout, cfg)
 
 
-class MazeEnv(BatchedMultiAgentEnv):
+class MazeEnv(SingleAgentVectorEnv):
     """`num_envs` copies of one maze task, seen as one agent (see the module docstring)."""
 
     Config = MazeConfig
@@ -240,60 +238,30 @@ class MazeEnv(BatchedMultiAgentEnv):
         self._venv = build_vector_env([make] * self.num_envs, config.vectorization)
 
     def reset(self, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if seed is None:
-            seed, self._seed = self._seed, None
-        obs, _ = self._venv.reset(seed=seed)
-        obs = np.array(obs, dtype=np.float64).reshape(self.num_envs, -1)
-        self._xy = obs[:, :2].copy()
+        obs, state = super().reset(seed)
+        self._xy = state[:, :2].cpu().numpy().astype(np.float64)
         self._side.fill(-1.0)
-        t = torch.from_numpy(obs.astype(np.float32)).to(self.device)
-        return t[:, None, :], t
+        return obs, state
 
-    def _outcomes(self, next_xy: np.ndarray, terminated: np.ndarray) -> tuple[np.ndarray, ...]:
-        """(success, mode) [B] for the step from self._xy to next_xy."""
+    def outcomes(
+        self, obs: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray, done: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """`success` and `mode` for the step from self._xy to next_obs's x-y; then the
+        positions the next step starts from (new episodes undecided)."""
+        next_xy = np.asarray(next_obs[:, :2], dtype=np.float64)
         success = terminated.astype(np.float64)
         if self._wall is None:
             nearest = np.linalg.norm(next_xy[:, None, :] - self._goals, axis=-1).argmin(-1)
-            return success, np.where(terminated, nearest, -1).astype(np.float64)
-        wall_x, wall_y = self._wall
-        crossed = (self._xy[:, 1] > wall_y) != (next_xy[:, 1] > wall_y)
-        x = 0.5 * (self._xy[:, 0] + next_xy[:, 0])
-        self._side = np.where(crossed, (x >= wall_x).astype(np.float64), self._side)
-        return success, self._side.copy()
-
-    def step(self, actions: torch.Tensor) -> StepResult:
-        act = self.scale_actions(actions.detach().cpu())[:, 0, :].numpy()
-        act = act.astype(self._act_dtype, copy=False).reshape((self.num_envs, *self._act_shape))
-        obs, reward, terminated, truncated, info = self._venv.step(act)
-        obs = np.asarray(obs).reshape(self.num_envs, -1)
-        terminated, truncated = np.asarray(terminated), np.asarray(truncated)
-        done = np.logical_or(terminated, truncated)
-        next_obs = final_observations(obs, info, done)
-        success, mode = self._outcomes(np.asarray(next_obs[:, :2], dtype=np.float64), terminated)
-        # new episodes start undecided from their first position
-        self._side[done] = -1.0
+            mode = np.where(terminated, nearest, -1).astype(np.float64)
+        else:
+            wall_x, wall_y = self._wall
+            crossed = (self._xy[:, 1] > wall_y) != (next_xy[:, 1] > wall_y)
+            x = 0.5 * (self._xy[:, 0] + next_xy[:, 0])
+            self._side = np.where(crossed, (x >= wall_x).astype(np.float64), self._side)
+            mode = self._side.copy()
+            self._side[done] = -1.0
         self._xy = np.array(obs[:, :2], dtype=np.float64)
-        o, no, r, flags, outcomes = to_torch(
-            [obs, next_obs, reward, np.stack([terminated, truncated]), np.stack([success, mode])],
-            self.device,
-        )
-        te, tr = done_flags(flags)
-        return StepResult(
-            obs=o[:, None, :],
-            state=o,
-            reward=r[:, None],
-            terminated=te,
-            truncated=tr,
-            next_obs=no[:, None, :],
-            next_state=no,
-            info={"success": outcomes[0], "mode": outcomes[1]},
-        )
-
-    def close(self) -> None:
-        venv = getattr(self, "_venv", None)
-        if venv is not None:
-            venv.close()
-            self._venv = None
+        return {"success": success, "mode": mode}
 
 
 __all__ = ["LAYOUTS", "ROBOTS", "MazeConfig", "MazeEnv", "MazeTask", "make_maze_task"]
