@@ -114,12 +114,18 @@ def run_episodes(agent, buffer, sides):
         agent.observe(buffer, slots, result)
 
 
-def test_trajectories_become_modes_and_groups_sample_their_own_transitions():
-    torch.manual_seed(2)
+def two_routes():
+    """(spec, agent, buffer) after four successful episodes, two round each side of a wall."""
     spec = make_spec(n_agents=1, obs_dims=(2,), act_dims=(1,), state_dim=2)
     agent = agent_for(spec)
     buffer = ReplayBuffer(100, spec, torch.device("cpu"), agent.buffer_fields())
     run_episodes(agent, buffer, [-3.0, 3.0, -3.1, 3.1])
+    return spec, agent, buffer
+
+
+def test_trajectories_become_modes_and_groups_sample_their_own_transitions():
+    torch.manual_seed(2)
+    _, agent, buffer = two_routes()
     assert len(agent.trajectories) == 4 and all(t.success for t in agent.trajectories)
     assert agent.trajectories[0].path.shape == (6, 2) and agent.trajectories[0].slots.numel() == 5
     assert agent.n_modes == 1  # nothing clustered yet
@@ -143,10 +149,7 @@ def test_trajectories_become_modes_and_groups_sample_their_own_transitions():
 
 def test_reclustering_hands_each_mode_the_critic_of_the_mode_it_overlaps():
     torch.manual_seed(3)
-    spec = make_spec(n_agents=1, obs_dims=(2,), act_dims=(1,), state_dim=2)
-    agent = agent_for(spec)
-    buffer = ReplayBuffer(100, spec, torch.device("cpu"), agent.buffer_fields())
-    run_episodes(agent, buffer, [-3.0, 3.0, -3.1, 3.1])
+    _, agent, buffer = two_routes()
     groups = agent.groups_max
 
     def group_weights():
@@ -165,10 +168,7 @@ def test_reclustering_hands_each_mode_the_critic_of_the_mode_it_overlaps():
 
 def test_checkpoint_round_trip_keeps_the_modes():
     torch.manual_seed(4)
-    spec = make_spec(n_agents=1, obs_dims=(2,), act_dims=(1,), state_dim=2)
-    agent = agent_for(spec)
-    buffer = ReplayBuffer(100, spec, torch.device("cpu"), agent.buffer_fields())
-    run_episodes(agent, buffer, [-3.0, 3.0, -3.1, 3.1])
+    spec, agent, buffer = two_routes()
     agent.recluster(buffer)
     state = agent.training_state()
     fresh = agent_for(spec)

@@ -13,7 +13,12 @@ diffusion policy, critics centralised over the global state and joint action.
   only); group k + 1 is mode k (its trajectories only, extrinsic + intrinsic reward). The batch
   is split equally over the groups in play, and all critics are members of one stacked
   `CentralCritic`, `critic_members` (2, the double Q) per group, run group by group on their own
-  share of the batch in one call (`CentralCritic.grouped`); groups not yet in play are not run.
+  share of the batch in one call (`CentralCritic.grouped_heads`); groups not yet in play are not
+  run. Each is a C51 distributional head (`critic_atoms` 51 on [`value_min`, `value_max`]),
+  trained by cross-entropy to the projected target distribution of the twin with the smaller
+  expected Q'. The bounded support is what keeps a mode's critic, trained on that mode's few
+  trajectories while bootstrapping from the shared policy's actions, from diverging: twin MSE
+  heads in its place grew to |Q| ~ 100 on multigoal within 2k env steps.
 - Modes (`marl_diff.modes`): finished episodes are kept as trajectories (their mode-feature path,
   the buffer slots they wrote, success); the successful ones are clustered by DTW with average
   linkage every `recluster_every` env steps, the failed ones join the nearest cluster, and each
@@ -24,20 +29,15 @@ diffusion policy, critics centralised over the global state and joint action.
   Mode features are the scenario's positions (`EnvSpec.mode_features`) or `mode_features`.
 - Intrinsic reward: NovelD over RND on the state with its positions NeRF-encoded
   (`agents.novelty`), recomputed on every sampled batch.
-- Critic targets: r + gamma (1 - done) min_k Q'_k(s', a'), a' from the actor itself (with the
-  group's embedding) plus TD3 smoothing noise (`target_noise`, clipped at `target_noise_clip`).
+- Critic targets: r + gamma (1 - done) Z'(s', a') of the pessimistic twin, a' from the actor
+  itself (with the group's embedding) plus TD3 smoothing noise (`target_noise`, clipped at
+  `target_noise_clip`).
 - Mode embeddings (`mode_embeddings`, off by default as in the card): a fixed N(0, I) vector per
   group appended to every agent's observation, so a mode can be asked for at run time
   (choosing one at evaluation is not wired yet); collection uses the exploration group's,
   evaluation the zero vector.
 - Exploration: Gaussian noise on the sampled actions, its std spaced linearly over
   [`explore_noise_min`, `explore_noise_max`] across the env copies.
-
-- Critics: C51 distributional heads (`critic_atoms` 51 on [`value_min`, `value_max`]), trained
-  by cross-entropy to the projected target distribution of the twin with the smaller expected
-  Q'. The bounded support is what keeps a mode's critic, trained on that mode's few
-  trajectories while bootstrapping from the shared policy's actions, from diverging: twin MSE
-  heads in its place grew to |Q| ~ 100 on multigoal within 2k env steps.
 
 Our readings, each a setting or documented here: the card takes the element-wise min of the two
 projected target distributions, which is not a distribution; we take the pessimistic twin's;
@@ -239,15 +239,22 @@ class DDiffPGAgent(ActorCriticAgent):
         ids = torch.tensor([ep[0] for ep in self._in_flight], device=buffer.device)
         buffer.extras["episode"][slots] = ids
         features = list(self.features)
-        points = buffer.storage.state[slots][:, features].cpu().numpy()
-        done = (result.terminated | result.truncated).cpu().numpy()
-        success = self.success(result).cpu().numpy()
-        cpu_slots = slots.cpu()
+        f = len(features)
+        columns = [
+            buffer.storage.state[slots][:, features],
+            result.next_state[:, features],
+            (result.terminated | result.truncated)[:, None],
+            self.success(result)[:, None],
+            slots[:, None],
+        ]
+        # one copy to the host per env step: positions, flags and slots together
+        host = torch.cat([c.double() for c in columns], -1).cpu().numpy()
+        done, success = host[:, 2 * f] > 0.5, host[:, 2 * f + 1] > 0.5
         for b, (episode, path, written) in enumerate(self._in_flight):
-            path.append(points[b])
-            written.append(int(cpu_slots[b]))
+            path.append(host[b, :f])
+            written.append(int(host[b, -1]))
             if done[b]:
-                path.append(result.next_state[b, features].cpu().numpy())
+                path.append(host[b, f : 2 * f])
                 self._store(
                     Trajectory(episode, np.stack(path), torch.tensor(written), bool(success[b]))
                 )
@@ -483,11 +490,10 @@ class DDiffPGAgent(ActorCriticAgent):
 
     def improve_targets(self, state: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         """`target_steps` Adam steps of ascent on each group's min Q from `start` [G, b, N, A],
-        clamped to the action box after every step."""
+        clamped to the action box after every step. `update` calls it with the critic frozen."""
         cfg = self.config
         action = start.detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([action], lr=cfg.target_lr)
-        self.critic.requires_grad_(False)
         for _ in range(cfg.target_steps):
             q = self.group_q(state, action)
             opt.zero_grad(set_to_none=True)
@@ -495,7 +501,6 @@ class DDiffPGAgent(ActorCriticAgent):
             opt.step()
             with torch.no_grad():
                 action.clamp_(-1.0, 1.0).mul_(self.act_mask)
-        self.critic.requires_grad_(True)
         return action.detach()
 
     # ---------------------------------------------------------------- checkpoints

@@ -49,7 +49,6 @@ from marl_diff.nn import StackedMLP
 class DTQLConfig(ActorCriticConfig):
     critic_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
     critic_activation: str = "mish"
-    critic_layer_norm: bool = False
     # the one-step policy
     actor_lr: float = 3e-4
     actor_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
