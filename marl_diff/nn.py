@@ -121,8 +121,6 @@ class StackedMLP(nn.Module):
         discovered so far out of all those allocated."""
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.members if members is None else members, -1, -1)
-        if members is None:
-            return self.net(x)
         for layer in self.net:
             stacked = isinstance(layer, (StackedLinear, StackedLayerNorm))
             x = layer(x, members) if stacked else layer(x)

@@ -97,12 +97,9 @@ def summarize_outcomes(outcomes: dict[str, list]) -> dict:
     if outcomes.get("won"):
         summary["win_rate"] = sum(float(w) for w in outcomes["won"]) / len(outcomes["won"])
     if "goal" in outcomes:
-        ends = [int(g) for episode in outcomes["goal"] for g in _as_list(episode)]
-        counts = {g: ends.count(g) for g in sorted(set(ends)) if g >= 0}
-        shares = {g: count / len(ends) for g, count in counts.items()}
+        counts, shares = _tally([int(g) for episode in outcomes["goal"] for g in _as_list(episode)])
         summary["distinct_goals"] = len(counts)
-        summary["goal_counts"] = {str(g): count for g, count in counts.items()}
-        summary["goal_shares"] = {str(g): share for g, share in shares.items()}
+        summary["goal_counts"], summary["goal_shares"] = counts, shares
         summary["modes_covered"] = sum(share >= MODE_SHARE for share in shares.values())
     if outcomes.get("success"):
         flags = [float(f) for episode in outcomes["success"] for f in _as_list(episode)]
@@ -111,11 +108,19 @@ def summarize_outcomes(outcomes: dict[str, list]) -> dict:
         modes = [int(m) for episode in outcomes["mode"] for m in _as_list(episode)]
         if outcomes.get("success") and len(flags) == len(modes):
             modes = [m if flag > 0.5 else -1 for m, flag in zip(modes, flags, strict=True)]
-        mode_counts = {m: modes.count(m) for m in sorted(set(modes)) if m >= 0}
-        summary["distinct_modes"] = len(mode_counts)
-        summary["mode_counts"] = {str(m): count for m, count in mode_counts.items()}
-        summary["mode_shares"] = {str(m): count / len(modes) for m, count in mode_counts.items()}
+        counts, shares = _tally(modes)
+        summary["distinct_modes"] = len(counts)
+        summary["mode_counts"], summary["mode_shares"] = counts, shares
     return summary
+
+
+def _tally(values: list[int]) -> tuple[dict[str, int], dict[str, float]]:
+    """Counts and shares (of all values) of each value >= 0 (-1: none reached), by str key."""
+    counts = {v: values.count(v) for v in sorted(set(values)) if v >= 0}
+    return (
+        {str(v): count for v, count in counts.items()},
+        {str(v): count / len(values) for v, count in counts.items()},
+    )
 
 
 def _as_list(value) -> list:
