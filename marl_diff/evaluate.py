@@ -1,5 +1,5 @@
 """`python -m marl_diff.evaluate run_dir=DIR [episodes=K] [sample=true|false] [seed=S]
-[num_envs=E] [device=cpu|cuda|auto]`
+[num_envs=E] [device=cpu|cuda|auto] [mode=M | modes=all]`
 
 Loads the latest checkpoint of a run and plays K episodes with decentralised execution (each
 agent acts from its own observation). Unset settings are the run's own evaluation settings
@@ -7,8 +7,13 @@ agent acts from its own observation). Unset settings are the run's own evaluatio
 seed), so with none given it repeats the run's final evaluation. `sample=true` draws every
 agent's action from its policy, the Gaussian's included (see runners/evaluation.py).
 
-The report goes to DIR/evaluations/<mode>_episodes<K>_seed<S>.json; the run's own eval.json is
-never touched.
+`mode=M` asks an agent that learned behaviour modes it can be conditioned on (DDiffPG with
+`agent.mode_embeddings=true`) for its mode M (0-based), and `modes=all` plays the same seeded
+episodes once per mode: the report's `per_mode` holds each mode's return, success rate and
+which routes or goals it took, which shows whether asking for a mode gets that behaviour.
+
+The report goes to DIR/evaluations/<sample|default>_episodes<K>_seed<S>[_mode<M>|_modes].json;
+the run's own eval.json is never touched.
 """
 
 from __future__ import annotations
@@ -32,7 +37,19 @@ SETTINGS = {
     "seed": None,
     "num_envs": None,
     "device": "auto",
+    "mode": None,
+    "modes": None,
 }
+# what one mode's entry of a `modes=all` report keeps
+PER_MODE_KEYS = (
+    "mean_return",
+    "std_return",
+    "success_rate",
+    "distinct_modes",
+    "mode_shares",
+    "modes_covered",
+    "goal_shares",
+)
 BOOLEANS = {"true": True, "false": False}
 
 
@@ -40,15 +57,21 @@ def parse(args: list[str]) -> dict:
     values = key_values(args, SETTINGS)
     if values["run_dir"] is None:
         raise ConfigError("run_dir=DIR is required (a directory made by marl_diff.run)")
-    for key in ("episodes", "seed", "num_envs"):
+    for key in ("episodes", "seed", "num_envs", "mode"):
         if values[key] is None:
             continue
         try:
             values[key] = int(values[key])
         except ValueError:
             raise ConfigError(f"{key} must be an integer, not '{values[key]}'") from None
-        if key != "seed" and values[key] <= 0:
+        if key not in ("seed", "mode") and values[key] <= 0:
             raise ConfigError(f"{key} must be positive")
+    if values["mode"] is not None and values["mode"] < 0:
+        raise ConfigError("mode must be a mode's index, 0 or more")
+    if values["modes"] not in (None, "all"):
+        raise ConfigError(f"modes can only be 'all', not '{values['modes']}'")
+    if values["mode"] is not None and values["modes"] is not None:
+        raise ConfigError("give mode=M (one mode) or modes=all, not both")
     if values["sample"] is not None:
         if values["sample"].lower() not in BOOLEANS:
             raise ConfigError(f"sample must be true or false, not '{values['sample']}'")
@@ -63,8 +86,10 @@ def evaluate_run(
     seed: int | None = None,
     num_envs: int | None = None,
     sample: bool | None = None,
+    behaviour_mode: int | str | None = None,
 ) -> tuple[dict, Path]:
-    """Evaluate a run's latest checkpoint; returns the report and the file it was written to."""
+    """Evaluate a run's latest checkpoint; returns the report and the file it was written to.
+    `behaviour_mode`: a mode index to ask the agent for, or "all" to evaluate each in turn."""
     cfg = run_config(run_dir)
     _, runner = runner_setup(cfg)
     episodes = runner.eval_episodes if episodes is None else episodes
@@ -72,19 +97,59 @@ def evaluate_run(
     num_envs = runner.eval_num_envs if num_envs is None else num_envs
     mode = runner.eval_mode if sample is None else ("sample" if sample else "default")
     loaded = load_run(run_dir, resolve_device(device), min(num_envs, episodes), seed)
+    suffix = ""
     try:
-        report = evaluate_episodes(loaded.agent, loaded.env, episodes, seed, mode)
+        if behaviour_mode is None:
+            report = evaluate_episodes(loaded.agent, loaded.env, episodes, seed, mode)
+        else:
+            asked = _asked_modes(loaded.agent, behaviour_mode, cfg)
+            per_mode = {}
+            for k in asked:
+                loaded.agent.select_mode(k)
+                per_mode[str(k)] = evaluate_episodes(loaded.agent, loaded.env, episodes, seed, mode)
+            if behaviour_mode == "all":
+                report = {
+                    "mode": mode,
+                    "episodes": episodes,
+                    "behaviour_modes": len(asked),
+                    "per_mode": {
+                        k: {key: r[key] for key in PER_MODE_KEYS if key in r}
+                        for k, r in per_mode.items()
+                    },
+                }
+                suffix = "_modes"
+            else:
+                report = {**per_mode[str(behaviour_mode)], "behaviour_mode": behaviour_mode}
+                suffix = f"_mode{behaviour_mode}"
     finally:
         loaded.env.close()
     progress = {
         k: int(loaded.checkpoint[k]) for k in ("env_steps", "updates") if k in loaded.checkpoint
     }
     report.update(progress, seed=seed, num_envs=loaded.env.num_envs)
-    out = run_dir / "evaluations" / f"{mode}_episodes{episodes}_seed{seed}.json"
+    out = run_dir / "evaluations" / f"{mode}_episodes{episodes}_seed{seed}{suffix}.json"
     out.parent.mkdir(exist_ok=True)
     with open(out, "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=1)
     return report, out
+
+
+def _asked_modes(agent, behaviour_mode: int | str, cfg) -> list[int]:
+    """The mode indices to evaluate, after checking the run's agent can be asked for them."""
+    count = agent.behaviour_modes()
+    if count == 0:
+        raise ConfigError(
+            f"mode=/modes= need an agent conditioned on learned modes (agent=ddiffpg "
+            f"agent.mode_embeddings=true); this run's agent ({cfg.agent.algorithm}) has none"
+        )
+    if behaviour_mode == "all":
+        return list(range(count))
+    if behaviour_mode >= count:
+        raise ConfigError(
+            f"mode={behaviour_mode} is out of range: this run's agent has {count} modes "
+            f"(mode=0..{count - 1})"
+        )
+    return [behaviour_mode]
 
 
 @exit_cleanly_on_user_error
@@ -97,15 +162,28 @@ def main(argv: list[str] | None = None) -> None:
         values["seed"],
         values["num_envs"],
         values["sample"],
+        values["mode"] if values["modes"] is None else values["modes"],
     )
-    modes = f", {report['modes_covered']} goals covered" if "modes_covered" in report else ""
-    if "success_rate" in report:
-        modes += f", success {report['success_rate']:.0%}"
-    if "distinct_modes" in report:
-        modes += f", {report['distinct_modes']} distinct modes"
-    print(
-        f"return {report['mean_return']:.3f} +- {report['std_return']:.3f} over "
-        f"{report['episodes']} episodes ({report['mode']}{modes}) -> {out}"
+    if "per_mode" in report:
+        for k, entry in report["per_mode"].items():
+            print(f"mode {k}: {_summary_line(entry, report)}")
+        print(f"-> {out}")
+    else:
+        print(f"{_summary_line(report, report)} -> {out}")
+
+
+def _summary_line(entry: dict, report: dict) -> str:
+    extra = f", {entry['modes_covered']} goals covered" if "modes_covered" in entry else ""
+    if "success_rate" in entry:
+        extra += f", success {entry['success_rate']:.0%}"
+    if "distinct_modes" in entry:
+        extra += f", {entry['distinct_modes']} distinct modes"
+    shares = entry.get("mode_shares", entry.get("goal_shares", {}))
+    if shares:
+        extra += " (" + ", ".join(f"{m}: {share:.0%}" for m, share in shares.items()) + ")"
+    return (
+        f"return {entry['mean_return']:.3f} +- {entry['std_return']:.3f} over "
+        f"{report['episodes']} episodes ({report['mode']}{extra})"
     )
 
 

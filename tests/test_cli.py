@@ -163,6 +163,10 @@ def test_evaluate_cli_sample_mode_draws_from_the_gaussian(trained, tmp_path):
         (["run_dir=RUN", "bogus=1"], ["bogus", "episodes=", "run_dir=", "sample="]),
         (["run_dir=RUN", "sample=maybe"], ["sample", "true or false", "maybe"]),
         (["run_dir=NOWHERE"], ["config.yaml"]),
+        (["run_dir=RUN", "mode=0"], ["mode_embeddings", "gaussian", "has none"]),
+        (["run_dir=RUN", "modes=some"], ["modes", "all", "some"]),
+        (["run_dir=RUN", "mode=0", "modes=all"], ["not both"]),
+        (["run_dir=RUN", "mode=-1"], ["mode", "0 or more"]),
     ],
 )
 def test_evaluate_cli_errors(trained, tmp_path, capsys, args, needles):

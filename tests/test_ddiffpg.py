@@ -189,6 +189,80 @@ def test_a_scenario_without_mode_features_is_a_clear_error():
         agent_for(spec, mode_features=[9])
 
 
+def test_evaluation_can_ask_for_each_mode_only_with_embeddings():
+    """With embeddings, the chosen mode's vector conditions every agent's action (the same
+    noise gives different actions for different modes); without them there is nothing to
+    choose, and a mode the agent does not have is refused."""
+    spec = make_spec(n_agents=2, obs_dims=(3, 2), act_dims=(2, 1), state_dim=4)
+    agent = agent_for(spec, mode_embeddings=True)
+    agent.n_modes = 2
+    assert agent.behaviour_modes() == 2
+    obs = torch.randn(5, 2, 3)
+    actions = {}
+    for mode in (None, 0, 1):
+        agent.select_mode(mode)
+        torch.manual_seed(0)
+        actions[mode] = agent.act(obs, explore=False)
+    assert not torch.equal(actions[0], actions[1]) and not torch.equal(actions[None], actions[0])
+    agent.select_mode(None)
+    torch.manual_seed(0)
+    torch.testing.assert_close(agent.sample_policy(obs), actions[None])
+    with pytest.raises(ConfigError, match="2 modes"):
+        agent.select_mode(2)
+    plain = agent_for(spec)
+    assert plain.behaviour_modes() == 0
+    with pytest.raises(ConfigError, match="mode_embeddings"):
+        plain.select_mode(0)
+
+
+def test_evaluate_reports_each_mode_asked_for(tmp_path, capsys):
+    """`evaluate modes=all` on a trained run plays the same seeded episodes once per mode (two
+    here: the checkpoint is given a second mode), and `mode=K` one of them, in its own file."""
+    from conftest import train_run
+
+    from marl_diff import evaluate
+
+    run_dir = tmp_path / "run"
+    train_run(
+        run_dir,
+        [
+            "scenario=pointmaze_two_routes",
+            "agent=ddiffpg",
+            "runner.total_steps=200",
+            "runner.warmup_steps=100",
+            "runner.batch_size=32",
+            "runner.eval_every=0",
+            "runner.eval_episodes=2",
+            "runner.eval_num_envs=2",
+            "scenario.max_steps=30",
+            "scenario.reward=dense",
+            "agent.mode_embeddings=true",
+            "agent.actor_hidden=[16,16]",
+            "agent.critic_hidden=[16,16]",
+            "agent.diffusion_steps=3",
+            "agent.critic_atoms=11",
+        ],
+    )
+    checkpoint = sorted((run_dir / "checkpoints").iterdir())[-1]
+    state = torch.load(checkpoint, weights_only=True)
+    state["agent"]["modes"]["n_modes"] = 2
+    torch.save(state, checkpoint)
+
+    report, out = evaluate.evaluate_run(run_dir, episodes=2, device="cpu", behaviour_mode="all")
+    assert out.name.endswith("_modes.json") and report["behaviour_modes"] == 2
+    assert set(report["per_mode"]) == {"0", "1"}
+    assert all("success_rate" in entry for entry in report["per_mode"].values())
+    returns = [entry["mean_return"] for entry in report["per_mode"].values()]
+    assert returns[0] != returns[1]  # different embeddings on the same seeded episodes
+    one, out = evaluate.evaluate_run(run_dir, episodes=2, device="cpu", behaviour_mode=1)
+    assert out.name.endswith("_mode1.json") and one["behaviour_mode"] == 1
+    assert one["mean_return"] == report["per_mode"]["1"]["mean_return"]
+    with pytest.raises(SystemExit) as info:
+        evaluate.main([f"run_dir={run_dir}", "mode=2", "device=cpu"])
+    assert info.value.code == 2
+    assert "mode=0..1" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_ddiffpg_reaches_at_least_three_goals_on_multigoal(tmp_path):
     """The issue's check: from scratch on the 4-goal task, >= 3 distinct goals over 100

@@ -108,6 +108,17 @@ class Agent(nn.Module, ABC):
         """The batch the next `update` learns from: by default uniform transitions."""
         return buffer.sample(batch_size, generator)
 
+    def behaviour_modes(self) -> int:
+        """How many learned behaviour modes `select_mode` can ask for; 0: the agent's policy is
+        not conditioned on a mode (every agent but DDiffPG with mode embeddings)."""
+        return 0
+
+    def select_mode(self, mode: int | None) -> None:
+        """Act in mode `mode` (0-based, below `behaviour_modes()`) whenever not exploring
+        (`act(explore=False)`, `sample_policy`); None: unconditioned, the default."""
+        if mode is not None:
+            raise ConfigError(f"agent '{self.config.algorithm}' has no behaviour modes to select")
+
     def training_state(self) -> dict:
         """Everything needed to resume: parameters, optimiser states, counters."""
         return {

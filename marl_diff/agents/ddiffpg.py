@@ -34,8 +34,8 @@ diffusion policy, critics centralised over the global state and joint action.
   `target_noise_clip`).
 - Mode embeddings (`mode_embeddings`, off by default as in the card): a fixed N(0, I) vector per
   group appended to every agent's observation, so a mode can be asked for at run time
-  (choosing one at evaluation is not wired yet); collection uses the exploration group's,
-  evaluation the zero vector.
+  (`select_mode`; `python -m marl_diff.evaluate run_dir=... mode=K` or `modes=all`);
+  collection uses the exploration group's vector, unconditioned evaluation the zero vector.
 - Exploration: Gaussian noise on the sampled actions, its std spaced linearly over
   [`explore_noise_min`, `explore_noise_max`] across the env copies.
 
@@ -175,6 +175,7 @@ class DDiffPGAgent(ActorCriticAgent):
         self.clustered = False
         self._in_flight: list[tuple[int, list, list]] | None = None  # per env copy
         self._group_slots: list[torch.Tensor] | None = None
+        self.eval_group: int | None = None  # the group whose embedding evaluation acts with
         self.to(device)
         self.setup_optimizers()
         self.optimizers["actor"] = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
@@ -213,7 +214,18 @@ class DDiffPGAgent(ActorCriticAgent):
         return torch.cat([obs, vec], -1)
 
     def sample_policy(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.policy.sample(self._with_embedding(obs, None))
+        return self.policy.sample(self._with_embedding(obs, self.eval_group))
+
+    def behaviour_modes(self) -> int:
+        return self.n_modes if self.embed_dim else 0
+
+    def select_mode(self, mode: int | None) -> None:
+        if mode is not None and not 0 <= mode < self.behaviour_modes():
+            raise ConfigError(
+                f"mode {mode} is not one of this agent's {self.behaviour_modes()} modes"
+                + ("" if self.embed_dim else " (trained without agent.mode_embeddings)")
+            )
+        self.eval_group = None if mode is None else mode + 1
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool, state: torch.Tensor | None = None):
