@@ -6,6 +6,8 @@ by its agent name, by `group=<config key>` (e.g. `group=scenario.n_agents` for a
 study) or, with `group=folder`, by the folder holding it (`runs/<variant>/seed0`: two settings of
 one agent stay apart); seeds are averaged, and PREFIX.png (mean +- std over seeds against env
 steps) and PREFIX.md (final value per group, speeds, the command) are written.
+
+`modes` and `trajectories` report the routes and goals runs take (marl_diff.mode_report).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from statistics import mean, pstdev
 from omegaconf import OmegaConf
 
 from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
+from marl_diff.mode_report import modes, trajectories
 
 CURVES_SETTINGS = {"runs": None, "out": None, "metric": "eval/return", "group": "agent.name"}
 
@@ -165,7 +168,7 @@ def _plot(groups: dict[str, list[dict]], metric: str, path: Path, title: str, x_
     plt.close(fig)
 
 
-REPORTS = {"curves": curves}
+REPORTS = {"curves": curves, "modes": modes, "trajectories": trajectories}
 
 
 @exit_cleanly_on_user_error

@@ -217,7 +217,8 @@ def test_evaluation_can_ask_for_each_mode_only_with_embeddings():
 
 def test_evaluate_reports_each_mode_asked_for(tmp_path, capsys):
     """`evaluate modes=all` on a trained run plays the same seeded episodes once per mode (two
-    here: the checkpoint is given a second mode), and `mode=K` one of them, in its own file."""
+    here: the checkpoint is given a second mode), and `mode=K` one of them, in its own file;
+    `report trajectories` draws the run's paths."""
     from conftest import train_run
 
     from marl_diff import evaluate
@@ -261,6 +262,17 @@ def test_evaluate_reports_each_mode_asked_for(tmp_path, capsys):
         evaluate.main([f"run_dir={run_dir}", "mode=2", "device=cpu"])
     assert info.value.code == 2
     assert "mode=0..1" in capsys.readouterr().err
+
+    # the trajectory picture of the same run: paths from the reset cell, 30 steps at most
+    from marl_diff.mode_report import play_paths, trajectories
+
+    episodes, landmarks = play_paths(run_dir, 3)
+    assert len(episodes) == 3 and len(landmarks["walls"]) == 17
+    for path, _ in episodes:
+        assert 2 <= len(path) <= 31 and abs(path[0][0]) < 0.3 and abs(path[0][1] - 1) < 0.3
+    written = trajectories([f"runs={tmp_path}", "episodes=3", f"out={tmp_path / 't'}"])
+    assert written == str(tmp_path / "t_pointmaze_two_routes.png")
+    assert (tmp_path / "t_pointmaze_two_routes.png").stat().st_size > 0
 
 
 @pytest.mark.slow

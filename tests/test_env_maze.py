@@ -160,6 +160,21 @@ def test_truncation_at_max_steps_with_true_final_obs(vectorization):
         raw.close()
 
 
+def test_landmarks_are_the_maps_walls_and_goals_in_world_coordinates():
+    """The 5x5 map has 17 wall cells (16 border, 1 centre); one cell is one unit, centred on
+    the origin, so the centre wall is the unit box around (0, 0) and the goal cell is (0, -1)."""
+    env = maze(num_envs=1, layout="two_routes")
+    try:
+        marks = env.landmarks()
+    finally:
+        env.close()
+    assert len(marks["walls"]) == 17
+    assert (-0.5, -0.5, 0.5, 0.5) in [tuple(round(v, 6) for v in box) for box in marks["walls"]]
+    assert marks["goals"] == [[0.0, -1.0]]
+    xs = [v for box in marks["walls"] for v in box[::2]]
+    assert min(xs) == -2.5 and max(xs) == 2.5
+
+
 def test_two_routes_left_is_mode_0_and_right_is_mode_1():
     env = maze(num_envs=2, seed=1, layout="two_routes", max_steps=250)
     try:

@@ -52,6 +52,7 @@ def test_goal_layout():
     env = make_env(cfg(), 2, "cpu", 0)
     expected = torch.tensor([[5.0, 0.0], [0.0, 5.0], [-5.0, 0.0], [0.0, -5.0]])
     assert torch.allclose(env.goals, expected, atol=1e-6)
+    assert torch.allclose(torch.tensor(env.landmarks()["goals"]), expected, atol=1e-6)
 
 
 def test_straight_to_plus_x_goal():

@@ -73,6 +73,93 @@ def test_curves_errors_name_the_problem(tmp_path):
         report.curves([f"runs={tmp_path}"])
 
 
+def finished(run_dir, scenario: str, agent: str, seed: int, evaluation: dict, per_mode=None):
+    """A finished run's config.yaml and eval.json (and a `modes=all` evaluation)."""
+    run_dir.mkdir(parents=True)
+    config = {"scenario": {"name": scenario}, "agent": {"name": agent}, "seed": seed}
+    OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
+    (run_dir / "eval.json").write_text(
+        json.dumps({"episodes": 10, "env_steps": 4000, **evaluation})
+    )
+    if per_mode is not None:
+        (run_dir / "evaluations").mkdir()
+        modes = {"behaviour_modes": len(per_mode), "per_mode": per_mode}
+        (run_dir / "evaluations" / "sample_episodes10_seed9_modes.json").write_text(
+            json.dumps(modes)
+        )
+
+
+def test_modes_report_counts_routes_and_goals_over_seeds(tmp_path):
+    runs = tmp_path / "runs"
+    maze = {"mean_return": 10.0, "success_rate": 1.0}
+    finished(
+        runs / "m" / "a" / "s0",
+        "maze",
+        "ddiffpg",
+        0,
+        {**maze, "distinct_modes": 2, "mode_shares": {"0": 0.6, "1": 0.4}},
+        per_mode={
+            "0": {"mean_return": 9.0, "success_rate": 0.9, "mode_shares": {"0": 0.9}},
+            "1": {"mean_return": 8.0, "success_rate": 0.8, "mode_shares": {"1": 0.8}},
+        },
+    )
+    finished(
+        runs / "m" / "a" / "s1",
+        "maze",
+        "ddiffpg",
+        1,
+        {**maze, "distinct_modes": 1, "mode_shares": {"0": 1.0}},
+    )
+    finished(
+        runs / "m" / "b" / "s0",
+        "maze",
+        "gaussian",
+        0,
+        {"mean_return": 5.0, "success_rate": 0.5, "distinct_modes": 1, "mode_shares": {"1": 0.5}},
+    )
+    finished(
+        runs / "g" / "a" / "s0",
+        "multigoal",
+        "ddpl",
+        0,
+        {
+            "mean_return": 1.0,
+            "distinct_goals": 4,
+            "modes_covered": 3,
+            "goal_shares": {"0": 0.5, "1": 0.3, "2": 0.15, "3": 0.05},
+        },
+    )
+    text = report.modes([f"runs={runs}", f"out={tmp_path / 'modes'}"])
+    assert (tmp_path / "modes.md").read_text() == text
+    assert "## maze" in text and "## multigoal" in text
+    assert (
+        "| ddiffpg | 2 | 4000 | 10 | 10.00 +- 0.00 | 1.00 +- 0.00 | 1.50 +- 0.50 "
+        "| 1.50 +- 0.50 | 0: 80%, 1: 20% | 2, 1 |" in text
+    )
+    assert (
+        "| gaussian | 1 | 4000 | 10 | 5.00 +- 0.00 | 0.50 +- 0.00 | 1.00 +- 0.00 "
+        "| 1.00 +- 0.00 | 1: 50% | 1 |" in text
+    )
+    # multigoal: the goal with 5% of the episodes is reached but not covered; no success column
+    assert (
+        "| ddpl | 1 | 4000 | 10 | 1.00 +- 0.00 |  | 4.00 +- 0.00 | 3.00 +- 0.00 "
+        "| 0: 50%, 1: 30%, 2: 15%, 3: 5% | 4 |" in text
+    )
+    assert "| ddiffpg | 0 | 2 | 0 | 9.00 | 90% | 0: 90% |" in text
+    assert "| ddiffpg | 0 | 2 | 1 | 8.00 | 80% | 1: 80% |" in text
+
+
+def test_mode_reports_errors_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="runs=DIR is required"):
+        report.modes([])
+    with pytest.raises(ConfigError, match="not a folder"):
+        report.modes([f"runs={tmp_path / 'none'}"])
+    with pytest.raises(MarlDiffError, match="no finished runs"):
+        report.trajectories([f"runs={tmp_path}"])
+    with pytest.raises(ConfigError, match="integers"):
+        report.trajectories([f"runs={tmp_path}", "seed=first"])
+
+
 def test_update_benchmark_writes_one_row_per_agent(tmp_path):
     out = tmp_path / "update.md"
     text = bench.update(

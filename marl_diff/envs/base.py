@@ -153,6 +153,12 @@ class BatchedMultiAgentEnv(ABC):
     def close(self) -> None:
         """Release simulator resources (processes, GPU memory)."""
 
+    def landmarks(self) -> dict[str, list]:
+        """What a picture of the plane of the mode features (`EnvSpec.mode_features`) should
+        show behind the agents' paths: `goals` [(x, y)] and `walls` [(x_min, y_min, x_max,
+        y_max)]; empty where the scenario has no such plane."""
+        return {}
+
     def snapshot(self) -> dict[str, torch.Tensor] | None:
         """The episodes in flight (simulator state, step counters, random streams) as tensors,
         so that a resumed run continues them exactly; None where the simulator cannot be

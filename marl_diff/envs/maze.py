@@ -150,6 +150,14 @@ class MazeTask(gym.Wrapper):
         self.wall_xy = (
             None if layout.wall_cell is None else maze.cell_rowcol_to_xy(np.array(layout.wall_cell))
         )
+        half = self.cell_size / 2
+        self.wall_boxes = [
+            (x - half, y - half, x + half, y + half)
+            for i, row in enumerate(layout.maze_map)
+            for j, cell in enumerate(row)
+            if cell == 1
+            for x, y in [maze.cell_rowcol_to_xy(np.array((i, j))).tolist()]
+        ]
         self._robot = robot
         self._options = {"reset_cell": layout.reset_cell, "goal_cell": layout.goal_cells[0]}
         self._tolerance = float(cfg.goal_tolerance)
@@ -214,7 +222,7 @@ class MazeEnv(SingleAgentVectorEnv):
         probe = make()
         act_space, obs_space = probe.action_space, probe.observation_space
         self.cell_size = probe.cell_size
-        goals, wall_xy = probe.goals, probe.wall_xy
+        goals, wall_xy, self._wall_boxes = probe.goals, probe.wall_xy, probe.wall_boxes
         probe.close()
         self.goals = torch.tensor(goals, dtype=torch.float32, device=self.device)  # [G, 2]
         self._goals = goals
@@ -242,6 +250,9 @@ class MazeEnv(SingleAgentVectorEnv):
         self._xy = state[:, :2].cpu().numpy().astype(np.float64)
         self._side.fill(-1.0)
         return obs, state
+
+    def landmarks(self) -> dict[str, list]:
+        return {"goals": self._goals.tolist(), "walls": list(self._wall_boxes)}
 
     def outcomes(
         self, obs: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray, done: np.ndarray

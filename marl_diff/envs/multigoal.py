@@ -119,6 +119,9 @@ class MultiGoalEnv(BatchedMultiAgentEnv):
         self._t.zero_()
         return self._observe()
 
+    def landmarks(self) -> dict[str, list]:
+        return {"goals": self.goals.tolist()}
+
     def snapshot(self) -> dict[str, torch.Tensor]:
         return {
             "pos": self._pos.clone(),
