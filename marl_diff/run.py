@@ -7,7 +7,6 @@ with the valid choices. `python -m marl_diff.run list` prints the catalog.
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -71,8 +70,6 @@ def prepare_arguments(args: list[str]) -> list[str]:
         if not resuming:  # a resumed run keeps its saved runner
             overrides.append(f"runner={runner}")
 
-    if not resuming:
-        overrides += _agent_defaults(chosen, parsed)
 
     result = []
     for raw, ov in zip(overrides, parsed, strict=False):
@@ -91,19 +88,20 @@ def prepare_arguments(args: list[str]) -> list[str]:
     return flags + result
 
 
-def _agent_defaults(chosen: dict[str, list[str]], parsed) -> list[str]:
-    """`agent.<key>=value` overrides from the scenario's `agent_defaults` for the chosen agent,
-    except keys the command line sets itself (only for a single scenario and agent)."""
-    if len(chosen["scenario"]) != 1 or len(chosen["agent"]) != 1:
-        return []
-    scenario = catalog.load("scenario", chosen["scenario"][0])
-    table = OmegaConf.to_container(scenario.get("agent_defaults", OmegaConf.create({})))
-    given = {ov.key_or_group for ov in parsed}
-    return [
-        f"agent.{key}={json.dumps(value)}"
-        for key, value in table.get(chosen["agent"][0], {}).items()
-        if f"agent.{key}" not in given
-    ]
+def with_agent_defaults(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """`cfg` with its scenario's `agent_defaults` for its agent applied, except the keys the
+    command line `overrides` set. Called on each composed job (one run, or every job of a `-m`
+    sweep with its own scenario and agent), never on a resumed run, which keeps its saved
+    settings."""
+    if cfg.get("resume"):
+        return cfg
+    table = cfg.scenario.get("agent_defaults") or {}
+    defaults = table.get(str(cfg.agent.name)) or {}
+    given = {o.lstrip("+~").partition("=")[0] for o in overrides}
+    for key, value in defaults.items():
+        if f"agent.{key}" not in given:
+            cfg.agent[key] = value
+    return cfg
 
 
 def _check_key(raw: str, key: str, group: str, names: list[str]) -> str:
@@ -249,14 +247,16 @@ def compose(args: list[str]) -> DictConfig:
     register_catalog()
     GlobalHydra.instance().clear()
     with initialize(version_base="1.3", config_path=None):
-        return hydra_compose("marl_diff", overrides=prepare_arguments(args))
+        cfg = hydra_compose("marl_diff", overrides=prepare_arguments(args))
+    return with_agent_defaults(cfg, args)
 
 
 def hydra_task(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
+    overrides = list(HydraConfig.get().overrides.task)
     try:
-        return launch(cfg, list(HydraConfig.get().overrides.task))["mean_return"]
+        return launch(with_agent_defaults(cfg, overrides), overrides)["mean_return"]
     except MarlDiffError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

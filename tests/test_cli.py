@@ -234,6 +234,33 @@ def test_multirun_makes_one_run_dir_per_job(run_cli, tmp_path, tiny_args):
         assert (run / "eval.json").is_file()
 
 
+def test_a_sweep_over_agents_applies_each_jobs_agent_defaults(run_cli, tmp_path, tiny_args):
+    """`-m agent=gaussian,ddpl` on multigoal: the ddpl job gets multigoal's ddpl defaults (soft
+    target, 32 candidates) as a single run would, the Gaussian none of them, and a key the command
+    line gives still wins in every job."""
+    args = [a for a in tiny_args if not a.startswith(("scenario=", "agent=", "runner.total"))]
+    proc = run_cli(
+        [
+            "-m",
+            "scenario=multigoal",
+            "agent=gaussian,ddpl",
+            *args,
+            "runner.total_steps=150",
+            "agent.target_entropy_scale=0.3",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    root = tmp_path / "results" / "runs" / "multigoal"
+    (ddpl_run,) = (root / "ddpl").iterdir()
+    (gaussian_run,) = (root / "gaussian").iterdir()
+    ddpl = OmegaConf.load(ddpl_run / "config.yaml").agent
+    assert ddpl.target == "soft" and ddpl.n_candidates == 32 and ddpl.policy_delay == 1
+    assert ddpl.target_entropy_scale == 0.3
+    gaussian = OmegaConf.load(gaussian_run / "config.yaml").agent
+    assert "target" not in gaussian and gaussian.target_entropy_scale == 0.3
+
+
 # ---------------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     "args, needles",
