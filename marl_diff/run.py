@@ -70,7 +70,6 @@ def prepare_arguments(args: list[str]) -> list[str]:
         if not resuming:  # a resumed run keeps its saved runner
             overrides.append(f"runner={runner}")
 
-
     result = []
     for raw, ov in zip(overrides, parsed, strict=False):
         key = ov.key_or_group
@@ -84,7 +83,7 @@ def prepare_arguments(args: list[str]) -> list[str]:
         else:
             valid = [*TOP_LEVEL, *(f"{g}.<key>" for g in catalog.GROUPS), *catalog.GROUPS]
             raise ConfigError(f"unknown setting '{key}'. Valid settings: {choices(valid)}.")
-    result.extend(overrides[len(parsed) :])  # the runner and agent defaults we added
+    result.extend(overrides[len(parsed) :])  # the default runner we added
     return flags + result
 
 
