@@ -313,7 +313,7 @@ def test_ddiffpg_reaches_at_least_three_goals_on_multigoal(tmp_path):
 @pytest.mark.slow
 def test_ddiffpg_team_of_two_finds_several_goal_combinations_on_multigoal(tmp_path):
     """N = 2: each agent its own actor, modes clustered on the joint positions. Measured (seed 0,
-    this setting, about 8 min on one free CPU core): all 4 goals reached, 4 modes, both agents at
+    this setting, about 13 min on one free CPU core): all 4 goals reached, 4 modes, both agents at
     a goal in 76 of 100 episodes, 8 distinct goal pairs among them."""
     from conftest import train_run
 
