@@ -26,7 +26,7 @@ from marl_diff.errors import ConfigError, exit_cleanly_on_user_error
 from marl_diff.experiment import load_run, run_config, runner_setup
 from marl_diff.run import resolve_device
 from marl_diff.runners.base import eval_seed
-from marl_diff.runners.evaluation import evaluate_episodes
+from marl_diff.runners.evaluation import evaluate_episodes, outcome_shares
 from marl_diff.typed_config import key_values
 
 # None: the run's own setting
@@ -178,7 +178,7 @@ def _summary_line(entry: dict, report: dict) -> str:
         extra += f", success {entry['success_rate']:.0%}"
     if "distinct_modes" in entry:
         extra += f", {entry['distinct_modes']} distinct modes"
-    shares = entry.get("mode_shares", entry.get("goal_shares", {}))
+    shares = outcome_shares(entry)
     if shares:
         extra += " (" + ", ".join(f"{m}: {share:.0%}" for m, share in shares.items()) + ")"
     return (

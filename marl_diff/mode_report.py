@@ -26,9 +26,10 @@ from statistics import mean, pstdev
 import torch
 from omegaconf import OmegaConf
 
+from marl_diff.envs.base import episode_success
 from marl_diff.errors import ConfigError, MarlDiffError
 from marl_diff.runners.base import eval_seed
-from marl_diff.runners.evaluation import MODE_SHARE
+from marl_diff.runners.evaluation import MODE_SHARE, outcome_shares
 from marl_diff.typed_config import key_values
 
 MODES_SETTINGS = {"runs": None, "out": None}
@@ -50,12 +51,6 @@ def finished_runs(root: Path) -> dict[tuple[str, str], list[tuple[Path, dict]]]:
     for runs in groups.values():
         runs.sort(key=lambda run: int(run[1].seed))
     return groups
-
-
-def _shares(report: dict) -> dict[str, float]:
-    """A report's shares of the episodes by route or goal (mazes: `mode_shares`, successful
-    episodes only; multigoal: `goal_shares`)."""
-    return report.get("mode_shares", report.get("goal_shares", {}))
 
 
 def _mean_std(values: list[float]) -> str:
@@ -88,10 +83,12 @@ def modes(args: list[str]) -> str:
                 continue
             reports = [json.loads((d / "eval.json").read_text()) for d, _ in runs]
             distinct = [r.get("distinct_modes", r.get("distinct_goals", 0)) for r in reports]
-            covered = [sum(share >= MODE_SHARE for share in _shares(r).values()) for r in reports]
-            keys = sorted({k for r in reports for k in _shares(r)}, key=int)
+            covered = [
+                sum(share >= MODE_SHARE for share in outcome_shares(r).values()) for r in reports
+            ]
+            keys = sorted({k for r in reports for k in outcome_shares(r)}, key=int)
             shares = ", ".join(
-                f"{k}: {mean(_shares(r).get(k, 0.0) for r in reports):.0%}" for k in keys
+                f"{k}: {mean(outcome_shares(r).get(k, 0.0) for r in reports):.0%}" for k in keys
             )
             success = (
                 _mean_std([r["success_rate"] for r in reports])
@@ -133,7 +130,7 @@ def _per_mode_rows(agent: str, runs: list[tuple[Path, dict]]) -> list[str]:
         report = json.loads(files[-1].read_text())
         for k, entry in report["per_mode"].items():
             success = f"{entry['success_rate']:.0%}" if "success_rate" in entry else ""
-            taken = ", ".join(f"{m}: {s:.0%}" for m, s in _shares(entry).items()) or "none"
+            taken = ", ".join(f"{m}: {s:.0%}" for m, s in outcome_shares(entry).items()) or "none"
             rows.append(
                 f"| {agent} | {cfg.seed} | {report['behaviour_modes']} | {k} "
                 f"| {entry['mean_return']:.2f} | {success} | {taken} |"
@@ -174,7 +171,7 @@ def trajectories(args: list[str]) -> str:
 def play_paths(run_dir: Path, episodes: int) -> tuple[list, dict]:
     """`episodes` episodes of the run's checkpoint, one per env copy, every agent sampling its
     policy: each episode's path [(x, y)] in the first two mode features, whether it succeeded
-    (reached a goal), and the scenario's landmarks."""
+    (`episode_success`), and the scenario's landmarks."""
     from marl_diff.experiment import load_run
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
@@ -188,34 +185,24 @@ def play_paths(run_dir: Path, episodes: int) -> tuple[list, dict]:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             obs, state = env.reset(seed=seed)
-            paths = [[state[i, features].tolist()] for i in range(episodes)]
-            ended = [False] * episodes
-            reached = [False] * episodes
-            for _ in range(env.spec.max_episode_steps or 1000):
+            positions = [state[:, features]]
+            ends = torch.full((episodes,), -1, dtype=torch.long)  # each copy's first episode end
+            reached = torch.zeros(episodes, dtype=torch.bool)
+            for step in range(1, (env.spec.max_episode_steps or 1000) + 1):
                 result = env.step(agent.sample_policy(obs))
-                done = (result.terminated | result.truncated).tolist()
-                for i in range(episodes):
-                    if ended[i]:
-                        continue
-                    paths[i].append(result.next_state[i, features].tolist())
-                    if done[i]:
-                        ended[i] = True
-                        reached[i] = _reached(result.info, i)
+                positions.append(result.next_state[:, features])
+                done = (result.terminated | result.truncated).cpu() & (ends < 0)
+                ends[done] = step
+                reached |= done & episode_success(result).cpu()
                 obs = result.obs
-                if all(ended):
+                if (ends >= 0).all():
                     break
         landmarks = env.landmarks()
     finally:
         env.close()
-    return list(zip(paths, reached, strict=True)), landmarks
-
-
-def _reached(info: dict[str, torch.Tensor], i: int) -> bool:
-    if "success" in info:
-        return bool(info["success"][i] > 0.5)
-    if "goal" in info:
-        return bool((info["goal"][i] >= 0).all())
-    return False
+    tracks = torch.stack(positions, 1).cpu()  # [episodes, steps + 1, 2]
+    paths = [tracks[i, : int(end) + 1 if end >= 0 else None].tolist() for i, end in enumerate(ends)]
+    return list(zip(paths, reached.tolist(), strict=True)), landmarks
 
 
 def _draw(panels: list, path: Path, title: str) -> None:

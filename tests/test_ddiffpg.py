@@ -283,6 +283,22 @@ def test_evaluate_reports_each_mode_asked_for(tmp_path, capsys):
     assert (tmp_path / "t_pointmaze_two_routes.png").stat().st_size > 0
 
 
+# The slow multigoal checks' setting (the README's ddiffpg command): small networks, 4 envs,
+# a clustering every 1000 env steps, 100 evaluation episodes at the end.
+MULTIGOAL_STUDY = [
+    "scenario=multigoal",
+    "agent=ddiffpg",
+    "runner.warmup_steps=500",
+    "runner.num_envs=4",
+    "runner.eval_every=0",
+    "runner.eval_episodes=100",
+    "runner.eval_num_envs=100",
+    "agent.recluster_every=1000",
+    "agent.actor_hidden=[64,64]",
+    "agent.critic_hidden=[64,64]",
+]
+
+
 @pytest.mark.slow
 def test_ddiffpg_reaches_at_least_three_goals_on_multigoal(tmp_path):
     """The issue's check: from scratch on the 4-goal task, >= 3 distinct goals over 100
@@ -291,22 +307,7 @@ def test_ddiffpg_reaches_at_least_three_goals_on_multigoal(tmp_path):
     4 modes found by the reclusterings every 1000 env steps."""
     from conftest import train_run
 
-    report, _ = train_run(
-        tmp_path / "run",
-        [
-            "scenario=multigoal",
-            "agent=ddiffpg",
-            "runner.total_steps=4000",
-            "runner.warmup_steps=500",
-            "runner.num_envs=4",
-            "runner.eval_every=0",
-            "runner.eval_episodes=100",
-            "runner.eval_num_envs=100",
-            "agent.recluster_every=1000",
-            "agent.actor_hidden=[64,64]",
-            "agent.critic_hidden=[64,64]",
-        ],
-    )
+    report, _ = train_run(tmp_path / "run", [*MULTIGOAL_STUDY, "runner.total_steps=4000"])
     assert report["distinct_goals"] >= 3, report["goal_counts"]
 
 
@@ -319,20 +320,7 @@ def test_ddiffpg_team_of_two_finds_several_goal_combinations_on_multigoal(tmp_pa
 
     report, _ = train_run(
         tmp_path / "run",
-        [
-            "scenario=multigoal",
-            "scenario.n_agents=2",
-            "agent=ddiffpg",
-            "runner.total_steps=6000",
-            "runner.warmup_steps=500",
-            "runner.num_envs=4",
-            "runner.eval_every=0",
-            "runner.eval_episodes=100",
-            "runner.eval_num_envs=100",
-            "agent.recluster_every=1000",
-            "agent.actor_hidden=[64,64]",
-            "agent.critic_hidden=[64,64]",
-        ],
+        [*MULTIGOAL_STUDY, "scenario.n_agents=2", "runner.total_steps=6000"],
     )
     pairs = [tuple(int(g) for g in episode) for episode in report["outcomes"]["goal"]]
     both = [pair for pair in pairs if min(pair) >= 0]

@@ -69,7 +69,7 @@ from marl_diff.agents.base import (
 from marl_diff.agents.diffusion_actor import DiffusionPolicyConfig, make_diffusion_policy
 from marl_diff.agents.novelty import NoveltyReward
 from marl_diff.buffer import Batch, ReplayBuffer
-from marl_diff.envs.base import EnvSpec, StepResult
+from marl_diff.envs.base import EnvSpec, StepResult, episode_success
 from marl_diff.errors import ConfigError
 from marl_diff.modes import ModeDiscoveryConfig, assign_to_clusters, discover
 
@@ -268,7 +268,7 @@ class DDiffPGAgent(ActorCriticAgent):
             buffer.storage.state[slots][:, features],
             result.next_state[:, features],
             (result.terminated | result.truncated)[:, None],
-            self.success(result)[:, None],
+            episode_success(result)[:, None],
             slots[:, None],
         ]
         # one copy to the host per env step: positions, flags and slots together
@@ -290,17 +290,6 @@ class DDiffPGAgent(ActorCriticAgent):
     def _new_id(self) -> int:
         self.next_id += 1
         return self.next_id - 1
-
-    @staticmethod
-    def success(result: StepResult) -> torch.Tensor:
-        """[B] bool: which finished episodes succeeded (see the module docstring)."""
-        info = result.info
-        if "success" in info:
-            return info["success"] > 0.5
-        if "goal" in info:
-            goal = info["goal"]
-            return (goal >= 0).all(-1) if goal.dim() > 1 else goal >= 0
-        return result.terminated
 
     def _store(self, trajectory: Trajectory) -> None:
         if self.clustered and self.n_modes > 1:

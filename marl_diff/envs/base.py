@@ -103,6 +103,18 @@ class StepResult(NamedTuple):
     info: dict[str, torch.Tensor]
 
 
+def episode_success(result: StepResult) -> torch.Tensor:
+    """[B] bool: which copies' episodes ending at this step succeeded: the scenario's `success`
+    outcome (the mazes), else every agent at a goal (`goal`, multigoal), else termination."""
+    info = result.info
+    if "success" in info:
+        return info["success"] > 0.5
+    if "goal" in info:
+        goal = info["goal"]
+        return (goal >= 0).all(-1) if goal.dim() > 1 else goal >= 0
+    return result.terminated
+
+
 def pad_stack(per_agent: Sequence[torch.Tensor], width: int) -> torch.Tensor:
     """Stack per-agent [B, d_i] tensors into [B, N, width], zero-padding the last dim."""
     if all(x.shape[-1] == width for x in per_agent):

@@ -114,6 +114,12 @@ def summarize_outcomes(outcomes: dict[str, list]) -> dict:
     return summary
 
 
+def outcome_shares(summary: dict) -> dict[str, float]:
+    """A summary's shares of the episodes by route or goal: `mode_shares` (the mazes, successful
+    episodes only) or `goal_shares` (multigoal, agent-episodes); empty when it has neither."""
+    return summary.get("mode_shares", summary.get("goal_shares", {}))
+
+
 def _tally(values: list[int]) -> tuple[dict[str, int], dict[str, float]]:
     """Counts and shares (of all values) of each value >= 0 (-1: none reached), by str key."""
     counts = {v: values.count(v) for v in sorted(set(values)) if v >= 0}
