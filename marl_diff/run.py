@@ -7,6 +7,7 @@ with the valid choices. `python -m marl_diff.run list` prints the catalog.
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -18,10 +19,12 @@ from marl_diff import catalog, experiment
 from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
 
 DEFAULTS = {"scenario": "pendulum", "agent": "gaussian"}
-TOP_LEVEL = {"seed": 0, "device": "auto", "run_dir": None, "resume": None}
+TOP_LEVEL = {"seed": 0, "device": "auto", "run_dir": None, "resume": None, "threads": 0}
 DEVICES = ("auto", "cpu", "cuda")
 # The only settings a resumed run may change: its budgets, logging and the device.
-RESUMABLE_PREFIXES = ("runner.", "device=")
+RESUMABLE_PREFIXES = ("runner.", "device=", "threads=")
+# What `resume=auto` lets differ between the run asked for and the one already in run_dir.
+RERUN_FREE_KEYS = ("resume", "run_dir", "device", "threads", "runner.progress")
 
 
 # ------------------------------------------------------------------ command-line checks
@@ -58,7 +61,7 @@ def prepare_arguments(args: list[str]) -> list[str]:
             chosen[ov.key_or_group] = _values(ov)
     for group, name in DEFAULTS.items():
         chosen.setdefault(group, [name])
-    resuming = any(ov.key_or_group == "resume" for ov in parsed)
+    resuming = any(ov.key_or_group == "resume" and _values(ov) != ["auto"] for ov in parsed)
     if "runner" not in chosen:
         runners = {
             str(catalog.load("scenario", s).get("default_runner", "off_policy"))
@@ -92,7 +95,7 @@ def with_agent_defaults(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     command line `overrides` set. Called on each composed job (one run, or every job of a `-m`
     sweep with its own scenario and agent), never on a resumed run, which keeps its saved
     settings."""
-    if cfg.get("resume"):
+    if cfg.get("resume") not in (None, "auto"):
         return cfg
     table = cfg.scenario.get("agent_defaults") or {}
     defaults = table.get(str(cfg.agent.name)) or {}
@@ -181,10 +184,69 @@ def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConf
     return merged, run_dir  # type: ignore[return-value]
 
 
+def _flat(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        return {k: v for key, sub in node.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def config_differences(saved: DictConfig, cfg: DictConfig) -> list[str]:
+    """`key: saved -> asked` for every resolved setting in which `cfg` differs from a saved run's
+    config, except those a rerun may change (RERUN_FREE_KEYS)."""
+    old = _flat(OmegaConf.to_container(saved, resolve=True))
+    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key) and not key.startswith(RERUN_FREE_KEYS)
+    ]
+
+
+def run_state(run_dir: Path) -> str:
+    """'finished' (its final evaluation is written), 'interrupted' (checkpoints, no final
+    evaluation) or 'new'."""
+    if (run_dir / "eval.json").is_file():
+        return "finished"
+    return "interrupted" if any((run_dir / "checkpoints").glob("*")) else "new"
+
+
+def check_rerun(cfg: DictConfig, run_dir: Path) -> str:
+    """`resume=auto`'s check: the state of `run_dir`, after making sure a run already there was
+    made with the same resolved config, so a study never mixes runs of different settings."""
+    saved_file = run_dir / "config.yaml"
+    if saved_file.is_file():
+        differences = config_differences(OmegaConf.load(saved_file), cfg)
+        if differences:
+            raise MarlDiffError(
+                f"run_dir '{run_dir}' holds a run made with other settings "
+                f"({'; '.join(differences)}); rerun with the same settings or choose another "
+                "run_dir"
+            )
+    return run_state(run_dir)
+
+
 def launch(cfg: DictConfig, user_overrides: list[str]) -> dict:
-    """Train one run from a composed config; returns the final evaluation report."""
+    """Train one run from a composed config; returns the final evaluation report.
+
+    `resume=auto` (with `run_dir=`) makes a run restartable in place, as a study's jobs are:
+    a finished run returns its saved evaluation, an interrupted one resumes from its last
+    checkpoint, and otherwise the run starts."""
     if not isinstance(cfg.seed, int):
         raise ConfigError(f"seed must be an integer, not '{cfg.seed}'")
+    if not isinstance(cfg.threads, int) or cfg.threads < 0:
+        raise ConfigError(
+            f"threads must be an integer >= 0 (0: torch's default), not '{cfg.threads}'"
+        )
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.resume == "auto":
+        if not cfg.run_dir:
+            raise ConfigError("resume=auto needs run_dir=DIR (the run to continue or start)")
+        state = check_rerun(cfg, Path(str(cfg.run_dir)))
+        if state == "finished":
+            print(f"marl_diff: {cfg.run_dir} already finished; its final evaluation is kept")
+            return json.loads((Path(str(cfg.run_dir)) / "eval.json").read_text(encoding="utf-8"))
+        cfg.resume = str(cfg.run_dir) if state == "interrupted" else None
     if cfg.resume:
         cfg, run_dir = resumed_config(cfg, user_overrides)
     else:
@@ -251,13 +313,19 @@ def compose(args: list[str]) -> DictConfig:
 
 
 def hydra_task(cfg: DictConfig) -> float:
+    """One job. In a `-m` sweep a job whose settings are refused prints why and the other jobs
+    go on (a study then names the runs that did not finish); a single run exits with code 2."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    overrides = list(HydraConfig.get().overrides.task)
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
     try:
         return launch(with_agent_defaults(cfg, overrides), overrides)["mean_return"]
     except MarlDiffError as err:
         print(f"error: {err}", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return float("nan")
         sys.exit(2)
 
 

@@ -282,6 +282,14 @@ def test_summarize_outcomes_counts_modes():
     # the existing keys are unchanged
     goals = summarize_outcomes({"goal": [[0.0], [2.0]]})
     assert goals["distinct_goals"] == 2 and "distinct_modes" not in goals
+    assert goals["goal_combinations"] == 2
+
+
+def test_goal_combinations_count_team_outcomes_where_every_agent_reached_a_goal():
+    team = [[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [2.0, -1.0], [3.0, 3.0]]
+    summary = summarize_outcomes({"goal": team})
+    assert summary["goal_combinations"] == 3  # (0, 1), (1, 0), (3, 3); (2, -1) is no team goal
+    assert summary["distinct_goals"] == 4
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,13 @@ from marl_diff.run import launch, resumed_config
 from marl_diff.runners import base as runner_base
 from marl_diff.runners.off_policy import OffPolicyRunner
 
-TIMING_KEYS = ("wall_time", "perf/env_steps_per_s", "perf/updates_per_s", "perf/act_ms_per_step")
+TIMING_KEYS = (
+    "wall_time",
+    "perf/env_steps_per_s",
+    "perf/updates_per_s",
+    "perf/act_ms_per_step",
+    "perf/update_ms",
+)
 
 
 def train(compose_config, args: list[str]) -> dict:

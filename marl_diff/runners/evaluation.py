@@ -87,7 +87,9 @@ def summarize_outcomes(outcomes: dict[str, list]) -> dict:
     """Scenario-specific summaries. `won` flags (e.g. SMAX) become the win rate over the finished
     episodes. `goal` lists (one entry per agent, -1 for none) become per-goal counts and shares
     of the agent-episodes, `distinct_goals` (goals reached at least once) and `modes_covered`
-    (goals with at least MODE_SHARE of the agent-episodes). `success` flags (the mazes) become
+    (goals with at least MODE_SHARE of the agent-episodes), and `goal_combinations`: distinct
+    tuples of every agent's goal among the episodes in which all of them reached one (the
+    team's modes at N > 1; `distinct_goals` when N = 1). `success` flags (the mazes) become
     `success_rate` over the finished episodes. `mode` values (the mazes: the route or goal an
     episode took, -1 for none) become `distinct_modes` (modes >= 0 reached at least once) and
     per-mode `mode_counts` and `mode_shares` (shares of all finished episodes, so they sum to at
@@ -101,6 +103,8 @@ def summarize_outcomes(outcomes: dict[str, list]) -> dict:
         summary["distinct_goals"] = len(counts)
         summary["goal_counts"], summary["goal_shares"] = counts, shares
         summary["modes_covered"] = sum(share >= MODE_SHARE for share in shares.values())
+        teams = {tuple(int(g) for g in _as_list(episode)) for episode in outcomes["goal"]}
+        summary["goal_combinations"] = sum(min(team) >= 0 for team in teams)
     if outcomes.get("success"):
         flags = [float(f) for episode in outcomes["success"] for f in _as_list(episode)]
         summary["success_rate"] = sum(flags) / len(flags)

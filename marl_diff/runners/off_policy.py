@@ -60,6 +60,8 @@ class OffPolicyRunner(Runner):
         # Finished-episode sums [return, length, count] between log events, on the device.
         self.finished = torch.zeros(3, device=self.device)
         self.act_seconds, self.act_calls = 0.0, 0  # policy sampling time per env step
+        # host time in gradient updates (on a GPU, kernels still queued are not counted)
+        self.update_seconds, self.window_updates = 0.0, 0
 
     @property
     def step(self) -> int:
@@ -173,9 +175,12 @@ class OffPolicyRunner(Runner):
         self.update_credit += rc.utd_ratio * self.env.num_envs
         n_updates = int(self.update_credit)
         self.update_credit -= n_updates
+        start = time.perf_counter()
         for _ in range(n_updates):
             batch = self.agent.sample_batch(self.buffer, rc.batch_size, self.generator)
             self.record(self.agent.update(batch))
+        self.update_seconds += time.perf_counter() - start
+        self.window_updates += n_updates
         self.updates += n_updates
         return n_updates
 
@@ -190,8 +195,11 @@ class OffPolicyRunner(Runner):
         scalars["train/episodes"] = self.episodes
         if self.act_calls:
             scalars["perf/act_ms_per_step"] = 1e3 * self.act_seconds / self.act_calls
+        if self.window_updates:
+            scalars["perf/update_ms"] = 1e3 * self.update_seconds / self.window_updates
         self.finished.zero_()
         self.act_seconds, self.act_calls = 0.0, 0
+        self.update_seconds, self.window_updates = 0.0, 0
         return scalars
 
     def postfix(self, scalars: dict[str, float]) -> dict[str, str]:
