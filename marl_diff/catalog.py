@@ -34,10 +34,25 @@ def load(group: str, name: str) -> DictConfig:
     return OmegaConf.load(group_dir(group) / f"{name}.yaml")  # type: ignore[return-value]
 
 
+def summary(group: str, name: str) -> str:
+    """An entry's one-line description: the first line of its YAML's leading comment."""
+    first = (group_dir(group) / f"{name}.yaml").read_text(encoding="utf-8").splitlines()[0]
+    return first.removeprefix("#").strip() if first.startswith("#") else ""
+
+
 def listing() -> str:
-    lines = []
-    for group in GROUPS:
+    """`run list`: each scenario with its backend and agent count (and whether
+    `scenario.n_agents` changes it, which is what a scaling study sweeps); each agent and runner
+    with its one-line description."""
+    from marl_diff.envs.agent_count import agent_count
+
+    lines = ["scenarios:"]
+    width = max(len(n) for group in GROUPS for n in names(group))
+    for name in names("scenario"):
+        entry = load("scenario", name)
+        backend = str(entry["backend"])
+        lines.append(f"  {name:<{width}}  {backend:<10}  {agent_count(entry).describe()}")
+    for group in ("agent", "runner"):
         lines.append(f"{group}s:")
-        for name in names(group):
-            lines.append(f"  {name}")
+        lines += [f"  {name:<{width}}  {summary(group, name)}" for name in names(group)]
     return "\n".join(lines)

@@ -13,9 +13,11 @@ import torch
 from conftest import TINY_AGENTS, TINY_NETS
 from omegaconf import OmegaConf
 
+from marl_diff import catalog
 from marl_diff.agents import make_agent
 from marl_diff.buffer import Batch, ReplayBuffer
 from marl_diff.envs import make_env
+from marl_diff.envs.agent_count import agent_count
 from marl_diff.run import compose
 
 # test id -> (catalog scenario, overrides of its scenario config)
@@ -107,3 +109,12 @@ def test_agent_acts_and_updates_on_every_scenario_family(envs, agent_name, scena
     assert {"loss/critic", "q/mean"} <= set(metrics)
     assert changed(critic, agent.critic), "the critic's parameters did not change"
     assert changed(actor, agent.policy), "the actor's parameters did not change"
+
+
+@pytest.mark.parametrize("scenario_id", sorted(SCENARIOS))
+def test_the_agent_count_read_from_the_catalog_is_what_the_env_builds(envs, scenario_id):
+    """`run list` and the scaling study read agent counts from the YAML alone."""
+    name, overrides = SCENARIOS[scenario_id]
+    count = agent_count({**catalog.load("scenario", name), **overrides})
+    built = envs(scenario_id).spec.n_agents
+    assert count.count == built or (count.count is None and name == "pettingzoo"), (count, built)

@@ -212,14 +212,24 @@ def test_a_resumed_run_keeps_its_saved_agent_settings(trained, compose_config):
 
 # ---------------------------------------------------------------------------- listing, sweeps
 def test_list_prints_the_catalog(run_cli, tmp_path):
+    """One line per entry: scenarios with backend and agent count (what a study can sweep),
+    agents and runners with their one-line description."""
     proc = run_cli(["list"], tmp_path)
     assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  ")}
     for group in catalog.GROUPS:
         assert f"{group}s:" in proc.stdout
         for name in catalog.names(group):
-            assert f"  {name}" in proc.stdout.splitlines()
-    assert "pendulum" in proc.stdout and "gaussian" in proc.stdout
-    assert "off_policy" in proc.stdout
+            assert name in lines
+            if group != "scenario":
+                assert catalog.summary(group, name) in lines[name] and len(lines[name]) < 140
+    assert (
+        lines["vmas_navigation"].split()[1:]
+        == "vmas 3 agents (scenario.n_agents changes it)".split()
+    )
+    assert lines["mamujoco_ant_2x4"].split()[1:] == "mamujoco 2 agents (fixed)".split()
+    assert lines["pendulum"].split()[1:] == "gymnasium 1 agent (fixed)".split()
+    assert "importance-sampling score matching" in lines["ddpl"]
 
 
 def test_multirun_makes_one_run_dir_per_job(run_cli, tmp_path, tiny_args):
