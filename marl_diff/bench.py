@@ -77,6 +77,11 @@ def _split(
     return values, passthrough
 
 
+def machine() -> str:
+    """What a results table says about the machine that made it."""
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+
+
 def _header(title: str, benchmark: str, args: list[str], device: torch.device, how: str) -> list:
     command = f"python -m marl_diff.bench {benchmark} " + " ".join(shlex.quote(a) for a in args)
     return [
@@ -84,7 +89,7 @@ def _header(title: str, benchmark: str, args: list[str], device: torch.device, h
         "",
         f"Command: `{command.strip()}`",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"Machine: {machine()}, "
         f"{torch.get_num_threads()} torch threads, device {device}; {date.today().isoformat()}. "
         + how,
         "",

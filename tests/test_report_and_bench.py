@@ -188,3 +188,17 @@ def test_benchmarks_reject_unknown_arguments():
         bench.update(["steps=3"])
     with pytest.raises(ConfigError, match="batch_size, updates and repeats must be integers"):
         bench.update(["updates=many"])
+
+
+def test_curves_against_wall_time_interpolate_seeds_on_a_shared_range(tmp_path):
+    """Seeds evaluate at different seconds: both curves are read on the range both cover."""
+    runs = tmp_path / "runs"
+    make_run(runs / "a" / "seed0", "ddpl", {1000: 0.0, 2000: 2.0})  # at 10 s and 20 s
+    make_run(runs / "a" / "seed1", "ddpl", {1500: 1.0, 3000: 4.0})  # at 15 s and 30 s
+    text = report.curves([f"runs={runs}", "x=wall_time", f"out={tmp_path / 'wall'}"])
+    assert "| agent.name | seeds | wall time s |" in text
+    # 15 s: seed0 1.0, seed1 1.0; 20 s: seed0 2.0, seed1 2.0 -> mean 2.0 at the shared end
+    assert "| 15 | 1.000 |" in text and "| 20 | 2.000 |" in text
+    assert "| ddpl | 2 | 20 | 3.000 +- 1.000 |" in text  # finals are each run's last value
+    with pytest.raises(ConfigError, match="unknown x-axis x=time. Valid: .*wall_time"):
+        report.curves([f"runs={runs}", "x=time"])
