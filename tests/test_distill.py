@@ -1,0 +1,151 @@
+"""`marl_diff.distill`: the generalist's slots (padding, task conditioning, decentralised
+execution), pseudo-labels that never use the paired labels, per-task evaluation, and the
+command end to end on two tiny experts of different sizes (pendulum: 1 agent, 3-d observation;
+multigoal with 2 agents)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import TINY_ARGS, run_module
+
+from marl_diff import distill
+from marl_diff.diffusion.policy import DiffusionPolicy
+from marl_diff.errors import ConfigError
+
+TINY_DISTILL = [
+    "paired=16",
+    "unlabeled=64",
+    "specialist_updates=10",
+    "generalist_updates=12",
+    "batch_size=8",
+    "specialist_hidden=[16,16]",
+    "generalist_hidden=[16,16]",
+    "diffusion_steps=3",
+    "num_envs=4",
+    "eval_episodes=4",
+    "log_every=5",
+    "progress=false",
+    "device=cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory):
+    """Two tiny trained runs: pendulum (1 agent) and multigoal with 2 agents."""
+    root = tmp_path_factory.mktemp("experts")
+    base = [a for a in TINY_ARGS if not a.startswith(("scenario=", "agent="))]
+    runs = {}
+    for name, extra in (("pendulum", []), ("multigoal", ["scenario.n_agents=2"])):
+        run_dir = root / name
+        args = [f"scenario={name}", "agent=gaussian", *base, *extra, f"run_dir={run_dir}"]
+        proc = run_module("marl_diff.run", args, root)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[name] = run_dir
+    return runs
+
+
+def test_the_generalist_slots_pad_and_condition_on_the_task(experts):
+    cfg = distill.parse([f"tasks=[{experts['pendulum']},{experts['multigoal']}]", *TINY_DISTILL])
+    tasks = distill.load_tasks(cfg, torch.device("cpu"))
+    try:
+        union = distill.union_spec(tasks)
+        assert [t.slots for t in tasks] == [slice(0, 1), slice(1, 3)]
+        assert union.n_agents == 3 and union.obs_dim == max(t.spec.obs_dim for t in tasks)
+        multigoal = tasks[1]
+        obs = torch.randn(5, 2, multigoal.spec.obs_dim)
+        full = distill.place([(multigoal.slots, obs)], union.n_agents, union.obs_dim)
+        assert torch.equal(full[:, 1:3, : obs.shape[-1]], obs)
+        assert not full[:, 0].any() and not full[:, 1:3, obs.shape[-1] :].any()  # padding is zero
+
+        torch.manual_seed(0)
+        policy = DiffusionPolicy(
+            3, union.obs_dim, union.act_dim, union.act_mask(), hidden=[16], share=True
+        )
+        # agent i of task k acts on its own observation and slot id only: other slots' inputs
+        # change nothing in its actions, and padded action entries stay exactly zero
+        noisy = full.clone()
+        noisy[:, 0] = torch.randn(5, union.obs_dim)
+        a = policy.sample(full, generator=torch.Generator().manual_seed(1))
+        b = policy.sample(noisy, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(a[:, 1:3], b[:, 1:3]) and not torch.equal(a[:, 0], b[:, 0])
+        assert not a[:, 0, tasks[0].spec.act_dim :].any()
+        # the same observation in another task's slot is another task: the slot id conditions
+        swapped = torch.zeros_like(full)
+        swapped[:, 0, : obs.shape[-1]] = obs[:, 0]
+        swapped[:, 1, : obs.shape[-1]] = obs[:, 0]
+        c = policy.sample(swapped, deterministic=True, generator=torch.Generator().manual_seed(2))
+        assert not torch.allclose(c[:, 0, :1], c[:, 1, :1])
+        view = distill.generalist_view(policy, union, multigoal, steps=0)
+        assert view(obs).shape == (5, 2, multigoal.spec.act_dim)
+    finally:
+        for task in tasks:
+            task.env.close()
+
+
+def test_pseudo_samples_come_from_the_specialists_on_unlabeled_states_only(experts, tmp_path):
+    cfg = distill.parse([f"tasks=[{experts['pendulum']}]", *TINY_DISTILL])
+    job = distill.Distillation(cfg, tmp_path, torch.device("cpu"))
+    try:
+        paired = [distill.Samples(torch.ones(4, 1, 3), torch.full((4, 1, 1), 9.0))]
+        unlabeled = [torch.randn(64, 1, 3)]
+        specialist = [lambda obs: torch.full((obs.shape[0], 1, 1), 0.5)]
+        (first,) = job.distillation_rounds(specialist, unlabeled, paired)
+        (data,) = first(None)
+        assert torch.equal(data.obs, unlabeled[0]) and bool((data.actions == 0.5).all())
+        job.cfg.with_paired = True  # the switch adds the paired samples, labels and all
+        (mixed,) = job.distillation_rounds(specialist, unlabeled, paired)[0](None)
+        assert len(mixed.obs) == 68 and int((mixed.actions == 9.0).sum()) == 4
+    finally:
+        job.close()
+
+
+def test_distill_end_to_end_writes_every_row_for_every_task(experts, tmp_path):
+    out = tmp_path / "distill"
+    tasks = f"tasks=[{experts['pendulum']},{experts['multigoal']}]"
+    args = [tasks, *TINY_DISTILL, "unlabeled_from=generalist", "rounds=2", f"run_dir={out}"]
+    proc = run_module("marl_diff.distill", args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "eval.json").read_text())
+    assert set(report["tasks"]) == {"pendulum", "multigoal"}
+    assert set(report["rows"]) == {"distilled", "paired_only", "specialists"}
+    for name, entry in report["tasks"].items():
+        assert json.loads((out / f"eval_{name}.json").read_text()) == entry
+        for row in entry["rows"].values():
+            expected = (row["mean_return"] - entry["random"]) / (entry["expert"] - entry["random"])
+            assert row["normalized"] == pytest.approx(expected)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*records)
+    for key in (
+        "distilled/loss/pendulum",
+        "distilled/loss/multigoal",
+        "paired_only/loss/multigoal",
+    ):
+        assert key in keys
+    assert any((out / "checkpoints").iterdir()) and (out / "config.yaml").is_file()
+    assert "normalised return" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ([], "tasks=[RUN_DIR,...] is required"),
+        (["tasks=[a]", "paired=0"], "paired must be >= 1"),
+        (["tasks=[a]", "rows=[distilled,best]"], "unknown rows ['best']"),
+        (["tasks=[a]", "unlabeled_from=dataset"], "unknown unlabeled_from 'dataset'"),
+        (["tasks=[a,b]", "weights=[1.0]"], "weights must be 2 non-negative numbers"),
+        (["tasks=[a]", "colour=red"], "colour"),
+    ],
+)
+def test_bad_settings_name_the_problem(args, needle):
+    with pytest.raises(ConfigError) as err:
+        distill.parse(args)
+    assert needle in str(err.value)
+
+
+def test_a_missing_run_folder_exits_cleanly(tmp_path):
+    proc = run_module("marl_diff.distill", ["tasks=[nowhere]", "device=cpu"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "nowhere" in proc.stderr
