@@ -113,10 +113,10 @@ class Task:
 
 @dataclass
 class Samples:
-    """States [M, N, O] of one task with actions [M, N, A] (labels) or None (unlabeled)."""
+    """States [M, N, O] of one task with their labels, actions [M, N, A]."""
 
     obs: torch.Tensor
-    actions: torch.Tensor | None = None
+    actions: torch.Tensor
 
 
 # ------------------------------------------------------------------ the generalist's layout

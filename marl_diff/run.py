@@ -25,6 +25,9 @@ DEVICES = ("auto", "cpu", "cuda")
 RESUMABLE_PREFIXES = ("runner.", "device=", "threads=")
 # What `resume=auto` lets differ between the run asked for and the one already in run_dir.
 RERUN_FREE_KEYS = ("resume", "run_dir", "device", "threads", "runner.progress")
+# Jobs of this process's `-m` sweep that were refused (the default launcher runs them here; a
+# study's launchers run them elsewhere and the study checks the run folders instead).
+REFUSED_JOBS: list[str] = []
 
 
 # ------------------------------------------------------------------ command-line checks
@@ -325,6 +328,7 @@ def hydra_task(cfg: DictConfig) -> float:
     except MarlDiffError as err:
         print(f"error: {err}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.MULTIRUN:
+            REFUSED_JOBS.append(str(err))
             return float("nan")
         sys.exit(2)
 
@@ -341,6 +345,11 @@ def main(argv: list[str] | None = None) -> None:
 
     sys.argv = [sys.argv[0], *hydra_args]
     hydra.main(version_base="1.3", config_path=None, config_name="marl_diff")(hydra_task)()
+    if REFUSED_JOBS:
+        raise MarlDiffError(
+            f"{len(REFUSED_JOBS)} job(s) of the sweep were refused (see their errors above); "
+            "the others ran"
+        )
 
 
 if __name__ == "__main__":

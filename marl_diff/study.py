@@ -95,32 +95,33 @@ class ScalingStudy:
             for agent, n, seed in itertools.product(self.agents, self.n_agents, self.seeds)
         ]
 
-    def job_arguments(self, job: Job) -> list[str]:
-        """`python -m marl_diff.run` arguments of one job (what the sweep gives it)."""
+    def _run_arguments(self, agent: str, n_agents: str, seed: str, run_dir: Path) -> list[str]:
         return [
             f"scenario={self.scenario}",
-            f"agent={job.agent}",
-            f"scenario.n_agents={job.n_agents}",
-            f"seed={job.seed}",
-            *self.overrides,
-            f"run_dir={job.run_dir}",
-            "resume=auto",
-            "threads=1",
-        ]
-
-    def sweep_arguments(self) -> list[str]:
-        """The whole grid as one Hydra multirun of `marl_diff.run` on the chosen launcher."""
-        run_dir = self.runs / "${agent.name}" / "n${scenario.n_agents}" / "seed${seed}"
-        return [
-            "-m",
-            f"scenario={self.scenario}",
-            f"agent={','.join(self.agents)}",
-            f"scenario.n_agents={','.join(map(str, self.n_agents))}",
-            f"seed={','.join(map(str, self.seeds))}",
+            f"agent={agent}",
+            f"scenario.n_agents={n_agents}",
+            f"seed={seed}",
             *self.overrides,
             f"run_dir={run_dir}",
             "resume=auto",
             "threads=1",
+        ]
+
+    def job_arguments(self, job: Job) -> list[str]:
+        """`python -m marl_diff.run` arguments of one job (what the sweep gives it)."""
+        return self._run_arguments(job.agent, str(job.n_agents), str(job.seed), job.run_dir)
+
+    def sweep_arguments(self) -> list[str]:
+        """The whole grid as one Hydra multirun of `marl_diff.run` on the chosen launcher."""
+        grid = self._run_arguments(
+            ",".join(self.agents),
+            ",".join(map(str, self.n_agents)),
+            ",".join(map(str, self.seeds)),
+            self.runs / "${agent.name}" / "n${scenario.n_agents}" / "seed${seed}",
+        )
+        return [
+            "-m",
+            *grid,
             "runner.progress=false",
             f"hydra.sweep.dir={self.runs}",
             "hydra.sweep.subdir=.hydra/${hydra.job.num}",
@@ -482,11 +483,14 @@ def _plots(cells: dict[tuple[str, int], Cell], out: Path) -> None:
                 label=f"{agent} - {baseline}",
             )
     gap.axhline(0.0, color="grey", lw=0.8)
-    for ax, label in (
-        (ret, "final eval return"),
-        (gap, "return difference"),
-        (cost, "ms per update"),
+    titles = ("final return, mean +- std over seeds", f"difference from {baseline} +- s.e.", "cost")
+    for ax, label, title in zip(
+        (ret, gap, cost),
+        ("final eval return", "return difference", "ms per update"),
+        titles,
+        strict=True,
     ):
+        ax.set_title(title)
         ax.set_xscale("log", base=2)
         ax.set_xticks(counts, [str(n) for n in counts])
         ax.set_xlabel("agents N")

@@ -271,6 +271,17 @@ def test_a_sweep_over_agents_applies_each_jobs_agent_defaults(run_cli, tmp_path,
     assert "target" not in gaussian and gaussian.target_entropy_scale == 0.3
 
 
+def test_a_refused_job_of_a_sweep_leaves_the_others_running(run_cli, tmp_path, tiny_args):
+    """`-m agent.init_alpha=-1,0.2`: the first job's agent is refused when it is built, the
+    second trains; the sweep names the refusal and exits with code 2, without a traceback."""
+    args = [a for a in tiny_args if not a.startswith("runner.total_steps")]
+    proc = run_cli(["-m", *args, "agent.init_alpha=-1,0.2", "runner.total_steps=100"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "init_alpha" in proc.stderr and "1 job(s) of the sweep were refused" in proc.stderr
+    runs = list((tmp_path / "results" / "runs" / "pendulum" / "gaussian").iterdir())
+    assert [(r / "eval.json").is_file() for r in runs].count(True) == 1
+
+
 # ---------------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     "args, needles",
