@@ -40,9 +40,20 @@ from datetime import date
 from pathlib import Path
 from statistics import mean, pstdev, stdev
 
-from marl_diff import catalog
+from marl_diff import catalog, run
+from marl_diff.bench import machine
 from marl_diff.envs.agent_count import agent_count
 from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
+from marl_diff.report import (
+    aggregate,
+    final_value,
+    find_runs,
+    load_run,
+    mean_positive,
+    new_figure,
+    plot_groups,
+    save_figure,
+)
 
 LAUNCHERS = ("local", "ray", "slurm")
 SETTINGS = {
@@ -145,15 +156,12 @@ class ScalingStudy:
     def states(self) -> dict[Job, str]:
         """Each job's run folder: 'finished', 'interrupted' or 'new'; raises, before anything is
         launched, when a folder holds a run made with another resolved config."""
-        from marl_diff.run import check_rerun, compose
-
         return {
-            job: check_rerun(compose(self.job_arguments(job)), job.run_dir) for job in self.jobs()
+            job: run.check_rerun(run.compose(self.job_arguments(job)), job.run_dir)
+            for job in self.jobs()
         }
 
     def launch(self) -> None:
-        from marl_diff import run
-
         states = self.states()
         counts = {
             s: sum(v == s for v in states.values()) for s in ("finished", "interrupted", "new")
@@ -178,8 +186,6 @@ class ScalingStudy:
 
     def write_record(self) -> None:
         """study.json: the command, the grid and the machine, for the report."""
-        from marl_diff.bench import machine
-
         self.out.mkdir(parents=True, exist_ok=True)
         record = {
             "command": self.command,
@@ -292,25 +298,21 @@ class Cell:
     evals: list[dict] = field(default_factory=list)  # eval.json of each run
 
     def finals(self) -> list[float]:
-        from marl_diff.report import final_value
-
-        return [final_value(run) for run in self.runs]
+        return [final_value(one) for one in self.runs]
 
 
 def load_cells(runs_dir: Path) -> dict[tuple[str, int], Cell]:
     """Finished runs (eval.json written) under `runs_dir`, by (agent, agent count)."""
-    from marl_diff.report import find_runs, load_run
-
     cells: dict[tuple[str, int], Cell] = defaultdict(Cell)
     for run_dir in find_runs(runs_dir):
         if not (run_dir / "eval.json").is_file():
             continue
-        run = load_run(run_dir, METRIC)
-        if not run["curve"]:
+        loaded = load_run(run_dir, METRIC)
+        if not loaded["curve"]:
             continue
-        cfg = run["config"]
+        cfg = loaded["config"]
         cell = cells[(str(cfg.agent.name), agent_count(cfg.scenario).count or 0)]
-        cell.runs.append(run)
+        cell.runs.append(loaded)
         cell.wall_curves.append(load_run(run_dir, METRIC, axis="wall_time")["curve"])
         cell.evals.append(json.loads((run_dir / "eval.json").read_text(encoding="utf-8")))
     return dict(cells)
@@ -348,8 +350,6 @@ def scaling_report(args: list[str]) -> str:
 
 
 def _table(cells: dict[tuple[str, int], Cell], record: dict, threshold: float | None) -> str:
-    from marl_diff.report import mean_positive
-
     agents = sorted({agent for agent, _ in cells})
     counts = sorted({n for _, n in cells})
     first = next(iter(cells.values())).runs[0]["config"]
@@ -394,8 +394,6 @@ def _table(cells: dict[tuple[str, int], Cell], record: dict, threshold: float | 
         *(k.replace("_", " ") for k in extras),
     ]
     lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    from marl_diff.report import aggregate
-
     for agent in agents:
         for n in counts:
             cell = cells.get((agent, n))
@@ -449,8 +447,6 @@ def _gaps(cells, agent: str, baseline: str, counts: list[int]) -> list[tuple[int
 
 
 def _plots(cells: dict[tuple[str, int], Cell], out: Path) -> None:
-    from marl_diff.report import mean_positive, new_figure, plot_groups, save_figure
-
     agents = sorted({agent for agent, _ in cells})
     counts = sorted({n for _, n in cells})
     baseline = BASELINE if BASELINE in agents else agents[0]
