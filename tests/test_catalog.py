@@ -78,6 +78,6 @@ def test_catalog_load_unknown_name_lists_choices():
 
 
 def test_listing_names_every_entry():
-    text = catalog.listing()
+    first_words = [line.split()[0] for line in catalog.listing().splitlines()]
     for _, name in ENTRIES:
-        assert f"  {name}" in text.splitlines()
+        assert name in first_words

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_module
 from omegaconf import OmegaConf
 
 from marl_diff import study
@@ -285,15 +286,13 @@ def test_a_two_by_two_study_through_the_local_launcher_then_a_restart(run_cli, t
 
 
 @pytest.mark.learning(seconds=35)
-def test_a_sweep_through_the_ray_launcher_on_its_own_local_ray(run_cli, tmp_path):
+def test_a_sweep_through_the_ray_launcher_on_its_own_local_ray(tmp_path):
     """launcher=ray without an address: the launcher starts a local Ray instance with 2 CPUs,
-    runs each job as a Ray task, and the instance stops with the study's process."""
+    runs each job as a Ray task, and the instance stops with the study's process. (About 30 s
+    alone; Ray's start takes minutes when the CPU is shared, hence the long timeout.)"""
     args = ["scaling", "scenario=multigoal", "agents=gaussian", "n_agents=1,2", "seeds=0"]
-    proc = run_cli(
-        [*args, "launcher=ray", "workers=2", "out=study", *SMALL],
-        tmp_path,
-        module="marl_diff.study",
-    )
+    ray = [*args, "launcher=ray", "workers=2", "out=study", *SMALL]
+    proc = run_module("marl_diff.study", ray, tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Started a local Ray instance" in proc.stderr
     for n in (1, 2):
