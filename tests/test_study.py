@@ -216,10 +216,11 @@ def test_the_report_aggregates_known_runs_into_a_known_table(tmp_path):
         return any(line.startswith(start) for line in rows)
 
     assert row("| gaussian | 1 | 2 | 2.00 +- 1.00 | 2.00 | 20 (1/2) | 100 | 2.0 |")
-    assert row("| ddpl | 1 | 2 | 5.00 +- 1.00 | 5.00 | 60 (2/2) | 100 | 8.0 |")
-    assert row("| gaussian | 2 | 2 | 2.00 +- 0.00 | 2.00 | - (0/2) | 200 | 3.0 |")
+    assert row("| ddpl | 1 | 2 | 5.00 +- 1.00 | 5.00 | 60 (2/2) | 33 | 8.0 |")
+    assert row("| gaussian | 2 | 2 | 2.00 +- 0.00 | 2.00 | - (0/2) | 100 | 3.0 |")
+    # env steps/s over whole runs: 2000 steps in 20, 60 and 80 s
     # ddpl at N=2: 3.0 at the first evaluation in both seeds (40 s), best mean 3.0
-    assert row("| ddpl | 2 | 2 | 2.50 +- 0.50 | 3.00 | 40 (2/2) | 200 | 12.0 |")
+    assert row("| ddpl | 2 | 2 | 2.50 +- 0.50 | 3.00 | 40 (2/2) | 25 | 12.0 |")
     assert not row("| ddpl | 4 |")
     # the difference: means 5 - 2 with standard error sqrt(2/2 + 2/2); at N=2, 2.5 - 2 with
     # sqrt(0.5/2 + 0)

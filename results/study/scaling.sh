@@ -19,6 +19,6 @@ python -m marl_diff.study scaling scenario=multigoal agents=gaussian,ddpl n_agen
   'agent.actor_hidden=[64,64]' 'agent.critic_hidden=[64,64]' agent.actor_lr=0.001 \
   agent.critic_lr=0.001 scenario.agent_defaults.ddpl.diffusion_steps=10
 python -m marl_diff.study scaling scenario=multigoal agents=gaussian n_agents=1,2 seeds=0 \
-  launcher=ray workers=2 out=results/study/ray_multigoal runner.total_steps=1000 \
+  launcher=ray workers=2 out=results/study/ray_multigoal runner.total_steps=1000 runner.warmup_steps=200 \
   runner.eval_every=500 runner.eval_episodes=20 runner.eval_num_envs=20 \
   'agent.actor_hidden=[64,64]' 'agent.critic_hidden=[64,64]'
