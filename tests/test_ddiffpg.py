@@ -89,9 +89,9 @@ def step(state, next_state, done, success):
     )
 
 
-def run_episodes(agent, buffer, sides):
+def run_episodes(agent, buffer, sides, success=True):
     """One episode per env copy: 5 steps from (0, 0) up to (0, 5), bowing out to x = side
-    on the way (two routes round a wall), all successful."""
+    on the way (two routes round a wall), all successful or all failed."""
     b = len(sides)
     xs = torch.tensor(sides, dtype=torch.float32)
     for k in range(5):
@@ -99,7 +99,7 @@ def run_episodes(agent, buffer, sides):
         state = torch.stack([xs * bow[k], torch.full((b,), float(k))], -1)
         nxt = torch.stack([xs * bow[k + 1], torch.full((b,), float(k + 1))], -1)
         last = k == 4
-        result = step(state, nxt, [last] * b, [last] * b)
+        result = step(state, nxt, [last] * b, [last and success] * b)
         slots = buffer.add(
             Batch(
                 state[:, None],
@@ -164,6 +164,42 @@ def test_reclustering_hands_each_mode_the_critic_of_the_mode_it_overlaps():
     torch.testing.assert_close(after[1], before[1])
     torch.testing.assert_close(after[2], before[1])
     assert (buffer.extras["target"][:, 2] == 0.5).all()
+
+
+@pytest.mark.parametrize("balance", [True, False])
+def test_reclustering_caps_each_modes_successes_and_failures(balance):
+    """The authors' balancing: at most max_trajectories / (2 x modes) successes and as many
+    failures per mode survive a clustering, the excess dropped at random."""
+    torch.manual_seed(5)
+    spec = make_spec(n_agents=1, obs_dims=(2,), act_dims=(1,), state_dim=2)
+    agent = agent_for(spec, max_trajectories=12, balance_modes=balance)
+    buffer = ReplayBuffer(200, spec, torch.device("cpu"), agent.buffer_fields())
+    run_episodes(agent, buffer, [-3.0, -3.1, -2.9, -3.05, -2.95, 3.0, 3.1])  # 5 left, 2 right
+    run_episodes(agent, buffer, [-3.0, -3.1, -2.9, -3.2, 3.0], success=False)  # 4 + 1
+    agent.recluster(buffer)
+    assert agent.n_modes == 2
+    counts = {}
+    for t in agent.trajectories:
+        side = "left" if t.path[2, 0] < 0 else "right"
+        counts[side, t.success] = counts.get((side, t.success), 0) + 1
+    if balance:  # cap 12 // (2 x 2) = 3
+        assert counts == {
+            ("left", True): 3,
+            ("right", True): 2,
+            ("left", False): 3,
+            ("right", False): 1,
+        }
+    else:
+        assert counts == {
+            ("left", True): 5,
+            ("right", True): 2,
+            ("left", False): 4,
+            ("right", False): 1,
+        }
+    # the groups sample only what was kept
+    batch = agent.sample_batch(buffer, 300, torch.Generator().manual_seed(0))
+    kept = torch.cat([t.slots for t in agent.trajectories])
+    assert torch.isin(batch.slots[1:], kept).all()
 
 
 def test_checkpoint_round_trip_keeps_the_modes():

@@ -46,9 +46,17 @@ diffusion policy, critics centralised over the global state and joint action.
 Our readings, each a setting or documented here: the card takes the element-wise min of the two
 projected target distributions, which is not a distribution; we take the pessimistic twin's;
 the card's support is [0, 5] for its 10-reward tasks (its reward scale is not on the card), ours
-is a setting, [-10, 10] by default; trajectories are capped at `max_trajectories` without
-the card's separate caps per cluster for successes and failures; collection with embeddings uses
-the exploration group's vector for every env copy.
+is a setting, [-10, 10] by default; collection with embeddings uses the exploration group's
+vector for every env copy.
+
+Trajectories kept: at most `max_trajectories` (the oldest leave first), and, as the authors'
+buffer does at each reclustering, at most max_trajectories / (2 x modes) successes and as many
+failures per mode, the excess dropped at random (`balance_modes`), so that a route found early
+and taken often does not crowd the others out of the mode groups' batches. The authors' buffer
+is indexed by trajectory and deletes what it drops; ours is a ring of transitions, so a dropped
+trajectory leaves its mode's group while its transitions stay in the exploration group's uniform
+draws until the ring overwrites them. `balance_modes=false` keeps every trajectory up to
+`max_trajectories`.
 """
 
 from __future__ import annotations
@@ -93,6 +101,7 @@ class DDiffPGConfig(ActorCriticConfig, DiffusionPolicyConfig):
     members_per_cluster: int = 3
     min_successes: int = 2
     max_trajectories: int = 2000
+    balance_modes: bool = True  # per-mode caps on successes and failures at each clustering
     # target actions
     target_steps: int = 20
     target_lr: float = 0.03
@@ -344,7 +353,21 @@ class DDiffPGAgent(ActorCriticAgent):
         for t in self.trajectories:
             t.mode = found.labels[t.id]
         self.n_modes, self.clustered = found.n_modes, True
+        if self.config.balance_modes and len(wins) >= self.config.min_successes:
+            self._balance()
         self._group_slots = None
+
+    def _balance(self) -> None:
+        """Keep at most max_trajectories / (2 x modes) successes and as many failures per
+        mode, dropping the excess at random (the authors' buffer balancing)."""
+        cap = max(self.config.max_trajectories // (2 * self.n_modes), 1)
+        dropped: set[int] = set()
+        for mode in range(self.n_modes):
+            for success in (True, False):
+                ids = [t.id for t in self.trajectories if t.mode == mode and t.success == success]
+                if len(ids) > cap:
+                    dropped.update(self.rng.choice(ids, len(ids) - cap, replace=False).tolist())
+        self.trajectories = [t for t in self.trajectories if t.id not in dropped]
 
     @torch.no_grad()
     def _regroup(self, buffer: ReplayBuffer, source: list[int]) -> None:
