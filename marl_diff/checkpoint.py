@@ -23,15 +23,27 @@ def checkpoint_paths(directory: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(directory: Path, step: int, payload: dict, keep: int) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"step_{step:012d}.pt"
-    tmp = directory / f".{final.name}.tmp"
+def atomic_save(path: Path, payload: dict) -> Path:
+    """torch.save to a temporary file, then rename: `path` is complete or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp"
     with open(tmp, "wb") as handle:
         torch.save(payload, handle)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, final)
+    os.replace(tmp, path)
+    return path
+
+
+def load_file(path: Path, map_location: torch.device | str = "cpu") -> dict:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # a foreign or damaged file: say which, never unpickle it
+        raise MarlDiffError(f"cannot load checkpoint '{path}': {err}") from None
+
+
+def save_checkpoint(directory: Path, step: int, payload: dict, keep: int) -> Path:
+    final = atomic_save(directory / f"step_{step:012d}.pt", payload)
     for old in checkpoint_paths(directory)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return final
@@ -41,7 +53,4 @@ def load_latest(directory: Path, map_location: torch.device | str = "cpu") -> di
     paths = checkpoint_paths(directory)
     if not paths:
         raise MarlDiffError(f"no checkpoint found in '{directory}'")
-    try:
-        return torch.load(paths[-1], map_location=map_location, weights_only=True)
-    except Exception as err:  # a foreign or damaged file: say which, never unpickle it
-        raise MarlDiffError(f"cannot load checkpoint '{paths[-1]}': {err}") from None
+    return load_file(paths[-1], map_location)

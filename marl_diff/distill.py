@@ -30,6 +30,10 @@ the expert never did).
 
 Writes a run folder: config.yaml, TensorBoard and metrics.jsonl (per-task losses), checkpoints
 (specialists and generalists), eval.json (every row on every task) and eval_<task>.json.
+Restartable: each finished stage (the collected data, the specialists, each generalist) is saved
+in `stages/` with the update count and random state at its end, so the same command on the same
+`run_dir` resumes after the last finished stage, and gives what an uninterrupted run gives; on a
+finished run it prints the saved results. Other settings on an existing `run_dir` are refused.
 """
 
 from __future__ import annotations
@@ -47,18 +51,20 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from marl_diff.agents.diffusion_actor import DiffusionPolicyConfig, make_diffusion_policy
-from marl_diff.checkpoint import save_checkpoint
+from marl_diff.checkpoint import atomic_save, load_file, save_checkpoint
 from marl_diff.diffusion.policy import DiffusionPolicy
 from marl_diff.envs.base import BatchedMultiAgentEnv, EnvSpec
 from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
 from marl_diff.experiment import LoadedRun, load_run
 from marl_diff.logger import RunLogger
-from marl_diff.run import resolve_device
+from marl_diff.run import config_differences, resolve_device
 from marl_diff.runners.evaluation import evaluate_episodes
 from marl_diff.typed_config import to_dataclass
 
 ROWS = ("distilled", "paired_only", "specialists")
 SOURCES = ("expert", "generalist")
+# What a rerun on the same run_dir may change.
+RERUN_FREE_KEYS = ("run_dir", "device", "progress")
 
 
 @dataclass
@@ -222,8 +228,10 @@ class Distillation:
         self.tasks = load_tasks(cfg, device)
         self.union = union_spec(self.tasks)
         self.weights = task_weights(cfg, len(self.tasks)).to(device)
-        self.logger = RunLogger(run_dir, step_key="updates")
+        self.stages = run_dir / "stages"
         self.updates, self.window = 0, {}
+        _drop_records_after(run_dir / "metrics.jsonl", self.resume_point())
+        self.logger = RunLogger(run_dir, step_key="updates")
         generalist_rows = sum(row in cfg.rows for row in ("distilled", "paired_only"))
         needs_specialists = any(row in cfg.rows for row in ("distilled", "specialists"))
         total = generalist_rows * cfg.generalist_updates
@@ -236,6 +244,32 @@ class Distillation:
         for task in self.tasks:
             task.env.close()
 
+    # -------------------------------------------------------------- stages
+    def resume_point(self) -> int:
+        """Updates done by the finished stages (0 for a new run)."""
+        done = [load_file(path)["updates"] for path in self.stages.glob("*.pt")]
+        return max(done, default=0)
+
+    def stage(self, name: str, compute: Callable[[], dict]) -> dict:
+        """A stage's payload (tensors only): loaded, with the update count and random state at
+        its end, when an earlier run of this folder finished it; otherwise computed and saved."""
+        path = self.stages / f"{name}.pt"
+        if path.is_file():
+            saved = load_file(path, self.device)
+            self.updates = saved["updates"]
+            torch.set_rng_state(saved["rng"].cpu())
+            if "cuda_rng" in saved:
+                torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), self.device)
+            self.bar.update(self.updates - self.bar.n)
+            return saved["payload"]
+        payload = compute()
+        self.flush()
+        state = {"updates": self.updates, "rng": torch.get_rng_state(), "payload": payload}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        atomic_save(path, state)
+        return payload
+
     # -------------------------------------------------------------- training
     def policy(self, spec: EnvSpec, hidden: list[int], share: bool) -> DiffusionPolicy:
         config = DiffusionPolicyConfig(
@@ -245,6 +279,14 @@ class Distillation:
             share_parameters=share,
         )
         return make_diffusion_policy(config, spec).to(self.device)
+
+    def restore(
+        self, spec: EnvSpec, hidden: list[int], state: dict, share: bool = False
+    ) -> DiffusionPolicy:
+        """A fitted policy from its saved state, for acting."""
+        policy = self.policy(spec, hidden, share)
+        policy.load_state_dict(state)
+        return policy.eval()
 
     def fit(
         self,
@@ -322,39 +364,53 @@ class Distillation:
         return policy.eval()
 
     # -------------------------------------------------------------- the rows
+    def collect(self) -> dict:
+        """Per task, `paired` states with the expert's labels and `unlabeled` states without."""
+        cfg, out = self.cfg, {"paired_obs": [], "paired_actions": [], "unlabeled": []}
+        for task in self.tasks:
+            count = cfg.paired + cfg.unlabeled
+            states = rollout_states(TaskPolicy(_expert(task)).act, task.env, count, cfg.seed)
+            out["paired_obs"].append(states.obs[: cfg.paired])
+            out["paired_actions"].append(states.actions[: cfg.paired])
+            out["unlabeled"].append(states.obs[cfg.paired :])  # their expert labels dropped here
+        return out
+
     def run(self) -> dict:
         cfg, tasks = self.cfg, self.tasks
-        expert = [
-            rollout_states(TaskPolicy(_expert(t)).act, t.env, cfg.paired + cfg.unlabeled, cfg.seed)
-            for t in tasks
-        ]
-        paired = [Samples(e.obs[: cfg.paired], e.actions[: cfg.paired]) for e in expert]
-        unlabeled = [e.obs[cfg.paired :] for e in expert]  # their expert labels are dropped here
-        del expert
+        data = self.stage("data", self.collect)
+        paired = [Samples(*p) for p in zip(data["paired_obs"], data["paired_actions"], strict=True)]
+        unlabeled = data["unlabeled"]
         rows: dict[str, list[Callable]] = {}
         states: dict[str, dict] = {}
+
+        def generalist_row(name: str, rounds: list[Callable]) -> None:
+            saved = self.stage(name, lambda: self.fit_generalist(rounds, name).state_dict())
+            generalist = self.restore(self.union, cfg.generalist_hidden, saved, share=True)
+            rows[name] = [
+                generalist_view(generalist, self.union, t, cfg.sample_steps) for t in tasks
+            ]
+            states[name] = saved
+
         if "distilled" in cfg.rows or "specialists" in cfg.rows:
-            specialists = self.fit_specialists(paired)
-            views = [specialist_view(s, cfg.sample_steps) for s in specialists]
+            saved = self.stage(
+                "specialists",
+                lambda: {"states": [s.state_dict() for s in self.fit_specialists(paired)]},
+            )
+            views = [
+                specialist_view(
+                    self.restore(t.spec, cfg.specialist_hidden, state), cfg.sample_steps
+                )
+                for t, state in zip(tasks, saved["states"], strict=True)
+            ]
             states["specialists"] = {
-                t.name: s.state_dict() for t, s in zip(tasks, specialists, strict=True)
+                t.name: state for t, state in zip(tasks, saved["states"], strict=True)
             }
             if "specialists" in cfg.rows:
                 rows["specialists"] = views
             if "distilled" in cfg.rows:
-                generalist = self.fit_generalist(
-                    self.distillation_rounds(views, unlabeled, paired), "distilled"
-                )
-                rows["distilled"] = [
-                    generalist_view(generalist, self.union, t, cfg.sample_steps) for t in tasks
-                ]
-                states["distilled"] = generalist.state_dict()
+                generalist_row("distilled", self.distillation_rounds(views, unlabeled, paired))
         if "paired_only" in cfg.rows:
-            generalist = self.fit_generalist([lambda _: paired], "paired_only")
-            rows["paired_only"] = [
-                generalist_view(generalist, self.union, t, cfg.sample_steps) for t in tasks
-            ]
-            states["paired_only"] = generalist.state_dict()
+            generalist_row("paired_only", [lambda _: paired])
         self.flush()
         save_checkpoint(
             self.run_dir / "checkpoints",
@@ -485,22 +541,50 @@ def parse(args: list[str]) -> DistillConfig:
     return cfg
 
 
+def _drop_records_after(path: Path, updates: int) -> None:
+    """Keep the metrics records up to `updates` (a resumed run redoes what came after)."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["updates"] <= updates:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError):
+            continue  # a line cut short by a kill
+    if len(kept) != len(lines):
+        path.write_text("".join(kept), encoding="utf-8")
+
+
 @exit_cleanly_on_user_error
 def main(argv: list[str] | None = None) -> None:
     cfg = parse(sys.argv[1:] if argv is None else argv)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.run_dir or f"results/runs/distill/{stamp}")
-    if (run_dir / "eval.json").exists():
-        raise MarlDiffError(f"run_dir '{run_dir}' already holds a distillation; choose another")
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
-    distillation = Distillation(cfg, run_dir, device)
-    try:
-        report = distillation.run()
-    finally:
-        distillation.close()
+    asked = OmegaConf.structured(cfg)
+    saved_config = run_dir / "config.yaml"
+    if saved_config.is_file():
+        differences = config_differences(OmegaConf.load(saved_config), asked, RERUN_FREE_KEYS)
+        if differences:
+            raise MarlDiffError(
+                f"run_dir '{run_dir}' holds a distillation made with other settings "
+                f"({'; '.join(differences)}); rerun with the same settings or choose another "
+                "run_dir"
+            )
+    if (run_dir / "eval.json").is_file():
+        report = json.loads((run_dir / "eval.json").read_text())
+        print(f"run_dir '{run_dir}' holds this distillation, finished; its results:")
+    else:
+        device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(asked, saved_config)
+        distillation = Distillation(cfg, run_dir, device)
+        try:
+            report = distillation.run()
+        finally:
+            distillation.close()
     for row, value in report["rows"].items():
         print(f"{row}: normalised return {value:.3f} (mean over {len(report['tasks'])} tasks)")
     print(f"results in {run_dir}")

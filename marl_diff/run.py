@@ -193,15 +193,17 @@ def _flat(node, prefix: str = "") -> dict:
     return {prefix[:-1]: node}
 
 
-def config_differences(saved: DictConfig, cfg: DictConfig) -> list[str]:
+def config_differences(
+    saved: DictConfig, cfg: DictConfig, free: tuple[str, ...] = RERUN_FREE_KEYS
+) -> list[str]:
     """`key: saved -> asked` for every resolved setting in which `cfg` differs from a saved run's
-    config, except those a rerun may change (RERUN_FREE_KEYS)."""
+    config, except those a rerun may change (`free`: keys or key prefixes)."""
     old = _flat(OmegaConf.to_container(saved, resolve=True))
     new = _flat(OmegaConf.to_container(cfg, resolve=True))
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(old.keys() | new.keys())
-        if old.get(key) != new.get(key) and not key.startswith(RERUN_FREE_KEYS)
+        if old.get(key) != new.get(key) and not key.startswith(free)
     ]
 
 

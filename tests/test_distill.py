@@ -128,6 +128,43 @@ def test_distill_end_to_end_writes_every_row_for_every_task(experts, tmp_path):
     assert "normalised return" in proc.stdout
 
 
+def test_an_interrupted_distillation_resumes_to_the_same_results(experts, tmp_path):
+    """Kill during the last stage (paired_only): the rerun keeps the finished stages and ends
+    where an uninterrupted run ends; a finished run is kept, other settings are refused."""
+    out = tmp_path / "distill"
+    args = [f"tasks=[{experts['pendulum']}]", *TINY_DISTILL, f"run_dir={out}"]
+    assert run_module("marl_diff.distill", args, tmp_path).returncode == 0
+    whole = json.loads((out / "eval.json").read_text())
+    records = (out / "metrics.jsonl").read_text().splitlines()
+    assert {p.name for p in (out / "stages").iterdir()} == {
+        "data.pt",
+        "specialists.pt",
+        "distilled.pt",
+        "paired_only.pt",
+    }
+    # as if killed while fitting paired_only: its stage, the results and checkpoint not written,
+    # its first records already logged (one cut short)
+    (out / "eval.json").unlink()
+    (out / "stages" / "paired_only.pt").unlink()
+    for path in (out / "checkpoints").iterdir():
+        path.unlink()
+    (out / "metrics.jsonl").write_text("\n".join(records) + '\n{"updates": 99')
+    proc = run_module("marl_diff.distill", args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "eval.json").read_text()) == whole
+    steps = [
+        json.loads(line)["updates"] for line in (out / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == [json.loads(line)["updates"] for line in records]  # none lost, none twice
+
+    again = run_module("marl_diff.distill", args, tmp_path)
+    assert again.returncode == 0 and "finished" in again.stdout and "normalised" in again.stdout
+    other = run_module("marl_diff.distill", [*args, "paired=17"], tmp_path)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "paired: 16 -> 17" in other.stderr
+    assert json.loads((out / "eval.json").read_text()) == whole  # nothing lost
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
