@@ -8,7 +8,9 @@ one agent stay apart); seeds are averaged, and PREFIX.png (mean +- std over seed
 steps, or updates for offline runs, or with `x=wall_time` against seconds of training) and
 PREFIX.md (final value per group, speeds, the command) are written.
 
-`modes` and `trajectories` report the routes and goals runs take (marl_diff.mode_report).
+`modes` and `trajectories` report the routes and goals runs take (marl_diff.mode_report);
+`distill` the distillation study, normalised return per task by paired samples
+(marl_diff.distill_report).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from statistics import mean, pstdev
 import numpy as np
 from omegaconf import OmegaConf
 
+from marl_diff.distill_report import distill
 from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
 from marl_diff.mode_report import modes, trajectories
 
@@ -218,7 +221,7 @@ def plot_groups(ax, groups: dict[str, list[dict]], metric: str, title: str, x_la
     ax.grid(alpha=0.3)
 
 
-REPORTS = {"curves": curves, "modes": modes, "trajectories": trajectories}
+REPORTS = {"curves": curves, "modes": modes, "trajectories": trajectories, "distill": distill}
 
 
 @exit_cleanly_on_user_error
