@@ -4,9 +4,17 @@ task-conditioned generalist diffusion policy.
 
 `python -m marl_diff.distill tasks=[RUN_DIR,...] paired=K unlabeled=U [run_dir=DIR] [key=value ...]`
 
-Each task is a trained run folder: its scenario is the task, its policy the expert. Per task,
-the expert's evaluation action labels `paired` states of its own rollouts (the scarce paired
-data), and `unlabeled` more states are kept without labels. Then, in one command, three rows:
+Each task is one of (`TaskEntry`; a plain string is a run folder):
+- a trained run folder, `RUN_DIR` or `{run: RUN_DIR}`: its scenario is the task, its policy the
+  expert, whose evaluation action labels `paired` states of its own rollouts (the scarce paired
+  data); `unlabeled` more states of those rollouts are kept without labels. With
+  `{run: RUN_DIR, dataset: SOURCE}` the unlabeled states are the dataset's observations instead.
+- a scenario with a dataset, `{scenario: NAME, overrides: [scenario.KEY=VALUE], dataset: SOURCE}`
+  (a Minari id or folder, or an OG-MARL .npz, as `runner.dataset`): the dataset's behaviour is
+  the expert. `paired` of its transitions, drawn at random, are the paired samples, the
+  observations of `unlabeled` others the unlabeled states, and its mean episode return is the
+  expert's return in the normalisation.
+Then, in one command, three rows:
 - `specialists`: stage 1, a small diffusion policy per task fitted to its paired samples
   (denoising score matching), evaluated alone;
 - `distilled`: stage 2, each specialist labels its task's unlabeled states (pseudo-samples,
@@ -44,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,12 +61,14 @@ from tqdm import tqdm
 
 from marl_diff.agents.diffusion_actor import DiffusionPolicyConfig, make_diffusion_policy
 from marl_diff.checkpoint import atomic_save, load_file, save_checkpoint
+from marl_diff.datasets import Transitions, load_transitions
 from marl_diff.diffusion.policy import DiffusionPolicy
+from marl_diff.envs import make_env
 from marl_diff.envs.base import BatchedMultiAgentEnv, EnvSpec
 from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
 from marl_diff.experiment import LoadedRun, load_run
 from marl_diff.logger import RunLogger
-from marl_diff.run import config_differences, resolve_device
+from marl_diff.run import compose, config_differences, resolve_device
 from marl_diff.runners.evaluation import evaluate_episodes
 from marl_diff.typed_config import to_dataclass
 
@@ -68,8 +79,19 @@ RERUN_FREE_KEYS = ("run_dir", "device", "progress")
 
 
 @dataclass
+class TaskEntry:
+    """One task of `tasks`: a trained run (`run`), optionally with a dataset of unlabeled states,
+    or a catalog scenario (`scenario`, its `overrides`) with the dataset that is its expert."""
+
+    run: str | None = None
+    scenario: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    dataset: str | None = None
+
+
+@dataclass
 class DistillConfig:
-    tasks: list[str] = field(default_factory=list)  # trained run folders, one per task
+    tasks: list[Any] = field(default_factory=list)  # TaskEntry forms, one per task
     paired: int = 100  # paired (state, expert action) samples per task
     unlabeled: int = 10000  # unlabeled states per task
     unlabeled_from: str = "expert"  # expert | generalist (see the module docstring)
@@ -101,20 +123,23 @@ class DistillConfig:
 
 @dataclass
 class Task:
-    """One environment: its expert (a trained run's agent) and env, and its generalist slots."""
+    """One environment, its expert (a trained run's agent, or a dataset's behaviour), the
+    dataset it draws states from (if any) and its generalist slots."""
 
     name: str
-    run_dir: str  # the expert's run folder
-    loaded: LoadedRun
+    source: str  # where the expert comes from: a run folder or a dataset
+    env: BatchedMultiAgentEnv
     slots: slice  # this task's agents' columns in the generalist
-
-    @property
-    def env(self) -> BatchedMultiAgentEnv:
-        return self.loaded.env
+    loaded: LoadedRun | None = None  # a run task's expert
+    dataset: Transitions | None = None
 
     @property
     def spec(self) -> EnvSpec:
-        return self.loaded.env.spec
+        return self.env.spec
+
+    def expert(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        agent = self.loaded.agent
+        return lambda obs: agent.act(obs, explore=False)
 
 
 @dataclass
@@ -365,14 +390,26 @@ class Distillation:
 
     # -------------------------------------------------------------- the rows
     def collect(self) -> dict:
-        """Per task, `paired` states with the expert's labels and `unlabeled` states without."""
+        """Per task, `paired` states with the expert's labels and `unlabeled` states without
+        (see the module docstring for where each comes from)."""
         cfg, out = self.cfg, {"paired_obs": [], "paired_actions": [], "unlabeled": []}
         for task in self.tasks:
-            count = cfg.paired + cfg.unlabeled
-            states = rollout_states(TaskPolicy(_expert(task)).act, task.env, count, cfg.seed)
-            out["paired_obs"].append(states.obs[: cfg.paired])
-            out["paired_actions"].append(states.actions[: cfg.paired])
-            out["unlabeled"].append(states.obs[cfg.paired :])  # their expert labels dropped here
+            if task.loaded is None:  # the dataset is the expert
+                data = task.dataset.batch
+                order = torch.randperm(len(task.dataset))
+                paired = Samples(data.obs[order[: cfg.paired]], data.action[order[: cfg.paired]])
+                unlabeled = data.obs[order[cfg.paired : cfg.paired + cfg.unlabeled]]
+            else:
+                count = cfg.paired + (cfg.unlabeled if task.dataset is None else 0)
+                states = rollout_states(task.expert(), task.env, count, cfg.seed)
+                paired = Samples(states.obs[: cfg.paired], states.actions[: cfg.paired])
+                unlabeled = states.obs[cfg.paired :]  # their expert labels are dropped here
+                if task.dataset is not None:
+                    order = torch.randperm(len(task.dataset))[: cfg.unlabeled]
+                    unlabeled = task.dataset.batch.obs[order]
+            out["paired_obs"].append(paired.obs.to(self.device))
+            out["paired_actions"].append(paired.actions.to(self.device))
+            out["unlabeled"].append(unlabeled.to(self.device))
         return out
 
     def run(self) -> dict:
@@ -465,11 +502,14 @@ class Distillation:
                 result = evaluate_episodes(TaskPolicy(act), env, cfg.eval_episodes, cfg.seed + 1000)
                 return result["mean_return"]
 
-            expert = play(_expert(task))
+            if task.loaded is None:
+                expert = float(task.dataset.episode_returns.mean())
+            else:
+                expert = play(task.expert())
             random = play(lambda obs, env=task.env: env.random_actions())
             scale = expert - random
             entry = {
-                "run_dir": task.run_dir,
+                "expert_from": task.source,
                 "expert": expert,
                 "random": random,
                 "rows": {},
@@ -489,23 +529,73 @@ class Distillation:
         return report
 
 
-def _expert(task: Task) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda obs: task.loaded.agent.act(obs, explore=False)
-
-
 # ------------------------------------------------------------------ set-up
+def task_entries(cfg: DistillConfig) -> list[TaskEntry]:
+    """`tasks` as TaskEntry, checked: a string is a run folder; a mapping names `run`, or a
+    `scenario` with its `dataset`."""
+    entries = []
+    for k, item in enumerate(cfg.tasks):
+        if isinstance(item, str):
+            item = {"run": item}
+        if not isinstance(item, dict):
+            raise ConfigError(f"tasks[{k}] must be a run folder or a mapping, not {item!r}")
+        entry = to_dataclass(item, TaskEntry, f"tasks[{k}]")
+        if (entry.run is None) == (entry.scenario is None):
+            raise ConfigError(
+                f"tasks[{k}] needs exactly one of 'run' (a trained run folder) and 'scenario' "
+                "(a catalog scenario, with the dataset that is its expert)"
+            )
+        if entry.scenario is not None and not entry.dataset:
+            raise ConfigError(f"tasks[{k}]: scenario '{entry.scenario}' needs a dataset")
+        bad = [o for o in entry.overrides if not o.startswith("scenario.")]
+        if bad:
+            raise ConfigError(f"tasks[{k}].overrides must be scenario.KEY=VALUE, not {bad}")
+        entries.append(entry)
+    return entries
+
+
 def load_tasks(cfg: DistillConfig, device: torch.device) -> list[Task]:
     tasks: list[Task] = []
     start = 0
-    for k, folder in enumerate(cfg.tasks):
-        loaded = load_run(Path(folder), device, cfg.num_envs, cfg.seed + k)
-        name = str(loaded.cfg.scenario.name)
-        if any(t.name == name for t in tasks):
-            name = f"{name}_{k}"
-        n = loaded.env.spec.n_agents
-        tasks.append(Task(name, folder, loaded, slice(start, start + n)))
-        start += n
+    try:
+        for k, entry in enumerate(task_entries(cfg)):
+            loaded, seed = None, cfg.seed + k
+            if entry.run is not None:
+                loaded = load_run(Path(entry.run), device, cfg.num_envs, seed)
+                scenario, env, source = loaded.cfg.scenario, loaded.env, entry.run
+            else:
+                scenario = compose([f"scenario={entry.scenario}", *entry.overrides]).scenario
+                env = make_env(
+                    OmegaConf.to_container(scenario, resolve=True), cfg.num_envs, device, seed
+                )
+                source = entry.dataset
+            name = str(scenario.name)
+            if any(t.name == name for t in tasks):
+                name = f"{name}_{k}"
+            n = env.spec.n_agents
+            tasks.append(Task(name, source, env, slice(start, start + n), loaded))
+            start += n
+            if entry.dataset:
+                tasks[-1].dataset = task_dataset(entry.dataset, env.spec, cfg, entry.run is None)
+    except Exception:
+        for task in tasks:
+            task.env.close()
+        raise
     return tasks
+
+
+def task_dataset(source: str, spec: EnvSpec, cfg: DistillConfig, is_expert: bool) -> Transitions:
+    data = load_transitions(source, spec)
+    if is_expert and len(data) <= cfg.paired:
+        raise ConfigError(
+            f"dataset '{source}' holds {len(data)} transitions: paired={cfg.paired} needs more, "
+            "and unlabeled states besides"
+        )
+    if is_expert and data.episodes == 0:
+        raise MarlDiffError(
+            f"dataset '{source}' holds no complete episode, so it gives no expert return"
+        )
+    return data
 
 
 def task_weights(cfg: DistillConfig, n_tasks: int) -> torch.Tensor:
@@ -526,7 +616,11 @@ def parse(args: list[str]) -> DistillConfig:
         raise ConfigError(f"cannot parse the command line: {err}") from None
     cfg = to_dataclass(node, DistillConfig, "distill")
     if not cfg.tasks:
-        raise ConfigError("tasks=[RUN_DIR,...] is required: trained run folders, one per task")
+        raise ConfigError(
+            "tasks=[RUN_DIR,...] is required: trained run folders (or scenarios with datasets), "
+            "one per task"
+        )
+    task_entries(cfg)
     for key in ("paired", "unlabeled", "generalist_updates", "batch_size", "rounds"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, not {getattr(cfg, key)}")

@@ -18,7 +18,7 @@ from marl_diff import catalog
 from marl_diff.agents import agent_class, make_agent
 from marl_diff.agents.base import Agent
 from marl_diff.buffer import ReplayBuffer
-from marl_diff.checkpoint import load_latest
+from marl_diff.checkpoint import load_file, load_latest
 from marl_diff.datasets import NormalizedEnv, ObservationNormalizer, Transitions, load_transitions
 from marl_diff.envs import make_env
 from marl_diff.envs.base import BatchedMultiAgentEnv, EnvSpec
@@ -169,10 +169,7 @@ def load_run(
     if checkpoint is None:
         state = load_latest(run_dir / "checkpoints", map_location=device)
     else:
-        try:
-            state = torch.load(checkpoint, map_location=device, weights_only=True)
-        except Exception as err:
-            raise MarlDiffError(f"cannot load checkpoint '{checkpoint}': {err}") from None
+        state = load_file(checkpoint, device)
     env = make_env(OmegaConf.to_container(cfg.scenario, resolve=True), num_envs, device, seed)
     try:
         if state.get("spec") != env.spec.summary():

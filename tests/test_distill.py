@@ -165,6 +165,49 @@ def test_an_interrupted_distillation_resumes_to_the_same_results(experts, tmp_pa
     assert json.loads((out / "eval.json").read_text()) == whole  # nothing lost
 
 
+def test_a_dataset_is_a_task_or_the_source_of_its_unlabeled_states(experts, tmp_path, monkeypatch):
+    """{scenario, dataset}: the dataset's transitions are the paired samples, its other
+    observations the unlabeled states, its mean episode return the expert's; {run, dataset}:
+    the run's expert labels its own states, the unlabeled states are the dataset's."""
+    pytest.importorskip("minari")
+    from marl_diff.collect import collect
+    from marl_diff.collect import parse as parse_collect
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    collect_args = [f"run_dir={experts['pendulum']}", "episodes=2", "num_envs=2"]
+    dataset, _ = collect(parse_collect([*collect_args, "out=test/pend-v0", "device=cpu"]))
+    entries = [f"{{scenario: pendulum, dataset: {dataset}}}"]
+    entries.append(f"{{run: {experts['pendulum']}, dataset: {dataset}}}")
+    tasks = f"tasks=[{','.join(entries)}]"
+    cfg = distill.parse([tasks, *TINY_DISTILL])
+    job = distill.Distillation(cfg, tmp_path / "job", torch.device("cpu"))
+    try:
+        from_dataset, from_run = job.tasks
+        assert (from_dataset.name, from_run.name) == ("pendulum", "pendulum_1")
+        assert from_dataset.loaded is None and from_run.loaded is not None
+        stored = from_dataset.dataset.batch
+        pairs = torch.cat([stored.obs, stored.action], -1).flatten(1)  # [400, 4]
+        data = job.collect()
+        paired = torch.cat([data["paired_obs"][0], data["paired_actions"][0]], -1).flatten(1)
+        assert paired.shape == (16, 4)
+        assert all(bool((pairs == row).all(-1).any()) for row in paired)  # stored pairs
+        for unlabeled in data["unlabeled"]:
+            assert unlabeled.shape == (64, 1, 3)
+            assert all(bool((stored.obs[:, 0] == row).all(-1).any()) for row in unlabeled[:, 0])
+        # no state is both a paired sample and an unlabeled one of the dataset task
+        unlabeled = data["unlabeled"][0][:, 0]
+        assert not any(bool((unlabeled == row).all(-1).any()) for row in paired[:, :3])
+        report = job.run()
+        entry = report["tasks"]["pendulum"]
+        assert entry["expert"] == pytest.approx(float(from_dataset.dataset.episode_returns.mean()))
+        assert entry["expert_from"] == dataset
+    finally:
+        job.close()
+    too_few = distill.parse([tasks, *TINY_DISTILL, "paired=400"])
+    with pytest.raises(ConfigError, match="holds 400 transitions: paired=400 needs more"):
+        distill.load_tasks(too_few, torch.device("cpu"))
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
@@ -174,6 +217,10 @@ def test_an_interrupted_distillation_resumes_to_the_same_results(experts, tmp_pa
         (["tasks=[a]", "unlabeled_from=dataset"], "unknown unlabeled_from 'dataset'"),
         (["tasks=[a,b]", "weights=[1.0]"], "weights must be 2 non-negative numbers"),
         (["tasks=[a]", "colour=red"], "colour"),
+        (["tasks=[{scenario: pendulum}]"], "scenario 'pendulum' needs a dataset"),
+        (["tasks=[{run: a, scenario: pendulum}]"], "needs exactly one of 'run'"),
+        (["tasks=[{run: a, colour: red}]"], "colour"),
+        (["tasks=[{scenario: pendulum, dataset: d, overrides: [seed=1]}]"], "scenario.KEY=VALUE"),
     ],
 )
 def test_bad_settings_name_the_problem(args, needle):
