@@ -1,7 +1,9 @@
-"""The YAML catalog: one file per named scenario, agent and runner.
+"""The YAML catalog: one file per named scenario, agent and runner (the config groups of
+`marl_diff.run`), and per distillation study (`python -m marl_diff.distill study=NAME`).
 
-In a source checkout the catalog is the top-level `scenarios/`, `agents/`, `runners/`
-folders; an installed package carries the same files under `marl_diff/catalog/`.
+In a source checkout the catalog is the top-level `scenarios/`, `agents/`, `runners/`,
+`distillations/` folders; an installed package carries the same files under
+`marl_diff/catalog/`.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 from marl_diff.errors import unknown
 
 GROUPS = {"scenario": "scenarios", "agent": "agents", "runner": "runners"}
+FOLDERS = {**GROUPS, "distillation": "distillations"}
 
 
 def group_dir(group: str) -> Path:
-    folder = GROUPS[group]
+    folder = FOLDERS[group]
     package = Path(__file__).resolve().parent
     installed = package / "catalog" / folder
     return installed if installed.is_dir() else package.parent / folder
@@ -42,17 +45,17 @@ def summary(group: str, name: str) -> str:
 
 def listing() -> str:
     """`run list`: each scenario with its backend and agent count (and whether
-    `scenario.n_agents` changes it, which is what a scaling study sweeps); each agent and runner
-    with its one-line description."""
+    `scenario.n_agents` changes it, which is what a scaling study sweeps); each agent, runner
+    and distillation study with its one-line description."""
     from marl_diff.envs.agent_count import agent_count
 
     lines = ["scenarios:"]
-    width = max(len(n) for group in GROUPS for n in names(group))
+    width = max(len(n) for group in FOLDERS for n in names(group))
     for name in names("scenario"):
         entry = load("scenario", name)
         backend = str(entry["backend"])
         lines.append(f"  {name:<{width}}  {backend:<10}  {agent_count(entry).describe()}")
-    for group in ("agent", "runner"):
+    for group in ("agent", "runner", "distillation"):
         lines.append(f"{group}s:")
         lines += [f"  {name:<{width}}  {summary(group, name)}" for name in names(group)]
     return "\n".join(lines)

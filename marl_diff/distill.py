@@ -3,6 +3,8 @@
 task-conditioned generalist diffusion policy.
 
 `python -m marl_diff.distill tasks=[RUN_DIR,...] paired=K unlabeled=U [run_dir=DIR] [key=value ...]`
+`python -m marl_diff.distill study=NAME [key=value ...]`: the catalog entry
+`distillations/NAME.yaml` gives the tasks and settings, the command line overrides them.
 
 Each task is one of (`TaskEntry`; a plain string is a run folder):
 - a trained run folder, `RUN_DIR` or `{run: RUN_DIR}`: its scenario is the task, its policy the
@@ -59,6 +61,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from marl_diff import catalog
 from marl_diff.agents.diffusion_actor import DiffusionPolicyConfig, make_diffusion_policy
 from marl_diff.checkpoint import atomic_save, load_file, save_checkpoint
 from marl_diff.datasets import Transitions, load_transitions
@@ -74,8 +77,8 @@ from marl_diff.typed_config import to_dataclass
 
 ROWS = ("distilled", "paired_only", "specialists")
 SOURCES = ("expert", "generalist")
-# What a rerun on the same run_dir may change.
-RERUN_FREE_KEYS = ("run_dir", "device", "progress")
+# What a rerun on the same run_dir may change (the study's name too: its settings are compared).
+RERUN_FREE_KEYS = ("run_dir", "device", "progress", "study")
 
 
 @dataclass
@@ -91,6 +94,7 @@ class TaskEntry:
 
 @dataclass
 class DistillConfig:
+    study: str = ""  # a catalog entry (distillations/NAME.yaml) the settings start from
     tasks: list[Any] = field(default_factory=list)  # TaskEntry forms, one per task
     paired: int = 100  # paired (state, expert action) samples per task
     unlabeled: int = 10000  # unlabeled states per task
@@ -614,6 +618,9 @@ def parse(args: list[str]) -> DistillConfig:
         node = OmegaConf.from_dotlist(args)
     except Exception as err:
         raise ConfigError(f"cannot parse the command line: {err}") from None
+    if node.get("study"):
+        study = catalog.load("distillation", str(node.study))
+        node = OmegaConf.merge(study, node)
     cfg = to_dataclass(node, DistillConfig, "distill")
     if not cfg.tasks:
         raise ConfigError(

@@ -6,12 +6,13 @@ multigoal with 2 agents)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import TINY_ARGS, run_module
 
-from marl_diff import distill
+from marl_diff import catalog, distill
 from marl_diff.diffusion.policy import DiffusionPolicy
 from marl_diff.errors import ConfigError
 
@@ -208,6 +209,27 @@ def test_a_dataset_is_a_task_or_the_source_of_its_unlabeled_states(experts, tmp_
         distill.load_tasks(too_few, torch.device("cpu"))
 
 
+@pytest.mark.parametrize("name", catalog.names("distillation"))
+def test_every_catalog_distillation_parses(name):
+    cfg = distill.parse([f"study={name}"])
+    assert cfg.study == name and len(cfg.tasks) >= 2 and distill.task_entries(cfg)
+
+
+def test_the_dataset_study_runs_on_a_fresh_checkout(tmp_path, monkeypatch):
+    """`study=pendulum_datasets` needs nothing but the repository: its tasks are the Pendulum
+    datasets kept under results/offline."""
+    pytest.importorskip("minari")
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    cfg = distill.parse(["study=pendulum_datasets", *TINY_DISTILL, "rows=[specialists]"])
+    job = distill.Distillation(cfg, tmp_path, torch.device("cpu"))
+    try:
+        report = job.run()
+    finally:
+        job.close()
+    assert set(report["tasks"]) == {"pendulum", "pendulum_1"}
+    assert all(entry["expert"] > entry["random"] for entry in report["tasks"].values())
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
@@ -217,6 +239,7 @@ def test_a_dataset_is_a_task_or_the_source_of_its_unlabeled_states(experts, tmp_
         (["tasks=[a]", "unlabeled_from=dataset"], "unknown unlabeled_from 'dataset'"),
         (["tasks=[a,b]", "weights=[1.0]"], "weights must be 2 non-negative numbers"),
         (["tasks=[a]", "colour=red"], "colour"),
+        (["study=nowhere"], "unknown distillation 'nowhere'"),
         (["tasks=[{scenario: pendulum}]"], "scenario 'pendulum' needs a dataset"),
         (["tasks=[{run: a, scenario: pendulum}]"], "needs exactly one of 'run'"),
         (["tasks=[{run: a, colour: red}]"], "colour"),
