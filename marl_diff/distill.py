@@ -77,6 +77,7 @@ from marl_diff.typed_config import to_dataclass
 
 ROWS = ("distilled", "paired_only", "specialists")
 SOURCES = ("expert", "generalist")
+EXPERT_MODES = ("default", "sample")
 # What a rerun on the same run_dir may change (the study's name too: its settings are compared).
 RERUN_FREE_KEYS = ("run_dir", "device", "progress", "study")
 
@@ -99,6 +100,11 @@ class DistillConfig:
     paired: int = 100  # paired (state, expert action) samples per task
     unlabeled: int = 10000  # unlabeled states per task
     unlabeled_from: str = "expert"  # expert | generalist (see the module docstring)
+    # How a run's expert acts, to label states and in the evaluation that sets expert = 1:
+    # "default" its evaluation action (a Gaussian's tanh(mean), a diffusion policy's sample);
+    # "sample" one draw of its policy, a_i ~ pi_i(. | o_i), the card's reading (a diffusion model
+    # learns a distribution from samples of it), which for a Gaussian expert is noisier.
+    expert_mode: str = "default"
     rounds: int = 3  # unlabeled_from=generalist: collection rounds, the first from the expert
     # Scalarisation: one weight per task (normalised to sum 1); empty = uniform. The card leaves
     # the choice open; uniform treats every task alike whatever its loss scale.
@@ -141,8 +147,11 @@ class Task:
     def spec(self) -> EnvSpec:
         return self.env.spec
 
-    def expert(self) -> Callable[[torch.Tensor], torch.Tensor]:
+    def expert(self, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The run's policy as it labels states and is evaluated (`expert_mode`)."""
         agent = self.loaded.agent
+        if mode == "sample":
+            return agent.sample_policy
         return lambda obs: agent.act(obs, explore=False)
 
 
@@ -405,7 +414,7 @@ class Distillation:
                 unlabeled = data.obs[order[cfg.paired : cfg.paired + cfg.unlabeled]]
             else:
                 count = cfg.paired + (cfg.unlabeled if task.dataset is None else 0)
-                states = rollout_states(task.expert(), task.env, count, cfg.seed)
+                states = rollout_states(task.expert(cfg.expert_mode), task.env, count, cfg.seed)
                 paired = Samples(states.obs[: cfg.paired], states.actions[: cfg.paired])
                 unlabeled = states.obs[cfg.paired :]  # their expert labels are dropped here
                 if task.dataset is not None:
@@ -509,7 +518,7 @@ class Distillation:
             if task.loaded is None:
                 expert = float(task.dataset.episode_returns.mean())
             else:
-                expert = play(task.expert())
+                expert = play(task.expert(cfg.expert_mode))
             random = play(lambda obs, env=task.env: env.random_actions())
             scale = expert - random
             entry = {
@@ -638,6 +647,10 @@ def parse(args: list[str]) -> DistillConfig:
         raise ConfigError(
             f"unknown unlabeled_from '{cfg.unlabeled_from}'. Valid: {choices(SOURCES)}"
         )
+    if cfg.expert_mode not in EXPERT_MODES:
+        raise ConfigError(
+            f"unknown expert_mode '{cfg.expert_mode}'. Valid: {choices(EXPERT_MODES)}"
+        )
     task_weights(cfg, len(cfg.tasks))
     return cfg
 
@@ -666,7 +679,9 @@ def main(argv: list[str] | None = None) -> None:
     asked = OmegaConf.structured(cfg)
     saved_config = run_dir / "config.yaml"
     if saved_config.is_file():
-        differences = config_differences(OmegaConf.load(saved_config), asked, RERUN_FREE_KEYS)
+        # a setting added since that run was made counts as its default (the old behaviour)
+        saved = OmegaConf.merge(OmegaConf.structured(DistillConfig), OmegaConf.load(saved_config))
+        differences = config_differences(saved, asked, RERUN_FREE_KEYS)
         if differences:
             raise MarlDiffError(
                 f"run_dir '{run_dir}' holds a distillation made with other settings "

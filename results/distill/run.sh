@@ -27,15 +27,14 @@ python -m marl_diff.run scenario=vmas_navigation scenario.n_agents=2 scenario.ma
   runner.num_envs=16 runner.warmup_steps=2000 runner.utd_ratio=0.25 runner.batch_size=256 \
   $COMMON run_dir=$OUT/experts/navigation
 
-# 2. The distillations: 50k unlabeled states per task from the experts' rollouts; specialists
-#    [64, 64] and the generalist [256, 256, 256], 6000 updates each of 128 samples per task.
-TASKS="tasks=[$OUT/experts/pendulum,$OUT/experts/reacher,$OUT/experts/navigation]"
-BUDGET="unlabeled=50000 specialist_hidden=[64,64] specialist_updates=6000 generalist_hidden=[256,256,256] generalist_updates=6000 batch_size=128 eval_episodes=20 progress=false device=cpu"
+# 2. The distillations, the catalog entry distillations/pendulum_reacher_navigation.yaml: 50k
+#    unlabeled states per task from the experts' rollouts; specialists [64, 64] and the
+#    generalist [256, 256, 256], 6000 updates each of 128 samples per task.
 run() {  # paired seed
   local dir="$OUT/runs/paired$1/seed$2"
   mkdir -p "$(dirname "$dir")"
-  python -m marl_diff.distill "$TASKS" paired="$1" seed="$2" $BUDGET run_dir="$dir" \
-    > "$dir.log" 2>&1 || { tail -20 "$dir.log"; return 1; }
+  python -m marl_diff.distill study=pendulum_reacher_navigation paired="$1" seed="$2" \
+    progress=false device=cpu run_dir="$dir" > "$dir.log" 2>&1 || { tail -20 "$dir.log"; return 1; }
 }
 for seed in ${SEEDS:-0 1 2}; do
   for paired in 100 1000 10000; do
