@@ -49,6 +49,7 @@ finished run it prints the saved results. Other settings on an existing `run_dir
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -582,7 +583,7 @@ def load_tasks(cfg: DistillConfig, device: torch.device) -> list[Task]:
                     OmegaConf.to_container(scenario, resolve=True), cfg.num_envs, device, seed
                 )
                 source = entry.dataset
-            name = str(scenario.name)
+            name = task_name(scenario)
             if any(t.name == name for t in tasks):
                 name = f"{name}_{k}"
             n = env.spec.n_agents
@@ -595,6 +596,18 @@ def load_tasks(cfg: DistillConfig, device: torch.device) -> list[Task]:
             task.env.close()
         raise
     return tasks
+
+
+def task_name(scenario) -> str:
+    """A task's name in eval.json, the logs and the report: its catalog scenario's, except for
+    an entry that wraps any environment of its library (its name is its backend's: gymnasium,
+    pettingzoo, isaaclab), which is named after the environment it was given."""
+    name = str(scenario.name)
+    if name == scenario.get("backend"):
+        given = scenario.get("env_id") or scenario.get("env") or scenario.get("task")
+        if given:
+            name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(given))
+    return name
 
 
 def task_dataset(source: str, spec: EnvSpec, cfg: DistillConfig, is_expert: bool) -> Transitions:

@@ -15,6 +15,7 @@ from conftest import TINY_ARGS, run_module
 from marl_diff import catalog, distill
 from marl_diff.diffusion.policy import DiffusionPolicy
 from marl_diff.errors import ConfigError
+from marl_diff.run import compose
 
 TINY_DISTILL = [
     "paired=16",
@@ -210,6 +211,23 @@ def test_a_dataset_is_a_task_or_the_source_of_its_unlabeled_states(experts, tmp_
     too_few = distill.parse([tasks, *TINY_DISTILL, "paired=400"])
     with pytest.raises(ConfigError, match="holds 400 transitions: paired=400 needs more"):
         distill.load_tasks(too_few, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        (["scenario=pendulum"], "pendulum"),
+        (["scenario=gymnasium", "scenario.env_id=Reacher-v5"], "Reacher-v5"),
+        (
+            ["scenario=pettingzoo", "scenario.env=mpe2.simple_speaker_listener_v4"],
+            "mpe2.simple_speaker_listener_v4",
+        ),
+        (["scenario=pettingzoo", "scenario.env=my_pkg.envs:make"], "my_pkg.envs_make"),
+        (["scenario=mpe_simple_spread"], "mpe_simple_spread"),
+    ],
+)
+def test_a_task_named_after_the_env_a_generic_scenario_was_given(overrides, name):
+    assert distill.task_name(compose(overrides).scenario) == name
 
 
 @pytest.mark.parametrize("name", catalog.names("distillation"))
