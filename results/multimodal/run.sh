@@ -2,7 +2,7 @@
 # Multimodality study: ddiffpg vs ddpl vs dacer vs gaussian, from scratch, at one budget per
 # scenario ([64, 64] networks for every agent, 4 env copies, one update per env step):
 #   multigoal (4 equal goals): 4000 env steps, seeds in MULTIGOAL_SEEDS (default 0 1 2);
-#   pointmaze_two_routes / pointmaze_two_goals: 20k env steps, seeds in MAZE_SEEDS (default 0).
+#   pointmaze_two_routes / pointmaze_two_goals: 20k env steps, seeds in MAZE_SEEDS (default 0 1 2).
 # Every evaluation samples each agent's policy (runner.eval_mode=sample), so the Gaussian is not
 # held to the single route its mean takes. ddiffpg clusters every 1000 (multigoal) or 2000
 # (mazes) env steps, and learns mode embeddings so that `evaluate modes=all` can ask it for
@@ -37,10 +37,10 @@ run() {  # scenario agent seed
 }
 # the slowest first, so that the two lanes finish together
 JOBS=()
-for seed in ${MAZE_SEEDS:-0}; do
+for seed in ${MAZE_SEEDS:-0 1 2}; do
   for scenario in pointmaze_two_routes pointmaze_two_goals; do JOBS+=("$scenario ddiffpg $seed"); done
 done
-for seed in ${MAZE_SEEDS:-0}; do
+for seed in ${MAZE_SEEDS:-0 1 2}; do
   for scenario in pointmaze_two_routes pointmaze_two_goals; do
     for agent in dacer ddpl gaussian; do JOBS+=("$scenario $agent $seed"); done
   done
@@ -59,5 +59,8 @@ for maze in pointmaze_two_routes pointmaze_two_goals; do
   python -m marl_diff.report curves runs="$OUT/runs/$maze" metric=eval/success_rate \
     out="$OUT/${maze}_curves" > /dev/null
 done
-python -m marl_diff.report trajectories runs="$OUT/runs" seed=0 episodes=20 \
-  out="$OUT/trajectories" > /dev/null
+for seed in 0 2; do  # seed 2: the one where ddiffpg took both routes of pointmaze_two_routes
+  suffix=$([ "$seed" = 0 ] || echo "_seed$seed")
+  python -m marl_diff.report trajectories runs="$OUT/runs" seed="$seed" episodes=20 \
+    out="$OUT/trajectories$suffix" > /dev/null
+done
