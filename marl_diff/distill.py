@@ -59,7 +59,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from marl_diff import catalog
@@ -598,7 +598,7 @@ def load_tasks(cfg: DistillConfig, device: torch.device) -> list[Task]:
     return tasks
 
 
-def task_name(scenario) -> str:
+def task_name(scenario: DictConfig) -> str:
     """A task's name in eval.json, the logs and the report: its catalog scenario's, except for
     an entry that wraps any environment of its library (its name is its backend's: gymnasium,
     pettingzoo, isaaclab), which is named after the environment it was given."""
