@@ -656,14 +656,9 @@ def parse(args: list[str]) -> DistillConfig:
     unknown = [row for row in cfg.rows if row not in ROWS]
     if unknown or not cfg.rows:
         raise ConfigError(f"unknown rows {unknown}. Valid: {choices(ROWS)}")
-    if cfg.unlabeled_from not in SOURCES:
-        raise ConfigError(
-            f"unknown unlabeled_from '{cfg.unlabeled_from}'. Valid: {choices(SOURCES)}"
-        )
-    if cfg.expert_mode not in EXPERT_MODES:
-        raise ConfigError(
-            f"unknown expert_mode '{cfg.expert_mode}'. Valid: {choices(EXPERT_MODES)}"
-        )
+    for key, valid in (("unlabeled_from", SOURCES), ("expert_mode", EXPERT_MODES)):
+        if getattr(cfg, key) not in valid:
+            raise ConfigError(f"unknown {key} '{getattr(cfg, key)}'. Valid: {choices(valid)}")
     task_weights(cfg, len(cfg.tasks))
     return cfg
 
