@@ -57,6 +57,12 @@ is learned; each is a setting, and the old behaviour is one override away:
   the full chain's (tests/test_diffusion.py). 0 samples all T steps.
 - `n_candidates` 8 (was 16) and `policy_delay` 2 (the actor updates every second critic
   update, as DACER and TD3 do).
+- `actor_hidden` [256, 256], the Gaussian actor's size. The DDPL paper gives no network; DPMD's
+  3x256 mish denoiser (`[256, 256, 256]`, the other diffusion agents' default) costs about a
+  third more per ddpl update. At the vmas_navigation study budget (eval return at 24k env
+  steps, the study's other settings, seeds 0-2) 2x256 reached 1.25, 1.56, 1.51 (mean 1.44),
+  3x256 1.42, 1.64, 1.55 (1.54) and the study's own 2x128 1.63, 1.65, 1.66: no ordering by
+  width beyond the seeds' spread (2x256 is 0.1 below 3x256 on average, and above 1.4).
 - `candidates_share_start` true: a state's M candidates start from one x_T and part at the
   first step's noise (marl_diff.diffusion.policy), so that step runs once per state; 6-8% off
   the candidate chain. vmas_navigation study, seeds 0-2: 1.63, 1.65, 1.66 against 1.46, 1.47,
