@@ -69,7 +69,13 @@ from marl_diff.datasets import Transitions, load_transitions
 from marl_diff.diffusion.policy import DiffusionPolicy
 from marl_diff.envs import make_env
 from marl_diff.envs.base import BatchedMultiAgentEnv, EnvSpec
-from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
+from marl_diff.errors import (
+    ConfigError,
+    MarlDiffError,
+    choices,
+    exit_cleanly_on_user_error,
+    unknown,
+)
 from marl_diff.experiment import LoadedRun, load_run
 from marl_diff.logger import RunLogger
 from marl_diff.run import compose, config_differences, resolve_device
@@ -653,12 +659,12 @@ def parse(args: list[str]) -> DistillConfig:
     for key in ("paired", "unlabeled", "generalist_updates", "batch_size", "rounds"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, not {getattr(cfg, key)}")
-    unknown = [row for row in cfg.rows if row not in ROWS]
-    if unknown or not cfg.rows:
-        raise ConfigError(f"unknown rows {unknown}. Valid: {choices(ROWS)}")
+    unknown_rows = [row for row in cfg.rows if row not in ROWS]
+    if unknown_rows or not cfg.rows:
+        raise ConfigError(f"unknown rows {unknown_rows}. Valid: {choices(ROWS)}")
     for key, valid in (("unlabeled_from", SOURCES), ("expert_mode", EXPERT_MODES)):
         if getattr(cfg, key) not in valid:
-            raise ConfigError(f"unknown {key} '{getattr(cfg, key)}'. Valid: {choices(valid)}")
+            raise unknown(key, getattr(cfg, key), valid)
     task_weights(cfg, len(cfg.tasks))
     return cfg
 
