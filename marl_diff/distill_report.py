@@ -22,6 +22,7 @@ SETTINGS = {"runs": None, "out": None}
 BUDGET_KEYS = (
     "unlabeled",
     "unlabeled_from",
+    "expert_mode",
     "specialist_hidden",
     "specialist_updates",
     "generalist_hidden",
@@ -133,6 +134,8 @@ def _plot(table: dict, panels: list[str], rows: list[str], path: Path) -> None:
                 )
         ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
         ax.set_xscale("log")
+        ax.set_xticks(counts, [str(k) for k in counts])  # the counts run, not log-scale minors
+        ax.minorticks_off()
         ax.set_title(task)
         ax.set_xlabel("paired samples per task")
         ax.set_ylabel("normalised return")
