@@ -110,7 +110,10 @@ class DistillConfig:
     # How a run's expert acts, to label states and in the evaluation that sets expert = 1:
     # "default" its evaluation action (a Gaussian's tanh(mean), a diffusion policy's sample);
     # "sample" one draw of its policy, a_i ~ pi_i(. | o_i), the card's reading (a diffusion model
-    # learns a distribution from samples of it), which for a Gaussian expert is noisier.
+    # learns a distribution from samples of it), which for a Gaussian expert is noisier. Noisy
+    # labels are where distillation pays: fitted to few of them, a large generalist follows
+    # their noise, which small specialists average out (results/distill/README.md, "Sampled
+    # labels").
     expert_mode: str = "default"
     rounds: int = 3  # unlabeled_from=generalist: collection rounds, the first from the expert
     # Scalarisation: one weight per task (normalised to sum 1); empty = uniform. The card leaves
