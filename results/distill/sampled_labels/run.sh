@@ -3,8 +3,9 @@
 # labels"): one task, VMAS navigation with 1 agent, its Gaussian expert trained here (seed 0),
 # then `marl_diff.distill` at 16, 32, 64, 128 and 256 paired samples, seeds 0 1 2 (SEEDS), with
 # the expert's draws as labels (expert_mode=sample) and, to compare, its mean actions
-# (expert_mode=default). Restartable: finished runs are kept. LANES jobs side by side, one torch
-# thread each. Usage: bash results/distill/sampled_labels/run.sh
+# (expert_mode=default); then the three-task study of distillations/sampled_labels_three_tasks.yaml
+# (needs results/distill/run.sh's experts). Restartable: finished runs are kept. LANES jobs side
+# by side, one torch thread each. Usage: bash results/distill/sampled_labels/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=results/distill/sampled_labels
@@ -37,6 +38,26 @@ for mode in sample default; do
   done
 done
 wait
-for mode in sample default; do
-  python -m marl_diff.report distill runs=$OUT/runs/$mode out=$OUT/report_$mode > /dev/null
+
+# 3. Across environments, sampled labels: this navigation expert with the Pendulum and Reacher
+#    experts of results/distill/run.sh (its step 1 first), the catalog entry
+#    distillations/sampled_labels_three_tasks.yaml, at 32, 64 and 128 paired samples per task.
+for task in pendulum reacher; do
+  [ -d results/distill/experts/$task ] || { echo "run results/distill/run.sh first: its $task expert is missing"; exit 1; }
+done
+three() {  # paired seed
+  local dir="$OUT/runs/three_tasks/paired$1/seed$2"
+  mkdir -p "$(dirname "$dir")"
+  python -m marl_diff.distill study=sampled_labels_three_tasks paired="$1" seed="$2" \
+    progress=false device=cpu run_dir="$dir" > "$dir.log" 2>&1 || { tail -20 "$dir.log"; return 1; }
+}
+for seed in ${SEEDS:-0 1 2}; do
+  for paired in 32 64 128; do
+    three "$paired" "$seed" &
+    while [ "$(jobs -rp | wc -l)" -ge "${LANES:-2}" ]; do wait -n; done
+  done
+done
+wait
+for runs in sample default three_tasks; do
+  python -m marl_diff.report distill runs=$OUT/runs/$runs out=$OUT/report_$runs > /dev/null
 done
