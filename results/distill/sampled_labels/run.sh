@@ -19,21 +19,27 @@ python -m marl_diff.run scenario=vmas_navigation scenario.n_agents=1 scenario.ma
   runner.batch_size=256 runner.utd_ratio=0.5 runner.eval_every=0 runner.progress=false \
   device=cpu resume=auto run_dir=$OUT/expert
 
-# 2. The distillations: 5000 unlabeled states from the expert's rollouts, [16, 16] specialists and
-#    a [256, 256, 256] generalist, 1500 updates of 128 samples each, 32 evaluation episodes.
-run() {  # expert_mode paired seed
-  local dir="$OUT/runs/$1/paired$2/seed$3"
+distil() {  # run_dir, then the distillation's settings
+  local dir="$1"; shift
   mkdir -p "$(dirname "$dir")"
-  python -m marl_diff.distill tasks=[$OUT/expert] expert_mode="$1" paired="$2" unlabeled=5000 \
-    specialist_hidden=[16,16] specialist_updates=1500 generalist_hidden=[256,256,256] \
-    generalist_updates=1500 batch_size=128 eval_episodes=32 num_envs=32 seed="$3" \
-    progress=false device=cpu run_dir="$dir" > "$dir.log" 2>&1 || { tail -20 "$dir.log"; return 1; }
+  python -m marl_diff.distill "$@" progress=false device=cpu run_dir="$dir" > "$dir.log" 2>&1 \
+    || { tail -20 "$dir.log"; return 1; }
 }
+lane() {  # run a command in the background, at most LANES at a time
+  "$@" &
+  while [ "$(jobs -rp | wc -l)" -ge "${LANES:-2}" ]; do wait -n; done
+}
+
+# 2. The expert alone: 5000 unlabeled states from its rollouts, [16, 16] specialists and a
+#    [256, 256, 256] generalist, 1500 updates of 128 samples each, 32 evaluation episodes.
+ALONE="tasks=[$OUT/expert] unlabeled=5000 specialist_hidden=[16,16] specialist_updates=1500
+  generalist_hidden=[256,256,256] generalist_updates=1500 batch_size=128 eval_episodes=32
+  num_envs=32"
 for mode in sample default; do
   for seed in ${SEEDS:-0 1 2}; do
     for paired in 16 32 64 128 256; do
-      run "$mode" "$paired" "$seed" &
-      while [ "$(jobs -rp | wc -l)" -ge "${LANES:-2}" ]; do wait -n; done
+      lane distil "$OUT/runs/$mode/paired$paired/seed$seed" $ALONE expert_mode=$mode \
+        paired=$paired seed=$seed
     done
   done
 done
@@ -45,16 +51,10 @@ wait
 for task in pendulum reacher; do
   [ -d results/distill/experts/$task ] || { echo "run results/distill/run.sh first: its $task expert is missing"; exit 1; }
 done
-three() {  # paired seed
-  local dir="$OUT/runs/three_tasks/paired$1/seed$2"
-  mkdir -p "$(dirname "$dir")"
-  python -m marl_diff.distill study=sampled_labels_three_tasks paired="$1" seed="$2" \
-    progress=false device=cpu run_dir="$dir" > "$dir.log" 2>&1 || { tail -20 "$dir.log"; return 1; }
-}
 for seed in ${SEEDS:-0 1 2}; do
   for paired in 32 64 128; do
-    three "$paired" "$seed" &
-    while [ "$(jobs -rp | wc -l)" -ge "${LANES:-2}" ]; do wait -n; done
+    lane distil "$OUT/runs/three_tasks/paired$paired/seed$seed" \
+      study=sampled_labels_three_tasks paired=$paired seed=$seed
   done
 done
 wait
