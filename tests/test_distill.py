@@ -55,9 +55,9 @@ def test_distillation_beats_the_paired_only_generalist_on_few_sampled_labels(tmp
     navigation labels 64 states with draws of its policy (`expert_mode=sample`). Fitted to those
     noisy labels alone, the large generalist follows their noise and ends below random; fitted
     to the small specialist's labels of 5000 unlabeled states, it does not. Gaps of 0.7 to 4.3
-    over distillation seeds 0-5 with this expert, 1.0 to 2.8 at the study's budget
-    (results/distill/README.md, "Sampled labels"). With the expert's mean actions as labels
-    nothing separates: the generalist learns that map from 16 samples."""
+    over distillation seeds 0-5 with this expert, 1.0 to 2.8 over seeds 0-2 with the study's
+    8000-step expert (results/distill/README.md, "Sampled labels"). With the expert's mean
+    actions as labels nothing separates: the generalist learns that map from 16 samples."""
     expert = tmp_path / "expert"
     train = [
         "scenario=vmas_navigation",
