@@ -276,6 +276,7 @@ class Distillation:
         self.tasks = load_tasks(cfg, device)
         self.union = union_spec(self.tasks)
         self.weights = task_weights(cfg, len(self.tasks)).to(device)
+        run_dir.mkdir(parents=True, exist_ok=True)  # only once the tasks are known to load
         self.stages = run_dir / "stages"
         self.updates, self.window = 0, {}
         _drop_records_after(run_dir / "metrics.jsonl", self.resume_point())
@@ -584,7 +585,13 @@ def load_tasks(cfg: DistillConfig, device: torch.device) -> list[Task]:
         for k, entry in enumerate(task_entries(cfg)):
             loaded, seed = None, cfg.seed + k
             if entry.run is not None:
-                loaded = load_run(Path(entry.run), device, cfg.num_envs, seed)
+                try:
+                    loaded = load_run(Path(entry.run), device, cfg.num_envs, seed)
+                except MarlDiffError as err:
+                    raise MarlDiffError(
+                        f"task '{entry.run}': {err}. A run task is the folder of a trained run, "
+                        "relative to the folder the command runs in"
+                    ) from None
                 scenario, env, source = loaded.cfg.scenario, loaded.env, entry.run
             else:
                 scenario = compose([f"scenario={entry.scenario}", *entry.overrides]).scenario
@@ -711,9 +718,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(asked, saved_config)
         distillation = Distillation(cfg, run_dir, device)
+        # saved after the tasks loaded: a typo in `tasks` must not leave a config that refuses
+        # the corrected command on the same run_dir
+        OmegaConf.save(asked, saved_config)
         try:
             report = distillation.run()
         finally:

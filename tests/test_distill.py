@@ -328,7 +328,12 @@ def test_bad_settings_name_the_problem(args, needle):
     assert needle in str(err.value)
 
 
-def test_a_missing_run_folder_exits_cleanly(tmp_path):
-    proc = run_module("marl_diff.distill", ["tasks=[nowhere]", "device=cpu"], tmp_path)
+def test_a_missing_run_folder_exits_cleanly_and_leaves_nothing(tmp_path):
+    """Nothing is written before the tasks load, so the corrected command can use the same
+    run_dir."""
+    out = tmp_path / "distill"
+    args = ["tasks=[nowhere]", "device=cpu", f"run_dir={out}"]
+    proc = run_module("marl_diff.distill", args, tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "nowhere" in proc.stderr
+    assert "task 'nowhere'" in proc.stderr and "folder of a trained run" in proc.stderr
+    assert not out.exists()
