@@ -719,10 +719,10 @@ def main(argv: list[str] | None = None) -> None:
         device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         distillation = Distillation(cfg, run_dir, device)
-        # saved after the tasks loaded: a typo in `tasks` must not leave a config that refuses
-        # the corrected command on the same run_dir
-        OmegaConf.save(asked, saved_config)
         try:
+            # saved after the tasks loaded: a typo in `tasks` must not leave a config that
+            # refuses the corrected command on the same run_dir
+            OmegaConf.save(asked, saved_config)
             report = distillation.run()
         finally:
             distillation.close()
