@@ -51,13 +51,14 @@ def experts(tmp_path_factory):
 
 
 def test_distillation_beats_the_paired_only_generalist_on_few_sampled_labels(tmp_path):
-    """The card's claim at a test's budget, about 90 s. A Gaussian expert for 1-agent VMAS
-    navigation labels 64 states with draws of its policy (`expert_mode=sample`). Fitted to those
-    noisy labels alone, the large generalist follows their noise and ends below random; fitted
-    to the small specialist's labels of 5000 unlabeled states, it does not. Gaps of 0.7 to 4.3
-    over distillation seeds 0-5 with this expert, 1.0 to 2.8 over seeds 0-2 with the study's
-    8000-step expert (results/distill/README.md, "Sampled labels"). With the expert's mean
-    actions as labels nothing separates: the generalist learns that map from 16 samples."""
+    """The card's claim at a test's budget, about 100 s: the 64-paired-sample, seed-0 point of
+    results/distill/sampled_labels/run.sh. A Gaussian expert for 1-agent VMAS navigation labels
+    64 states with draws of its policy (`expert_mode=sample`). Fitted to those noisy labels
+    alone, the large generalist follows their noise and ends below random; fitted to the small
+    specialist's labels of 5000 unlabeled states, it does not. Gaps of 1.0 to 2.8 over seeds
+    0-2 there (results/distill/README.md, "Sampled labels"); 0.7 to 4.3 over seeds 0-5 with a
+    6000-step expert. With the expert's mean actions as labels nothing separates: the
+    generalist learns that map from 16 samples."""
     expert = tmp_path / "expert"
     train = [
         "scenario=vmas_navigation",
@@ -68,7 +69,7 @@ def test_distillation_beats_the_paired_only_generalist_on_few_sampled_labels(tmp
         "agent.critic_hidden=[64,64]",
         "agent.actor_lr=0.001",
         "agent.critic_lr=0.001",
-        "runner.total_steps=6000",
+        "runner.total_steps=8000",
         "runner.num_envs=16",
         "runner.warmup_steps=1000",
         "runner.batch_size=256",
