@@ -338,6 +338,7 @@ UPDATE_COST_KEYS = (
     "n_samples",
     "actor_batch_size",
     "policy_delay",
+    "compile_denoiser",
 )
 
 

@@ -138,6 +138,22 @@ def run_module(module: str, args: list[str], cwd: Path, timeout: float = 120):
 
 
 @pytest.fixture
+def compiled_calls(monkeypatch) -> list:
+    """The networks whose compiled graph ran, one entry per call (torch.compile'd StackedMLP
+    layers): shows a test that the compiled path, not the eager one, produced its numbers."""
+    from marl_diff import nn as stacked
+
+    calls, compiled_for = [], stacked._compiled_after_first
+
+    def spy(mlp):
+        calls.append(mlp)
+        return compiled_for(mlp)
+
+    monkeypatch.setattr(stacked, "_compiled_after_first", spy)
+    return calls
+
+
+@pytest.fixture
 def tiny_args() -> list[str]:
     """A fresh copy of the tiny-budget argument list (callers may append overrides)."""
     return list(TINY_ARGS)

@@ -15,6 +15,7 @@ from marl_diff.diffusion import (
     StackedDenoiser,
     make_schedule,
 )
+from marl_diff.nn import COMPILED_MIN_ROWS, compiler_available
 
 N, OBS, ACT = 3, 5, 3
 # Heterogeneous agents: 3, 1 and 2 real action entries, the rest padding.
@@ -379,3 +380,33 @@ def test_candidates_sharing_a_start_run_its_step_once_per_state_and_keep_the_mod
     # A chain whose first step adds no noise would give M copies: every candidate starts alone.
     ddim = policy.sample(torch.zeros(3, 1, 1), candidates=4, steps=5, eta=0.0, shared_start=True)
     assert not torch.allclose(ddim[0], ddim[1])
+
+
+@pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
+@pytest.mark.parametrize("share", [False, True])
+def test_compiled_and_eager_chains_agree(share, compiled_calls):
+    """`compiled` changes how the denoiser runs, not what the chain samples or the loss."""
+    eager = small_policy("vp", steps=10, share=share)
+    compiled = small_policy("vp", steps=10, share=share, compiled=True)
+    assert compiled.denoiser.net.mlp.compiled and not eager.denoiser.net.mlp.compiled
+    obs = torch.randn(COMPILED_MIN_ROWS, N, OBS)  # enough rows to run compiled
+    for options in ({}, {"candidates": 4, "steps": 5, "shared_start": True}):
+        a, b = (
+            p.sample(obs, generator=torch.Generator().manual_seed(1), **options)
+            for p in (eager, compiled)
+        )
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    assert len(compiled_calls) == 10 + 5
+    actions = torch.rand(COMPILED_MIN_ROWS, N, ACT) * 2 - 1
+    losses = [
+        p.dsm_loss(actions, obs, generator=torch.Generator().manual_seed(2))
+        for p in (eager, compiled)
+    ]
+    torch.testing.assert_close(losses[1], losses[0])
+    grads = [
+        torch.autograd.grad(loss.sum(), list(p.parameters()))
+        for loss, p in zip(losses, (eager, compiled), strict=True)
+    ]
+    for g, e in zip(grads[1], grads[0], strict=True):  # float32 sums over the rows, reordered
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    assert len(compiled_calls) == 16

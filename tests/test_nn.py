@@ -1,7 +1,10 @@
+import copy
+
+import pytest
 import torch
 import torch.nn.functional as F
 
-from marl_diff.nn import Mish
+from marl_diff.nn import COMPILED_MIN_ROWS, Mish, StackedMLP, compiler_available
 
 
 def test_mish_matches_torch_values_and_gradients():
@@ -26,3 +29,55 @@ def test_mish_gradient_is_the_exact_derivative():
     (grad,) = torch.autograd.grad(Mish()(x).sum(), x)
     (expected,) = torch.autograd.grad(torch.nn.functional.mish(x).sum(), x)
     torch.testing.assert_close(grad, expected)
+
+
+needs_compiler = pytest.mark.skipif(
+    not compiler_available(), reason="torch.compile needs a C++ compiler, none on this machine"
+)
+
+
+@needs_compiler
+def test_compiled_mlp_matches_eager_values_and_gradients(compiled_calls):
+    torch.manual_seed(0)
+    eager = StackedMLP(3, 7, [32, 32], 4, "mish")
+    compiled = copy.deepcopy(eager)
+    compiled.compiled = True
+    for rows in (COMPILED_MIN_ROWS, COMPILED_MIN_ROWS + 40):  # two batch sizes, one dynamic graph
+        x = torch.randn(3, rows, 7)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), eager(x))
+        expected = torch.autograd.grad(eager(x).square().sum(), list(eager.parameters()))
+        got = torch.autograd.grad(compiled(x).square().sum(), list(compiled.parameters()))
+        for g, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(g, e)
+    assert len(compiled_calls) == 4 and all(mlp is compiled for mlp in compiled_calls)
+    compiled(torch.randn(3, COMPILED_MIN_ROWS - 1, 7))  # acting in a few envs: eager
+    assert len(compiled_calls) == 4
+
+
+@needs_compiler
+def test_compiled_mlp_copy_runs_its_own_parameters(compiled_calls):
+    """A deep copy (a target network) must not call the graph compiled for the original."""
+    torch.manual_seed(0)
+    online = StackedMLP(2, 5, [16], 3, "mish", compiled=True)
+    x = torch.randn(2, COMPILED_MIN_ROWS, 5)
+    with torch.no_grad():
+        before = online(x)
+        target = copy.deepcopy(online)
+        for p in target.parameters():
+            p.add_(0.5)
+        moved = target(x)
+        assert compiled_calls[-1] is target
+        target.compiled = False
+        torch.testing.assert_close(moved, target(x))
+        torch.testing.assert_close(online(x), before)
+    assert not torch.allclose(moved, before)
+
+
+def test_compile_without_a_compiler_runs_eagerly(monkeypatch):
+    monkeypatch.setenv("CXX", "")
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.warns(UserWarning, match="C\\+\\+ compiler"):
+        mlp = StackedMLP(1, 3, [8], 2, compiled=True)
+    assert not mlp.compiled
+    assert mlp(torch.randn(1, 4, 3)).shape == (1, 4, 2)

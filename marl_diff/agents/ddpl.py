@@ -68,6 +68,9 @@ is learned; each is a setting, and the old behaviour is one override away:
   the candidate chain. vmas_navigation study, seeds 0-2: 1.63, 1.65, 1.66 against 1.46, 1.47,
   1.65 with independent starts. Critic-target actions from a 5-step chain instead of the
   10-step one were also measured and not kept (1.27, 1.26, 1.59).
+- `compile_denoiser` stays false: compiled, an update is 4.4x a Gaussian one on Ant instead
+  of 5.0x and 5.1x on MPE instead of 6.0x, but the vmas_navigation study's seeds came out
+  lower (`DiffusionActorCritic`).
 - `actor_batch_size` stays 0 (ISSM on every state of the batch) and `policy_delay` stays 2.
   The cheaper settings measured all cut the actor's work per env step, and each learned less
   in the vmas_navigation study (eval return at 24k steps, results/speed.md): these defaults

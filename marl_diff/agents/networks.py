@@ -15,6 +15,7 @@ class PerAgentMLP(nn.Module):
 
     x [..., N, in] -> [..., N, out]. With `share=True` the agents share one network and a one-hot
     agent id is appended to the input (parameter sharing is an option, not the default).
+    `compiled`: see `StackedMLP`.
     """
 
     def __init__(
@@ -25,13 +26,16 @@ class PerAgentMLP(nn.Module):
         out_features: int,
         activation: str = "relu",
         share: bool = False,
+        compiled: bool = False,
     ):
         super().__init__()
         self.n_agents = n_agents
         self.share = share
         extra = n_agents if share else 0
         members = 1 if share else n_agents
-        self.mlp = StackedMLP(members, in_features + extra, hidden, out_features, activation)
+        self.mlp = StackedMLP(
+            members, in_features + extra, hidden, out_features, activation, compiled=compiled
+        )
 
     def agents_first(self, x: torch.Tensor) -> torch.Tensor:
         """[..., N, F] -> [N, rows, F], rows = the flattened leading dims, in the member-major
@@ -115,7 +119,7 @@ class CentralCritic(nn.Module):
         computed once per state and broadcast, not once per joint action.
         """
         lead = joint_action.shape[:-2]
-        first, rest = self.q.net[0], self.q.net[1:]
+        first = self.q.net[0]
         s = self.state_dim
         state_rows = state.reshape(1, -1, s).expand(self.n_q, -1, -1)
         state_part = torch.baddbmm(first.bias, state_rows, first.weight[:, :s])  # [n_q, rows, H]
@@ -123,7 +127,7 @@ class CentralCritic(nn.Module):
         actions = joint_action.reshape(1, -1, first.weight.shape[1] - s).expand(self.n_q, -1, -1)
         h = torch.bmm(actions, first.weight[:, s:])  # [n_q, rows, H]
         h = h.view(self.n_q, *lead, -1).add_(state_part.view(self.n_q, *state_lead, -1))
-        out = rest(h.view(self.n_q, -1, h.shape[-1]))
+        out = self.q.after_first(h.view(self.n_q, -1, h.shape[-1]))
         return out.view(self.n_q, *lead, -1)
 
     def forward(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:

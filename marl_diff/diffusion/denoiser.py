@@ -41,7 +41,8 @@ class StackedDenoiser(nn.Module):
     depend on the step alone. `condition` computes their share of the first layer once per chain,
     so each step (`predict`) multiplies only the action's few columns: on MaMuJoCo Ant 2x4 (63
     observation features) this removes about 90% of the first layer's work, about 3% of a
-    whole step (the hidden layers and their mish dominate).
+    whole step (the hidden layers and their mish dominate). `compiled` compiles the main MLP's
+    layers after the first (`StackedMLP`), where that work is.
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class StackedDenoiser(nn.Module):
         activation: str = "mish",
         time_embed_dim: int = 16,
         share: bool = False,
+        compiled: bool = False,
     ):
         super().__init__()
         if time_embed_dim < 2 or time_embed_dim % 2:
@@ -66,7 +68,13 @@ class StackedDenoiser(nn.Module):
             n_agents, time_embed_dim, (2 * time_embed_dim,), time_embed_dim, "mish", share
         )
         self.net = PerAgentMLP(
-            n_agents, act_dim + obs_dim + time_embed_dim, hidden, act_dim, activation, share
+            n_agents,
+            act_dim + obs_dim + time_embed_dim,
+            hidden,
+            act_dim,
+            activation,
+            share,
+            compiled,
         )
 
     def time_features(self, t: torch.Tensor) -> torch.Tensor:
@@ -136,4 +144,4 @@ class StackedDenoiser(nn.Module):
             x = x.reshape(1, -1, self.act_dim)
         h = torch.baddbmm(cond.obs_part, x, first.weight[:, : self.act_dim])
         h.view(self.n_agents, -1, h.shape[-1]).add_(cond.time_parts[t])
-        return net.agents_last(net.mlp.net[1:](h), a_t.shape[:-2])
+        return net.agents_last(net.mlp.after_first(h), a_t.shape[:-2])
