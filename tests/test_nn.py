@@ -74,6 +74,27 @@ def test_compiled_mlp_copy_runs_its_own_parameters(compiled_calls):
     assert not torch.allclose(moved, before)
 
 
+@needs_compiler
+def test_compiled_mlp_follows_its_parameters_as_they_train(compiled_calls):
+    """The graph reads the parameters at every call: no weights frozen at the first."""
+    torch.manual_seed(0)
+    mlp = StackedMLP(2, 5, [32, 32], 3, "mish", compiled=True)
+    x = torch.randn(2, COMPILED_MIN_ROWS, 5)
+    with torch.no_grad():
+        first = mlp(x)
+    optimizer = torch.optim.Adam(mlp.parameters(), lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        mlp(x).square().mean().backward()
+        optimizer.step()
+    with torch.no_grad():
+        trained = mlp(x)
+        mlp.compiled = False
+        torch.testing.assert_close(trained, mlp(x))
+    assert not torch.allclose(trained, first)
+    assert len(compiled_calls) == 5
+
+
 def test_compile_without_a_compiler_runs_eagerly(monkeypatch):
     monkeypatch.setenv("CXX", "")
     monkeypatch.setattr("shutil.which", lambda name: None)

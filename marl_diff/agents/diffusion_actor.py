@@ -89,10 +89,10 @@ class DiffusionActorCritic(ActorCriticAgent):
     one pass. `bench update` on a 2-core CPU, eager / compiled (two runs, each agent's ratio to
     a Gaussian update within its run): ddpl 5.0x / 4.4x on Ant, 5.3x / 4.6x on VMAS and 6.0x /
     5.1x on MPE; qvpo 21.2x / 17.8x on Ant; dacer 5.6x / 5.2x on Ant. It is off in the catalog:
-    it changes only float rounding, but in the vmas_navigation study setting ddpl's final
-    policies, re-evaluated on 256 episodes, returned 1.53, 1.44, 1.16 (seeds 0-2) against 1.59,
-    1.71, 1.33 eager (results/speed.md), and a default must not learn less on the evidence at
-    hand.
+    it changes only float rounding, yet in the vmas_navigation study setting ddpl's final
+    policies, re-evaluated on 256 episodes, returned 1.32 on average compiled (8 seeds) against
+    1.47 eager (7 seeds), about 2.4 standard errors apart, with no cause found
+    (results/speed.md).
     """
 
     Config = DiffusionActorConfig
