@@ -57,7 +57,7 @@ def test_compiled_mlp_matches_eager_values_and_gradients(compiled_calls):
 
 @needs_compiler
 def test_compiled_mlp_copy_runs_its_own_parameters(compiled_calls):
-    """A deep copy (a target network) must not call the graph compiled for the original."""
+    """A deep copy (a target network) shares the original's graph but runs its own parameters."""
     torch.manual_seed(0)
     online = StackedMLP(2, 5, [16], 3, "mish", compiled=True)
     x = torch.randn(2, COMPILED_MIN_ROWS, 5)
