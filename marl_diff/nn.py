@@ -3,6 +3,7 @@ in one batched matmul instead of a Python loop."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -141,6 +142,14 @@ class StackedMLP(nn.Module):
             return _after_first(self, h)
         return _compiled_after_first(self)(self, h)
 
+    @functools.cached_property
+    def structure(self) -> tuple:
+        """The layers after the first, as types and parameter shapes: what a compiled graph of
+        `after_first` is specific to (computed once, not at every call)."""
+        return tuple(
+            (type(layer), tuple(p.shape for p in layer.parameters())) for layer in self.net[1:]
+        )
+
     def forward(self, x: torch.Tensor, members: int | None = None) -> torch.Tensor:
         """`members`: run only the first that many members, e.g. the critics of the modes
         discovered so far out of all those allocated."""
@@ -177,12 +186,11 @@ _COMPILED: dict[tuple, Callable] = {}
 
 
 def _compiled_after_first(mlp: StackedMLP) -> Callable:
-    key = tuple((type(layer), tuple(p.shape for p in layer.parameters())) for layer in mlp.net[1:])
-    if key not in _COMPILED:
+    if mlp.structure not in _COMPILED:
         own_code = _after_first.__code__.replace()
         own = types.FunctionType(own_code, _after_first.__globals__, _after_first.__name__)
-        _COMPILED[key] = torch.compile(own, dynamic=True)
-    return _COMPILED[key]
+        _COMPILED[mlp.structure] = torch.compile(own, dynamic=True)
+    return _COMPILED[mlp.structure]
 
 
 def compiler_available() -> bool:
