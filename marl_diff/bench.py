@@ -24,6 +24,12 @@ Time of one `DiffusionPolicy.sample()` call (ancestral DDPM, T denoising steps) 
 stacked in one policy vs a Python loop over N separate single-agent policies of the same sizes
 (what per-agent modules would cost), interleaved over the repeats, median.
 
+`python -m marl_diff.bench update [scenario=vmas_navigation] [agents=gaussian,ddpl]
+[batch_size=256] [updates=5] [repeats=3] [device=cpu] [host_memory=reuse]
+[out=results/update_time.md] [scenario.key=value | agent.key=value ...]`: milliseconds per
+gradient update of each agent on random batches of the scenario's shapes, interleaved over the
+repeats, and each agent's ratio to the first; `host_memory` as in `marl_diff.run`.
+
 `python -m marl_diff.bench peer [agents=2,4] [methods=masac,mappo,gaussian,ddpl] ...`:
 BenchMARL's MASAC and MAPPO in their own virtualenv against marl_diff agents on VMAS navigation
 at the same settings (marl_diff/peer.py).
@@ -46,6 +52,7 @@ from statistics import median
 import torch
 from omegaconf import OmegaConf
 
+from marl_diff import host_memory
 from marl_diff.errors import ConfigError, choices, exit_cleanly_on_user_error
 
 ROLLOUT_SETTINGS = {
@@ -323,6 +330,7 @@ UPDATE_SETTINGS = {
     "repeats": "3",
     "device": "cpu",
     "out": "results/update_time.md",
+    "host_memory": "reuse",  # as `python -m marl_diff.run` (marl_diff.host_memory)
 }
 
 
@@ -352,6 +360,7 @@ def update(args: list[str]) -> str:
     from marl_diff.run import compose, resolve_device
 
     values, passthrough = _split(args, UPDATE_SETTINGS, ("scenario", "agent"))
+    host_memory.configure(values["host_memory"])
     try:
         batch, updates, repeats = (int(values[k]) for k in ("batch_size", "updates", "repeats"))
     except ValueError:
@@ -407,7 +416,7 @@ def update(args: list[str]) -> str:
         device,
         f"{spec.n_agents} agents; median of {repeats} interleaved repeats of "
         f"{updates} updates each, after two warm-up updates; random batches of the scenario's "
-        "shapes.",
+        f"shapes; host_memory={values['host_memory']}.",
     )
     lines += [f"| agent | settings | ms per update | ratio to {names[0]} |", "|---|---|---:|---:|"]
     for name in names:

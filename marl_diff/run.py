@@ -15,16 +15,23 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from marl_diff import catalog, experiment
+from marl_diff import catalog, experiment, host_memory
 from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
 
 DEFAULTS = {"scenario": "pendulum", "agent": "gaussian"}
-TOP_LEVEL = {"seed": 0, "device": "auto", "run_dir": None, "resume": None, "threads": 0}
+TOP_LEVEL = {
+    "seed": 0,
+    "device": "auto",
+    "run_dir": None,
+    "resume": None,
+    "threads": 0,
+    "host_memory": "reuse",  # marl_diff.host_memory: keep freed blocks ("release": glibc's way)
+}
 DEVICES = ("auto", "cpu", "cuda")
 # The only settings a resumed run may change: its budgets, logging and the device.
-RESUMABLE_PREFIXES = ("runner.", "device=", "threads=")
+RESUMABLE_PREFIXES = ("runner.", "device=", "threads=", "host_memory=")
 # What `resume=auto` lets differ between the run asked for and the one already in run_dir.
-RERUN_FREE_KEYS = ("resume", "run_dir", "device", "threads", "runner.progress")
+RERUN_FREE_KEYS = ("resume", "run_dir", "device", "threads", "host_memory", "runner.progress")
 # Jobs of this process's `-m` sweep that were refused (the default launcher runs them here; a
 # study's launchers run them elsewhere and the study checks the run folders instead).
 REFUSED_JOBS: list[str] = []
@@ -244,6 +251,7 @@ def launch(cfg: DictConfig, user_overrides: list[str]) -> dict:
         )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    host_memory.configure(cfg.host_memory)
     if cfg.resume == "auto":
         if not cfg.run_dir:
             raise ConfigError("resume=auto needs run_dir=DIR (the run to continue or start)")

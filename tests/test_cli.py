@@ -297,6 +297,7 @@ def test_a_refused_job_of_a_sweep_leaves_the_others_running(run_cli, tmp_path, t
         (["agent.actor_lr=fast"], ["agent.actor_lr", "fast"]),
         (["agent.actor_activation=wiggle"], ["agent.actor_activation", "wiggle", "relu"]),
         (["device=gpu"], ["device", "gpu", "cuda"]),
+        (["host_memory=keep"], ["host_memory", "keep", "release", "reuse"]),
         (["runner.eval_mode=best"], ["runner.eval_mode", "default", "sample", "best"]),
     ],
 )
