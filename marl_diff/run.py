@@ -28,8 +28,10 @@ TOP_LEVEL = {
     "host_memory": "reuse",  # marl_diff.host_memory: keep freed blocks ("release": glibc's way)
 }
 DEVICES = ("auto", "cpu", "cuda")
-# The only settings a resumed run may change: its budgets, logging and the device.
+# The only settings a resumed run may change: its budgets, logging, the device and the process's
+# threads and allocator.
 RESUMABLE_PREFIXES = ("runner.", "device=", "threads=", "host_memory=")
+RESUMABLE = "Only runner.* settings, device, threads and host_memory may change on resume."
 # What `resume=auto` lets differ between the run asked for and the one already in run_dir.
 RERUN_FREE_KEYS = ("resume", "run_dir", "device", "threads", "host_memory", "runner.progress")
 # Jobs of this process's `-m` sweep that were refused (the default launcher runs them here; a
@@ -177,15 +179,14 @@ def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConf
             if name != saved_name:
                 raise MarlDiffError(
                     f"cannot resume with '{override}': the checkpoint in {run_dir} was made "
-                    f"with {key}={saved_name}. Only runner.* settings and device may change "
-                    "on resume."
+                    f"with {key}={saved_name}. {RESUMABLE}"
                 )
             continue
         if OmegaConf.select(saved, key, default=None) != OmegaConf.select(cfg, key, default=None):
             raise MarlDiffError(
                 f"cannot resume with '{override}': the checkpoint in {run_dir} was made with "
                 f"{key}={OmegaConf.select(saved, key, default=None)}, an incompatible config. "
-                "Only runner.* settings and device may change on resume."
+                f"{RESUMABLE}"
             )
     changes = [o for o in user_overrides if o.startswith(RESUMABLE_PREFIXES)]
     merged = OmegaConf.merge(saved, OmegaConf.from_dotlist([o.lstrip("+") for o in changes]))

@@ -118,7 +118,7 @@ def test_rerun_into_existing_run_dir_does_not_overwrite(trained, run_main, tmp_p
 def test_resume_with_incompatible_config_fails(trained, run_main, tmp_path, override, needle):
     before = digests(trained / "checkpoints")
     proc = run_main([f"resume={trained}", "runner.total_steps=600", override], tmp_path)
-    assert_clean_error(proc, "cannot resume", needle)
+    assert_clean_error(proc, "cannot resume", needle, "runner.*", "threads", "host_memory")
     assert digests(trained / "checkpoints") == before
 
 
