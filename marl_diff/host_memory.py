@@ -10,15 +10,14 @@ keeps its peak heap instead of returning it between updates. The numbers are the
 where the memory comes from changes.
 
 Measured on the project's 2-core CPU, one thread, `bench update` batches (results/speed.md):
-page faults per update fell from 3,000-7,600 to about 150 for ddpl on MPE and from 25,000-86,000
-to under 1,000 for qvpo, which then updated 14-20% faster; peak memory did not grow. "release"
+page faults per update fell from 3,100-7,600 to about 150 for ddpl on MPE and from 25,000-86,000
+to under 1,000 for qvpo, which then updated 12-29% faster; peak memory did not grow. "release"
 keeps glibc's own behaviour. Other C libraries (musl, macOS) keep theirs whatever the setting.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import platform
 
 from marl_diff.errors import ConfigError, choices
@@ -40,7 +39,7 @@ def configure(mode: str) -> bool:
         raise ConfigError(f"host_memory must be one of {choices(MODES)}, not '{mode}'")
     if mode == "release" or platform.libc_ver()[0] != "glibc":
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc = ctypes.CDLL(None)  # the running process, glibc included
     return bool(
         libc.mallopt(_M_MMAP_THRESHOLD, _LARGEST_MMAP_THRESHOLD)
         and libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM)
