@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from marl_diff import catalog
+from marl_diff import catalog, host_memory
 from marl_diff.agents.diffusion_actor import DiffusionPolicyConfig, make_diffusion_policy
 from marl_diff.checkpoint import atomic_save, load_file, save_checkpoint
 from marl_diff.datasets import Transitions, load_transitions
@@ -86,7 +86,7 @@ ROWS = ("distilled", "paired_only", "specialists")
 SOURCES = ("expert", "generalist")
 EXPERT_MODES = ("default", "sample")
 # What a rerun on the same run_dir may change (the study's name too: its settings are compared).
-RERUN_FREE_KEYS = ("run_dir", "device", "progress", "study")
+RERUN_FREE_KEYS = ("run_dir", "device", "progress", "study", "host_memory")
 
 
 @dataclass
@@ -139,6 +139,7 @@ class DistillConfig:
     device: str = "auto"
     run_dir: str | None = None
     progress: bool = True
+    host_memory: str = "reuse"  # what the allocator does with freed memory (marl_diff.host_memory)
 
 
 @dataclass
@@ -672,7 +673,11 @@ def parse(args: list[str]) -> DistillConfig:
     unknown_rows = [row for row in cfg.rows if row not in ROWS]
     if unknown_rows or not cfg.rows:
         raise ConfigError(f"unknown rows {unknown_rows}. Valid: {choices(ROWS)}")
-    for key, valid in (("unlabeled_from", SOURCES), ("expert_mode", EXPERT_MODES)):
+    for key, valid in (
+        ("unlabeled_from", SOURCES),
+        ("expert_mode", EXPERT_MODES),
+        ("host_memory", host_memory.MODES),
+    ):
         if getattr(cfg, key) not in valid:
             raise unknown(key, getattr(cfg, key), valid)
     task_weights(cfg, len(cfg.tasks))
@@ -698,6 +703,7 @@ def _drop_records_after(path: Path, updates: int) -> None:
 @exit_cleanly_on_user_error
 def main(argv: list[str] | None = None) -> None:
     cfg = parse(sys.argv[1:] if argv is None else argv)
+    host_memory.configure(cfg.host_memory)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.run_dir or f"results/runs/distill/{stamp}")
     asked = OmegaConf.structured(cfg)

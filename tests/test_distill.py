@@ -317,6 +317,7 @@ def test_the_dataset_study_runs_on_a_fresh_checkout(tmp_path, monkeypatch):
         (["tasks=[a]", "colour=red"], "colour"),
         (["study=nowhere"], "unknown distillation 'nowhere'"),
         (["tasks=[a]", "expert_mode=mean"], "unknown expert_mode 'mean'"),
+        (["tasks=[a]", "host_memory=keep"], "unknown host_memory 'keep'"),
         (["tasks=[{scenario: pendulum}]"], "scenario 'pendulum' needs a dataset"),
         (["tasks=[{run: a, scenario: pendulum}]"], "needs exactly one of 'run'"),
         (["tasks=[{run: a, colour: red}]"], "colour"),
