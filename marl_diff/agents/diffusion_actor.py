@@ -91,8 +91,9 @@ class DiffusionActorCritic(ActorCriticAgent):
     5.1x on MPE; qvpo 21.2x / 17.8x on Ant; dacer 5.6x / 5.2x on Ant. It is off in the catalog:
     it changes only float rounding, yet in the vmas_navigation study setting ddpl's final
     policies, re-evaluated on 256 episodes, returned 1.32 on average compiled (8 seeds) against
-    1.47 eager (7 seeds), about 2.4 standard errors apart, with no cause found
-    (results/speed.md).
+    1.41 eager (11 seeds), lower in each of the 8 seeds run both ways. The gap comes from the
+    candidate chain: with only the critic-target actions compiled, ddpl learned as eager. Why a
+    rounding change there lowers the return is not known (results/speed.md).
     """
 
     Config = DiffusionActorConfig
