@@ -14,7 +14,7 @@ from marl_diff.agents.networks import CentralCritic, PerAgentMLP, substitute_eac
 from marl_diff.buffer import Batch, ReplayBuffer
 from marl_diff.envs.base import EnvSpec
 from marl_diff.errors import ConfigError
-from marl_diff.nn import StackedMLP
+from marl_diff.nn import StackedLinear, StackedMLP
 
 B = 7
 
@@ -259,7 +259,7 @@ def test_q_each_agent_with_candidate_dim():
 def test_stacked_mlp_equals_per_member_linear_mlps():
     torch.manual_seed(5)
     stacked = StackedMLP(3, 4, [8, 6], 2, activation="tanh")
-    linears = [m for m in stacked.net if not isinstance(m, nn.Tanh)]
+    linears = [m for m in stacked.net if isinstance(m, StackedLinear)]
     members = []
     for k in range(3):
         layers: list[nn.Module] = []

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from marl_diff.nn import COMPILED_MIN_ROWS, Mish, StackedMLP, compiler_available
+from marl_diff.nn import COMPILED_MIN_ROWS, Mish, StackedMLP, Tanh, compiler_available
 
 
 def test_mish_matches_torch_values_and_gradients():
@@ -29,6 +29,22 @@ def test_mish_gradient_is_the_exact_derivative():
     (grad,) = torch.autograd.grad(Mish()(x).sum(), x)
     (expected,) = torch.autograd.grad(torch.nn.functional.mish(x).sum(), x)
     torch.testing.assert_close(grad, expected)
+
+
+def test_tanh_is_within_float_rounding_of_torch_tanh():
+    x = torch.cat([torch.linspace(-40.0, 40.0, 200001), torch.randn(100000) * 1e-3])
+    with torch.no_grad():
+        assert (Tanh()(x) - torch.tanh(x)).abs().max() <= 2.5e-7
+    assert (Tanh()(x) - torch.tanh(x)).abs().max() <= 2.5e-7  # x needs no grad
+    assert Tanh()(torch.tensor([-1e4, 1e4])).tolist() == [-1.0, 1.0]
+
+
+def test_tanh_gradient_is_one_minus_output_squared():
+    x = (torch.randn(64, dtype=torch.float64) * 3).requires_grad_(True)
+    assert torch.autograd.gradcheck(Tanh(), (x,))
+    x32 = (torch.randn(3, 50) * 3).requires_grad_(True)
+    (grad,) = torch.autograd.grad(Tanh()(x32).sum(), x32)
+    torch.testing.assert_close(grad, 1 - torch.tanh(x32.detach()) ** 2, atol=5e-7, rtol=0)
 
 
 needs_compiler = pytest.mark.skipif(
