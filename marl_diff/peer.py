@@ -1,7 +1,7 @@
 """Peer benchmark: BenchMARL's MASAC and MAPPO against marl_diff agents on VMAS navigation.
 
 `python -m marl_diff.bench peer [agents=2,4] [methods=masac,mappo,gaussian,ddpl]
-[frames=60000] [threshold=1.0] [seed=0] [venv=.peer_venv] [runs=results/runs/peer]
+[frames=60000] [threshold=1.0] [seeds=0] [venv=.peer_venv] [runs=results/runs/peer]
 [out=results/peer.md] [agent.<key>=value ...]`
 
 In one run:
@@ -16,8 +16,10 @@ In one run:
    `python -m marl_diff.run` subprocesses with BenchMARL MASAC's settings mapped onto
    marl_diff's overrides (`marl_diff_overrides`), the same budget and the same evaluation
    interval.
-4. One table: frames/s, final and best evaluation return, seconds until the evaluation return
-   first reaches `threshold=`, and frames/s relative to MASAC at the same agent count.
+4. One table, a row per method, agent count and seed (`seeds=0,1,2`: every run once per
+   seed): frames/s, final and best evaluation return, seconds until the evaluation return
+   first reaches `threshold=`, and frames/s relative to MASAC at the same agent count and seed.
+   A second table gathers the time to `threshold=` over the seeds (time to quality).
 
 Returns are comparable: both frameworks report, per evaluation episode, the sum over steps of
 the mean over agents of each agent's reward, and marl_diff gets BenchMARL's navigation task
@@ -33,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,7 +54,7 @@ PEER_SETTINGS = {
     # whole default benchmark takes about 2 hours, most of it ddpl: raise it where that is cheap.
     "frames": "60000",
     "threshold": "1.0",
-    "seed": "0",
+    "seeds": "0",  # comma-separated; time to quality wants several
     "venv": ".peer_venv",
     "runs": "results/runs/peer",
     "out": "results/peer.md",
@@ -140,38 +143,62 @@ def summarize(result: dict, threshold: float) -> dict:
     }
 
 
+def _reached(summary: dict) -> str:
+    if summary["reached_s"] is None:
+        return "not reached"
+    return f"{summary['reached_s']:,.0f} s ({summary['reached_frames']:,} frames)"
+
+
 def results_table(results: list[dict], threshold: float) -> list[str]:
-    """Markdown rows, one per (method, n_agents), in the order of `results`."""
+    """Markdown rows, one per (method, n_agents, seed), in the order of `results`; the frames/s
+    ratio is to the MASAC run of the same agent count and seed."""
     masac = {
-        r["n_agents"]: r["frames_per_s"]
+        (r["n_agents"], r["seed"]): r["frames_per_s"]
         for r in results
         if r["method"] == "masac" and "error" not in r
     }
     lines = [
-        f"| method | framework | agents | frames | train s | frames/s | frames/s / MASAC's "
-        f"| final eval return | best eval return | time to eval return >= {threshold:g} |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| method | framework | agents | seed | frames | train s | frames/s | frames/s / "
+        f"MASAC's | final eval return | best eval return | time to eval return >= "
+        f"{threshold:g} |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
+        row = f"| {r['method']} | {r['framework']} | {r['n_agents']} | {r['seed']} |"
         if "error" in r:
-            lines.append(
-                f"| {r['method']} | {r['framework']} | {r['n_agents']} | failed: see "
-                f"`{r['log']}` | | | | | | |"
-            )
+            lines.append(f"{row} failed: see `{r['log']}` | | | | | | |")
             continue
         s = summarize(r, threshold)
-        base = masac.get(r["n_agents"])
+        base = masac.get((r["n_agents"], r["seed"]))
         ratio = f"{r['frames_per_s'] / base:.2f}" if base else "n/a (no MASAC run)"
-        reached = (
-            f"{s['reached_s']:,.0f} s ({s['reached_frames']:,} frames)"
-            if s["reached_s"] is not None
-            else "not reached"
-        )
         lines.append(
-            f"| {r['method']} | {r['framework']} | {r['n_agents']} | {r['frames']:,} | "
-            f"{r['train_seconds']:,.0f} | {r['frames_per_s']:,.0f} | {ratio} | "
-            f"{s['final']:.3f} | {s['best']:.3f} | {reached} |"
+            f"{row} {r['frames']:,} | {r['train_seconds']:,.0f} | {r['frames_per_s']:,.0f} | "
+            f"{ratio} | {s['final']:.3f} | {s['best']:.3f} | {_reached(s)} |"
         )
+    return lines
+
+
+def time_to_quality_table(results: list[dict], threshold: float) -> list[str]:
+    """Markdown rows, one per (method, n_agents): how many seeds' evaluation return reached
+    `threshold` within the budget, the median seconds of those that did, and each seed's
+    time. The median is over the seeds that reached it only, so read it with the count."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["method"], r["n_agents"]), []).append(r)
+    lines = [
+        f"| method | agents | seeds reaching {threshold:g} | median s of those | per seed |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for (method, n), runs in groups.items():
+        done = [r for r in runs if "error" not in r]
+        summaries = {r["seed"]: summarize(r, threshold) for r in done}
+        times = [s["reached_s"] for s in summaries.values() if s["reached_s"] is not None]
+        per_seed = "; ".join(
+            f"seed {r['seed']}: " + ("failed" if "error" in r else _reached(summaries[r["seed"]]))
+            for r in runs
+        )
+        median = f"{statistics.median(times):,.0f}" if times else "-"
+        lines.append(f"| {method} | {n} | {len(times)} of {len(runs)} | {median} | {per_seed} |")
     return lines
 
 
@@ -279,17 +306,20 @@ def _parse(args: list[str]) -> tuple[dict, list[str]]:
         raise ConfigError(f"methods= names none. Valid choices: {choices(valid_methods)}")
     try:
         agents = [int(a) for a in values["agents"].split(",") if a]
-        frames, seed = int(values["frames"]), int(values["seed"])
+        seeds = [int(s) for s in values["seeds"].split(",") if s]
+        frames = int(values["frames"])
         threshold = float(values["threshold"])
     except ValueError:
         raise ConfigError(
-            "agents must be a comma-separated list of integers, frames and seed integers and "
+            "agents and seeds must be comma-separated lists of integers, frames an integer and "
             "threshold a number"
         ) from None
     if not agents or min(agents) < 1 or frames <= 0:
         raise ConfigError("agents must list positive agent counts and frames must be positive")
+    if not seeds:
+        raise ConfigError("seeds= names none: give one or more integers, e.g. seeds=0,1,2")
     parsed = dict(
-        values, methods=methods, agents=agents, frames=frames, seed=seed, threshold=threshold
+        values, methods=methods, agents=agents, frames=frames, seeds=seeds, threshold=threshold
     )
     return parsed, passthrough
 
@@ -344,12 +374,14 @@ def _run_benchmarl(
     python: Path, method: str, n: int, frames: int, seed: int, runs: Path, log: Path
 ) -> dict:
     args = ["--algorithm", method, "--n-agents", str(n), "--frames", str(frames)]
-    args += ["--seed", str(seed), "--folder", str(runs / f"benchmarl_{method}_n{n}")]
-    return _benchmarl_json(python, args, log, f"BenchMARL {method}, {n} agents, {frames:,} frames")
+    folder = runs / f"benchmarl_{method}_n{n}_seed{seed}"
+    args += ["--seed", str(seed), "--folder", str(folder)]
+    what = f"BenchMARL {method}, {n} agents, seed {seed}, {frames:,} frames"
+    return _benchmarl_json(python, args, log, what)
 
 
 def _run_marl_diff(
-    masac: dict, method: str, n: int, values: dict, passthrough: list[str], log: Path
+    masac: dict, method: str, n: int, seed: int, values: dict, passthrough: list[str], log: Path
 ) -> dict:
     from marl_diff import catalog
 
@@ -366,10 +398,10 @@ def _run_marl_diff(
         f"runner.total_steps={values['frames']}",
         "runner.progress=false",
         "device=cpu",
-        f"seed={values['seed']}",
+        f"seed={seed}",
         f"run_dir={run_dir}",
     ]
-    _run(command, log, f"marl_diff {method}, {n} agents, {values['frames']:,} frames")
+    _run(command, log, f"marl_diff {method}, {n} agents, seed {seed}, {values['frames']:,} frames")
     result = read_metrics(run_dir / "metrics.jsonl")
     result.update(framework="marl_diff", command=command[3:])
     return result
@@ -378,7 +410,6 @@ def _run_marl_diff(
 def peer(args: list[str]) -> str:
     values, passthrough = _parse(args)
     methods, agents, frames = values["methods"], values["agents"], values["frames"]
-    seed = values["seed"]
     runs = Path(values["runs"]) / time.strftime("%Y%m%d-%H%M%S")
     runs.mkdir(parents=True, exist_ok=True)
 
@@ -404,21 +435,25 @@ def peer(args: list[str]) -> str:
 
     results = []
     for n in agents:
-        for method in methods:
-            log = runs / f"{method}_n{n}.log"
-            try:
-                if method in BENCHMARL_METHODS:
-                    result = _run_benchmarl(python, method, n, frames, seed, runs, log)
-                    result["framework"] = f"BenchMARL {versions['benchmarl']}"
-                else:
-                    result = _run_marl_diff(settings["masac"], method, n, values, passthrough, log)
-            except MarlDiffError as err:  # one failed run should not cost the others
-                print(f"peer: {err}", file=sys.stderr)
-                framework = "BenchMARL" if method in BENCHMARL_METHODS else "marl_diff"
-                result = {"error": str(err), "log": str(log), "framework": framework}
-            result.update(method=method, n_agents=n, seed=seed)
-            results.append(result)
-            (runs / "summary.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+        for seed in values["seeds"]:
+            for method in methods:
+                log = runs / f"{method}_n{n}_seed{seed}.log"
+                try:
+                    if method in BENCHMARL_METHODS:
+                        result = _run_benchmarl(python, method, n, frames, seed, runs, log)
+                        result["framework"] = f"BenchMARL {versions['benchmarl']}"
+                    else:
+                        result = _run_marl_diff(
+                            settings["masac"], method, n, seed, values, passthrough, log
+                        )
+                except MarlDiffError as err:  # one failed run should not cost the others
+                    print(f"peer: {err}", file=sys.stderr)
+                    framework = "BenchMARL" if method in BENCHMARL_METHODS else "marl_diff"
+                    result = {"error": str(err), "log": str(log), "framework": framework}
+                result.update(method=method, n_agents=n, seed=seed)
+                results.append(result)
+                summary = json.dumps(results, indent=1)
+                (runs / "summary.json").write_text(summary, encoding="utf-8")
 
     return _write(_report(args, values, versions, settings, results, runs), values["out"])
 
@@ -435,9 +470,9 @@ def _report(args, values, versions, settings, results, runs) -> list[str]:
         "peer",
         args,
         torch.device("cpu"),
-        f"One seed ({values['seed']}), {frames:,} frames (env steps summed over the parallel "
-        f"envs) per run, an evaluation every {per_iter:,} frames, runs one after another. "
-        f"Raw outputs: `{runs}`.",
+        f"Seeds {', '.join(map(str, values['seeds']))}, {frames:,} frames (env steps summed "
+        f"over the parallel envs) per run, an evaluation every {per_iter:,} frames, runs one "
+        f"after another. Raw outputs: `{runs}`.",
     )
     lines += [
         f"BenchMARL side (own venv `{values['venv']}`): benchmarl {versions['benchmarl']}, "
@@ -452,6 +487,10 @@ def _report(args, values, versions, settings, results, runs) -> list[str]:
         "building envs and networks) to the end of the last evaluation; both sides' times "
         "include their evaluations. Time to threshold: wall-clock seconds at the first "
         "evaluation whose mean return reaches it.",
+        "",
+        f"## Time to an evaluation return of {threshold:g}, over the seeds",
+        "",
+        *time_to_quality_table(results, threshold),
         "",
         "## Settings",
         "",
@@ -512,8 +551,9 @@ def _report(args, values, versions, settings, results, runs) -> list[str]:
         "",
         "## What this does not show",
         "",
-        "- One seed per row, no confidence intervals: the returns and the times to threshold "
-        "are one draw each, and frames/s varies with whatever else runs on the machine.",
+        f"- {len(values['seeds'])} seed(s) per method and agent count, no confidence "
+        "intervals: each row's returns and time to threshold are one draw, and frames/s varies "
+        "with whatever else runs on the machine, including over the time the runs take.",
         f"- CPU only, {torch.get_num_threads()} torch thread(s) in this process (the runs "
         "inherit the environment, OMP_NUM_THREADS included); a GPU changes the balance between "
         "collection and updates, and both frameworks' speeds.",

@@ -75,7 +75,17 @@ def test_bad_method_lists_the_valid_ones():
 
 
 @pytest.mark.parametrize(
-    "arg", ["agents=two", "frames=1e5", "threshold=high", "agents=0", "frames=0", "methods="]
+    "arg",
+    [
+        "agents=two",
+        "frames=1e5",
+        "threshold=high",
+        "agents=0",
+        "frames=0",
+        "methods=",
+        "seeds=",
+        "seeds=0,one",
+    ],
 )
 def test_bad_values_stop_before_anything_runs(arg, tmp_path):
     with pytest.raises(ConfigError):
@@ -86,6 +96,8 @@ def test_bad_values_stop_before_anything_runs(arg, tmp_path):
 def test_agent_passthrough_is_accepted_by_the_parser():
     values, passthrough = peer._parse(["agents=4", "methods=gaussian", "agent.actor_lr=0.001"])
     assert values["agents"] == [4] and values["methods"] == ["gaussian"]
+    assert values["seeds"] == [0]  # the default
+    assert peer._parse(["seeds=0,1,2"])[0]["seeds"] == [0, 1, 2]
     assert passthrough == ["agent.actor_lr=0.001"]
 
 
@@ -159,12 +171,13 @@ def test_install_pins_torch_first_then_constrains_benchmarl(tmp_path):
 
 
 # --------------------------------------------------------------------------- results
-def run_result(method: str, n: int, fps: float, curve, framework="marl_diff") -> dict:
+def run_result(method: str, n: int, fps: float, curve, framework="marl_diff", seed=0) -> dict:
     frames = curve[-1][0]
     return {
         "method": method,
         "framework": framework,
         "n_agents": n,
+        "seed": seed,
         "frames": frames,
         "train_seconds": frames / fps,
         "frames_per_s": fps,
@@ -186,18 +199,41 @@ def test_table_has_the_ratio_to_masac_and_not_reached():
         run_result("masac", 2, 200.0, [(6000, 30.0, 0.5), (12000, 60.0, 1.2)], "BenchMARL 1.5.2"),
         run_result("gaussian", 2, 300.0, [(6000, 20.0, 0.1), (12000, 40.0, 0.4)]),
         run_result("gaussian", 4, 150.0, [(6000, 40.0, 0.3)]),
-        {"method": "ddpl", "framework": "marl_diff", "n_agents": 2, "error": "x", "log": "l.log"},
+        run_result("gaussian", 2, 300.0, [(6000, 20.0, 0.1)], seed=1),  # no MASAC seed 1
+        {"method": "ddpl", "framework": "marl_diff", "n_agents": 2, "seed": 0, "error": "x"}
+        | {"log": "l.log"},
     ]
     lines = peer.results_table(results, 1.0)
     text = "\n".join(lines)
     assert lines[0].startswith("| method |") and "time to eval return >= 1" in lines[0]
-    masac, gaussian2, gaussian4, ddpl = lines[2:]
+    masac, gaussian2, gaussian4, gaussian2_seed1, ddpl = lines[2:]
     assert "| 1.00 |" in masac and "60 s (12,000 frames)" in masac
     assert "| 1.50 |" in gaussian2 and "not reached" in gaussian2
     assert "0.400 | 0.400" in gaussian2  # final and best
     assert "n/a (no MASAC run)" in gaussian4
+    assert "| 2 | 1 |" in gaussian2_seed1 and "n/a (no MASAC run)" in gaussian2_seed1
     assert "failed" in ddpl and "l.log" in ddpl
     assert text.count("\n") == len(results) + 1
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+
+
+def test_time_to_quality_gathers_each_method_over_its_seeds():
+    results = [
+        run_result("mappo", 2, 300.0, [(6000, 20.0, 0.5), (12000, 40.0, 1.0)], seed=0),
+        run_result("mappo", 2, 300.0, [(6000, 20.0, 1.1)], seed=1),
+        run_result("mappo", 2, 300.0, [(6000, 20.0, 0.2), (12000, 41.0, 0.4)], seed=2),
+        run_result("mappo", 2, 300.0, [(6000, 80.0, 1.2)], seed=3),
+        run_result("ddpl", 2, 60.0, [(6000, 100.0, 0.3)], seed=0),
+        {"method": "ddpl", "n_agents": 2, "seed": 1, "error": "x", "log": "l.log"},
+    ]
+    lines = peer.time_to_quality_table(results, 1.0)
+    assert "seeds reaching 1 " in lines[0]
+    mappo, ddpl = lines[2:]
+    assert mappo.startswith("| mappo | 2 | 3 of 4 | 40 |")  # median of 20, 40 and 80 s
+    assert "seed 0: 40 s (12,000 frames); seed 1: 20 s (6,000 frames)" in mappo
+    assert "seed 2: not reached" in mappo
+    assert ddpl.startswith("| ddpl | 2 | 0 of 2 | - |")
+    assert "seed 0: not reached; seed 1: failed" in ddpl
 
 
 def test_read_metrics_takes_frames_seconds_and_the_eval_curve(tmp_path):
@@ -237,10 +273,11 @@ def fake_benchmarl(monkeypatch):
     def benchmarl(python, method, n, frames, seed, runs, log):
         return run_result(method, n, 100.0 * n, [(frames, frames / (100.0 * n), 1.0)])
 
-    def marl_diff(masac, method, n, values, passthrough, log):
+    def marl_diff(masac, method, n, seed, values, passthrough, log):
         if method == "ddpl":
             raise peer.MarlDiffError("ddpl crashed")
         assert masac is MASAC and passthrough == ["agent.actor_lr=0.001"]
+        assert seed in values["seeds"] and f"seed{seed}" in log.name
         return run_result(method, n, 150.0 * n, [(values["frames"], 1.0, 0.5)])
 
     monkeypatch.setattr(peer, "ensure_venv", lambda venv, log_dir: Path("python"))
@@ -254,21 +291,25 @@ def test_frames_must_be_whole_benchmarl_iterations(fake_benchmarl, tmp_path):
         peer.peer(["frames=10000", f"runs={tmp_path}", "out="])
 
 
-def test_peer_writes_one_row_per_method_and_agent_count(fake_benchmarl, tmp_path):
+def test_peer_writes_one_row_per_method_agent_count_and_seed(fake_benchmarl, tmp_path):
     out = tmp_path / "peer.md"
     args = ["agents=2,4", "frames=12000", f"runs={tmp_path}", f"out={out}"]
-    text = peer.peer([*args, "methods=masac,gaussian,ddpl", "agent.actor_lr=0.001"])
+    text = peer.peer([*args, "methods=masac,gaussian,ddpl", "agent.actor_lr=0.001", "seeds=0,1"])
     assert out.read_text(encoding="utf-8") == text
     assert text.startswith("# Peer benchmark") and "python -m marl_diff.bench peer" in text
-    rows = [
-        line for line in text.splitlines() if line.startswith(("| masac", "| gaussian", "| ddpl"))
-    ]
-    assert len(rows) == 6
+    results, over_seeds = text.split("## Time to an evaluation return of 1, over the seeds")
+    methods = ("| masac", "| gaussian", "| ddpl")
+    rows = [line for line in results.splitlines() if line.startswith(methods)]
+    assert len(rows) == 12  # 3 methods x 2 agent counts x 2 seeds
+    assert "Seeds 0, 1, 12,000 frames" in text
     assert all("| 1.50 |" in row for row in rows if row.startswith("| gaussian"))
     assert all("failed" in row for row in rows if row.startswith("| ddpl"))
+    gathered = [line for line in over_seeds.splitlines() if line.startswith(methods)]
+    assert len(gathered) == 6 and all(" of 2 |" in line for line in gathered)
     summary = json.loads(next(tmp_path.glob("*/summary.json")).read_text(encoding="utf-8"))
-    assert [(r["method"], r["n_agents"]) for r in summary][:3] == [
-        ("masac", 2),
-        ("gaussian", 2),
-        ("ddpl", 2),
+    assert [(r["method"], r["n_agents"], r["seed"]) for r in summary][:4] == [
+        ("masac", 2, 0),
+        ("gaussian", 2, 0),
+        ("ddpl", 2, 0),
+        ("masac", 2, 1),
     ]
