@@ -316,8 +316,8 @@ def _parse(args: list[str]) -> tuple[dict, list[str]]:
         ) from None
     if not agents or min(agents) < 1 or frames <= 0:
         raise ConfigError("agents must list positive agent counts and frames must be positive")
-    if not seeds:
-        raise ConfigError("seeds= names none: give one or more integers, e.g. seeds=0,1,2")
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise ConfigError("seeds= must name one or more different integers, e.g. seeds=0,1,2")
     parsed = dict(
         values, methods=methods, agents=agents, frames=frames, seeds=seeds, threshold=threshold
     )

@@ -85,6 +85,7 @@ def test_bad_method_lists_the_valid_ones():
         "methods=",
         "seeds=",
         "seeds=0,one",
+        "seeds=0,0",
     ],
 )
 def test_bad_values_stop_before_anything_runs(arg, tmp_path):
