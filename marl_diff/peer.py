@@ -1,8 +1,8 @@
 """Peer benchmark: BenchMARL's MASAC and MAPPO against marl_diff agents on VMAS navigation.
 
 `python -m marl_diff.bench peer [agents=2,4] [methods=masac,mappo,gaussian,ddpl]
-[frames=60000] [threshold=1.0] [seeds=0] [venv=.peer_venv] [runs=results/runs/peer]
-[out=results/peer.md] [agent.<key>=value ...]`
+[frames=60000] [threshold=1.0] [seeds=0] [settings=masac] [venv=.peer_venv]
+[runs=results/runs/peer] [out=results/peer.md] [agent.<key>=value ...] [runner.<key>=value ...]`
 
 In one run:
 1. BenchMARL (1.5.2, with vmas) is made available in its own virtualenv `venv=`; when that
@@ -15,7 +15,11 @@ In one run:
 3. marl_diff agents (any online catalog agent, e.g. gaussian and ddpl) run as
    `python -m marl_diff.run` subprocesses with BenchMARL MASAC's settings mapped onto
    marl_diff's overrides (`marl_diff_overrides`), the same budget and the same evaluation
-   interval.
+   interval. `settings=own` maps only BenchMARL's task and evaluation schedule
+   (`task_overrides`) and leaves marl_diff's training settings at the catalog's: the frames/s
+   comparison wants the same work per frame, time to quality each side at its own settings.
+   `agent.*` and `runner.*` arguments come after the mapped settings, so they replace them in
+   every marl_diff run (`agent.*` only where the agent has the key).
 4. One table, a row per method, agent count and seed (`seeds=0,1,2`: every run once per
    seed): frames/s, final and best evaluation return, seconds until the evaluation return
    first reaches `threshold=`, and frames/s relative to MASAC at the same agent count and seed.
@@ -55,11 +59,13 @@ PEER_SETTINGS = {
     "frames": "60000",
     "threshold": "1.0",
     "seeds": "0",  # comma-separated; time to quality wants several
+    "settings": "masac",  # marl_diff's training settings: MASAC's mapped, or `own` (catalog)
     "venv": ".peer_venv",
     "runs": "results/runs/peer",
     "out": "results/peer.md",
 }
 BENCHMARL_METHODS = ("masac", "mappo")
+SETTINGS_MODES = ("masac", "own")
 BENCHMARL_VERSION = "1.5.2"
 SCRIPT = Path(__file__).resolve().parent.parent / "results" / "peer" / "benchmarl_run.py"
 OUTPUT_TAIL = 30  # lines of a failed subprocess's output quoted in the error
@@ -75,6 +81,23 @@ def _value(value) -> str:
     return str(value)
 
 
+def task_overrides(settings: dict, n_agents: int) -> list[str]:
+    """marl_diff overrides for BenchMARL's navigation task (agents, episode length, task
+    arguments) and its evaluation schedule: what both `settings=` modes share."""
+    frames_per_iter = int(settings["frames_per_iteration"])
+    episodes = int(settings["evaluation_episodes"])
+    return [
+        f"scenario.n_agents={n_agents}",
+        f"scenario.max_steps={settings['max_steps']}",
+        *(f"scenario.kwargs.{k}={_value(v)}" for k, v in settings["task_kwargs"].items()),
+        f"runner.eval_every={frames_per_iter}",
+        f"runner.eval_episodes={episodes}",
+        f"runner.eval_num_envs={episodes}",
+        f"runner.log_every={frames_per_iter}",
+        "runner.checkpoint_every=0",  # BenchMARL's checkpoint_interval is 0
+    ]
+
+
 def marl_diff_overrides(
     settings: dict, agent: str, n_agents: int, agent_keys: set[str] | None = None
 ) -> list[str]:
@@ -88,21 +111,13 @@ def marl_diff_overrides(
     network, temperature and Q_i, which mean something else there (a diffusion denoiser, DDPL's
     weight temperature, its candidates' Q_i against the replayed actions)."""
     frames_per_iter = int(settings["frames_per_iteration"])
-    episodes = int(settings["evaluation_episodes"])
     overrides = [
-        f"scenario.n_agents={n_agents}",
-        f"scenario.max_steps={settings['max_steps']}",
-        *(f"scenario.kwargs.{k}={_value(v)}" for k, v in settings["task_kwargs"].items()),
+        *task_overrides(settings, n_agents),
         f"runner.num_envs={settings['n_envs']}",
         f"runner.utd_ratio={settings['updates_per_iteration'] / frames_per_iter!r}",
         f"runner.batch_size={settings['minibatch_size']}",
         f"runner.buffer_size={settings['buffer_size']}",
         f"runner.warmup_steps={settings['prefill_frames']}",  # 0: the policy acts from step 0
-        f"runner.eval_every={frames_per_iter}",
-        f"runner.eval_episodes={episodes}",
-        f"runner.eval_num_envs={episodes}",
-        f"runner.log_every={frames_per_iter}",
-        "runner.checkpoint_every=0",  # BenchMARL's checkpoint_interval is 0
     ]
     agent_values = {
         "gamma": settings["gamma"],
@@ -296,7 +311,7 @@ def _benchmarl_json(python: Path, args: list[str], log: Path, what: str) -> dict
 def _parse(args: list[str]) -> tuple[dict, list[str]]:
     from marl_diff.experiment import agent_names
 
-    values, passthrough = _split(args, PEER_SETTINGS, ("agent",))
+    values, passthrough = _split(args, PEER_SETTINGS, ("agent", "runner"))
     valid_methods = (*BENCHMARL_METHODS, *agent_names("online"))
     methods = [m for m in values["methods"].split(",") if m]
     for method in methods:
@@ -318,6 +333,10 @@ def _parse(args: list[str]) -> tuple[dict, list[str]]:
         raise ConfigError("agents must list positive agent counts and frames must be positive")
     if not seeds or len(set(seeds)) < len(seeds):
         raise ConfigError("seeds= must name one or more different integers, e.g. seeds=0,1,2")
+    if values["settings"] not in SETTINGS_MODES:
+        raise ConfigError(
+            f"unknown settings '{values['settings']}'. Valid choices: {choices(SETTINGS_MODES)}"
+        )
     parsed = dict(
         values, methods=methods, agents=agents, frames=frames, seeds=seeds, threshold=threshold
     )
@@ -380,30 +399,48 @@ def _run_benchmarl(
     return _benchmarl_json(python, args, log, what)
 
 
-def _run_marl_diff(
-    masac: dict, method: str, n: int, seed: int, values: dict, passthrough: list[str], log: Path
-) -> dict:
+def marl_diff_arguments(
+    masac: dict,
+    method: str,
+    n: int,
+    seed: int,
+    values: dict,
+    passthrough: list[str],
+    run_dir: Path,
+) -> list[str]:
+    """`python -m marl_diff.run` arguments of one run: MASAC's settings mapped (or, with
+    `settings=own`, its task and evaluation schedule only), then the command line's `runner.*`
+    overrides and those `agent.*` ones the agent has a key for."""
     from marl_diff import catalog
 
     keys = set(catalog.load("agent", method).keys())
-    run_dir = log.with_suffix("")
-    command = [
-        sys.executable,
-        "-m",
-        "marl_diff.run",
+    own = values["settings"] == "own"
+    return [
         "scenario=vmas_navigation",
         f"agent={method}",
-        *marl_diff_overrides(masac, method, n, keys),
-        *(a for a in passthrough if a.partition("=")[0].removeprefix("agent.") in keys),
+        *(task_overrides(masac, n) if own else marl_diff_overrides(masac, method, n, keys)),
+        *(
+            a
+            for a in passthrough
+            if a.startswith("runner.") or a.partition("=")[0].removeprefix("agent.") in keys
+        ),
         f"runner.total_steps={values['frames']}",
         "runner.progress=false",
         "device=cpu",
         f"seed={seed}",
         f"run_dir={run_dir}",
     ]
+
+
+def _run_marl_diff(
+    masac: dict, method: str, n: int, seed: int, values: dict, passthrough: list[str], log: Path
+) -> dict:
+    run_dir = log.with_suffix("")
+    arguments = marl_diff_arguments(masac, method, n, seed, values, passthrough, run_dir)
+    command = [sys.executable, "-m", "marl_diff.run", *arguments]
     _run(command, log, f"marl_diff {method}, {n} agents, seed {seed}, {values['frames']:,} frames")
     result = read_metrics(run_dir / "metrics.jsonl")
-    result.update(framework="marl_diff", command=command[3:])
+    result.update(framework="marl_diff", command=arguments)
     return result
 
 
@@ -455,10 +492,11 @@ def peer(args: list[str]) -> str:
                 summary = json.dumps(results, indent=1)
                 (runs / "summary.json").write_text(summary, encoding="utf-8")
 
-    return _write(_report(args, values, versions, settings, results, runs), values["out"])
+    report = _report(args, values, passthrough, versions, settings, results, runs)
+    return _write(report, values["out"])
 
 
-def _report(args, values, versions, settings, results, runs) -> list[str]:
+def _report(args, values, passthrough, versions, settings, results, runs) -> list[str]:
     import vmas
 
     methods, frames, threshold = values["methods"], values["frames"], values["threshold"]
@@ -502,31 +540,7 @@ def _report(args, values, versions, settings, results, runs) -> list[str]:
         "",
         *settings_table(masac, settings["mappo"]),
         "",
-        f"The marl_diff command line for gaussian with {values['agents'][0]} agents (other "
-        "agents take the keys they have; MASAC's activation, temperature and actor loss go to "
-        "gaussian only):",
-        "",
-        "`python -m marl_diff.run scenario=vmas_navigation agent=gaussian "
-        + " ".join(marl_diff_overrides(masac, "gaussian", values["agents"][0]))
-        + f" runner.total_steps={frames}`",
-        "",
-        "marl_diff agents (gaussian, ddpl, ...) take MASAC's settings: envs, episode length, "
-        "task arguments, updates per frame (runner.utd_ratio = updates per iteration / frames "
-        "per iteration), minibatch, buffer, no random prefill (runner.warmup_steps=0; updates "
-        "start once the buffer holds one minibatch), widths, lr, gamma, tau, grad-norm clip, "
-        "parameter sharing and the evaluation episodes. Not mapped: Adam eps (BenchMARL 1e-6, "
-        "marl_diff torch's 1e-8), BenchMARL's std mapping (biased softplus) and its schedule "
-        "of collecting a whole iteration and then doing all its updates (marl_diff interleaves "
-        "them at the same ratio). Equal already: twin Q networks (num_qvalue_nets=2), target "
-        "entropy -act_dim per agent ('auto'), centralised critic. gaussian takes MASAC's actor "
-        "loss: Q once at the joint action sampled afresh for all agents "
-        "(`agent.others_actions=policy`, marl_diff's default being HASAC's replayed others). "
-        "ddpl keeps its own denoiser "
-        "(activation, diffusion steps and candidates of `agents/ddpl.yaml` and the scenario's "
-        "`agent_defaults`), its own temperature and its candidates' Q_i against the replayed "
-        "actions; its hidden layers (MASAC's [256, 256] "
-        "instead of its own 3 x 256), lr, gamma, tau, clip and sharing follow MASAC."
-        f"{_not_run(run_bm)}",
+        *_marl_diff_settings(values, masac, passthrough, run_bm),
         "",
         "## How the returns compare",
         "",
@@ -559,10 +573,68 @@ def _report(args, values, versions, settings, results, runs) -> list[str]:
         "collection and updates, and both frameworks' speeds.",
         f"- A short budget ({frames:,} frames against BenchMARL's default 3,000,000): early "
         "learning speed, not final performance.",
-        "- Default settings of each side, untuned for this task; MAPPO is on-policy and "
-        "spends its frames differently from the off-policy methods.",
+        "- Default settings of each side, untuned for this task"
+        + (" (marl_diff's as replaced by the overrides above)" if passthrough else "")
+        + "; MAPPO is on-policy and spends its frames differently from the off-policy "
+        "methods.",
     ]
     return lines
+
+
+def _marl_diff_settings(values, masac, passthrough, run_bm) -> list[str]:
+    """The report's account of what the marl_diff runs were given, for either `settings=`."""
+    n, frames = values["agents"][0], values["frames"]
+    if values["settings"] == "own":
+        mapped, which = task_overrides(masac, n), "BenchMARL's task only"
+        said = (
+            "marl_diff agents run at their own catalog settings (`agents/<agent>.yaml`, "
+            "`runners/vmas.yaml`, the scenario's `agent_defaults`) on BenchMARL's task: agent "
+            "count, episode length, task arguments and the evaluation schedule are BenchMARL's, "
+            "none of MASAC's training settings is."
+        )
+    else:
+        mapped = marl_diff_overrides(masac, "gaussian", n)
+        which = "other agents take the keys they have; MASAC's activation, temperature and "
+        which += "actor loss go to gaussian only"
+        said = (
+            "marl_diff agents (gaussian, ddpl, ...) take MASAC's settings: envs, episode length, "
+            "task arguments, updates per frame (runner.utd_ratio = updates per iteration / "
+            "frames per iteration), minibatch, buffer, no random prefill "
+            "(runner.warmup_steps=0; updates start once the buffer holds one minibatch), "
+            "widths, lr, gamma, tau, grad-norm clip, parameter sharing and the evaluation "
+            "episodes. Not mapped: Adam eps (BenchMARL 1e-6, marl_diff torch's 1e-8), "
+            "BenchMARL's std mapping (biased softplus) and its schedule of collecting a whole "
+            "iteration and then doing all its updates (marl_diff interleaves them at the same "
+            "ratio). Equal already: twin Q networks (num_qvalue_nets=2), target entropy "
+            "-act_dim per agent ('auto'), centralised critic. gaussian takes MASAC's actor "
+            "loss: Q once at the joint action sampled afresh for all agents "
+            "(`agent.others_actions=policy`, marl_diff's default being HASAC's replayed "
+            "others). ddpl keeps its own denoiser (activation, diffusion steps and candidates "
+            "of `agents/ddpl.yaml` and the scenario's `agent_defaults`), its own temperature "
+            "and its candidates' Q_i against the replayed actions; its hidden layers (MASAC's "
+            "[256, 256] instead of its own 3 x 256), lr, gamma, tau, clip and sharing follow "
+            "MASAC."
+        )
+    return [
+        f"The marl_diff command line for gaussian with {n} agents (`settings="
+        f"{values['settings']}`: {which}):",
+        "",
+        "`python -m marl_diff.run scenario=vmas_navigation agent=gaussian "
+        + " ".join(mapped)
+        + f" runner.total_steps={frames}`",
+        "",
+        said + _not_run(run_bm) + _replaced(passthrough),
+    ]
+
+
+def _replaced(passthrough: list[str]) -> str:
+    if not passthrough:
+        return ""
+    given = " ".join(passthrough)
+    return (
+        " The command line's overrides, applied after these in every marl_diff run (`agent.*` "
+        f"where the agent has the key): `{given}`."
+    )
 
 
 def _not_run(run_bm: list[str]) -> str:

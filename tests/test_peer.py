@@ -86,6 +86,7 @@ def test_bad_method_lists_the_valid_ones():
         "seeds=",
         "seeds=0,one",
         "seeds=0,0",
+        "settings=benchmarl",
     ],
 )
 def test_bad_values_stop_before_anything_runs(arg, tmp_path):
@@ -94,12 +95,15 @@ def test_bad_values_stop_before_anything_runs(arg, tmp_path):
     assert not any(tmp_path.iterdir())  # no venv built, no run folder made
 
 
-def test_agent_passthrough_is_accepted_by_the_parser():
-    values, passthrough = peer._parse(["agents=4", "methods=gaussian", "agent.actor_lr=0.001"])
+def test_agent_and_runner_passthrough_is_accepted_by_the_parser():
+    args = ["agents=4", "methods=gaussian", "agent.actor_lr=0.001", "runner.num_envs=16"]
+    values, passthrough = peer._parse(args)
     assert values["agents"] == [4] and values["methods"] == ["gaussian"]
     assert values["seeds"] == [0]  # the default
     assert peer._parse(["seeds=0,1,2"])[0]["seeds"] == [0, 1, 2]
-    assert passthrough == ["agent.actor_lr=0.001"]
+    assert passthrough == ["agent.actor_lr=0.001", "runner.num_envs=16"]
+    with pytest.raises(ConfigError, match="scenario.n_agents=4.*runner.<key>="):
+        peer._parse(["scenario.n_agents=4"])  # agents= sets it
 
 
 # --------------------------------------------------------------------------- mapping
@@ -160,6 +164,36 @@ def test_mapped_overrides_compose_into_a_valid_config():
         assert cfg.scenario.kwargs.shared_rew is False and cfg.scenario.n_agents == 4
         assert cfg.runner.utd_ratio == pytest.approx(1 / 6) and cfg.runner.batch_size == 128
         assert list(cfg.agent.critic_hidden) == [256, 256] and cfg.agent.tau == 0.005
+
+
+def test_command_line_overrides_replace_the_mapped_settings(tmp_path):
+    from marl_diff.run import compose
+
+    given = ["runner.num_envs=16", "runner.utd_ratio=0.25", "agent.actor_lr=0.001"]
+    given.append("agent.init_alpha=0.2")  # a Gaussian key: dropped for ddpl, which lacks it
+    for agent in ("gaussian", "ddpl"):
+        values = {"frames": 12000, "settings": "masac"}
+        arguments = peer.marl_diff_arguments(MASAC, agent, 2, 3, values, given, tmp_path / "r")
+        assert ("agent.init_alpha=0.2" in arguments) == (agent == "gaussian")
+        cfg = compose([a for a in arguments if not a.startswith(("run_dir=", "device="))])
+        assert cfg.runner.num_envs == 16 and cfg.runner.utd_ratio == 0.25
+        assert cfg.agent.actor_lr == 0.001 and cfg.agent.critic_lr == 5e-5  # the rest: MASAC's
+        assert cfg.runner.total_steps == 12000 and cfg.seed == 3
+
+
+def test_own_settings_keep_the_catalog_training_settings_on_benchmarls_task(tmp_path):
+    from marl_diff.run import compose
+
+    values = {"frames": 12000, "settings": "own"}
+    arguments = peer.marl_diff_arguments(MASAC, "ddpl", 2, 0, values, [], tmp_path / "r")
+    cfg = compose([a for a in arguments if not a.startswith(("run_dir=", "device="))])
+    catalog_cfg = compose(["scenario=vmas_navigation", "agent=ddpl"])
+    assert cfg.scenario.kwargs.shared_rew is False and cfg.scenario.max_steps == 100
+    assert cfg.scenario.n_agents == 2 and cfg.runner.eval_every == 6000
+    assert cfg.runner.eval_episodes == cfg.runner.eval_num_envs == 10
+    for key in ("num_envs", "utd_ratio", "batch_size", "warmup_steps", "buffer_size"):
+        assert cfg.runner[key] == catalog_cfg.runner[key]
+    assert cfg.agent == catalog_cfg.agent
 
 
 def test_install_pins_torch_first_then_constrains_benchmarl(tmp_path):
@@ -303,6 +337,8 @@ def test_peer_writes_one_row_per_method_agent_count_and_seed(fake_benchmarl, tmp
     rows = [line for line in results.splitlines() if line.startswith(methods)]
     assert len(rows) == 12  # 3 methods x 2 agent counts x 2 seeds
     assert "Seeds 0, 1, 12,000 frames" in text
+    assert "applied after these in every marl_diff run (`agent.*` where the agent has the " in text
+    assert "(`settings=masac`: other agents take the keys they have" in text
     assert all("| 1.50 |" in row for row in rows if row.startswith("| gaussian"))
     assert all("failed" in row for row in rows if row.startswith("| ddpl"))
     gathered = [line for line in over_seeds.splitlines() if line.startswith(methods)]
@@ -314,3 +350,11 @@ def test_peer_writes_one_row_per_method_agent_count_and_seed(fake_benchmarl, tmp
         ("ddpl", 2, 0),
         ("masac", 2, 1),
     ]
+
+
+def test_report_says_which_settings_the_marl_diff_runs_had(fake_benchmarl, tmp_path):
+    args = ["agents=2", "frames=6000", f"runs={tmp_path}", "out=", "methods=gaussian"]
+    text = peer.peer([*args, "settings=own", "agent.actor_lr=0.001"])
+    assert "(`settings=own`: BenchMARL's task only)" in text
+    shown = text.split("`python -m marl_diff.run ")[1].split("`")[0]
+    assert "runner.eval_every=6000" in shown and "runner.num_envs" not in shown
