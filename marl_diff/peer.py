@@ -594,8 +594,10 @@ def _marl_diff_settings(values, masac, passthrough, run_bm) -> list[str]:
         )
     else:
         mapped = marl_diff_overrides(masac, "gaussian", n)
-        which = "other agents take the keys they have; MASAC's activation, temperature and "
-        which += "actor loss go to gaussian only"
+        which = (
+            "other agents take the keys they have; MASAC's activation, temperature and actor "
+            "loss go to gaussian only"
+        )
         said = (
             "marl_diff agents (gaussian, ddpl, ...) take MASAC's settings: envs, episode length, "
             "task arguments, updates per frame (runner.utd_ratio = updates per iteration / "
