@@ -26,6 +26,12 @@ class ReplayBuffer:
     `extras` are per-transition fields an agent keeps beside the transitions (name -> (shape,
     dtype), e.g. DDiffPG's episode ids and improved target actions): zero for every newly added
     transition, read and written by the agent through `extras[name][slots]`.
+
+    The storage is allocated, not zero-filled: only slots below `size` are ever read, and `add`
+    writes every field of a slot (extras included) before it counts. Zero-filling a
+    1M-transition buffer of 2-agent VMAS navigation took 1.3-1.7 s at start-up on the project's
+    CPU and made all its 0.6 GB resident at once; allocated, a run holds only the pages it has
+    written (a 60k-frame run, 6% of them).
     """
 
     def __init__(
@@ -39,16 +45,16 @@ class ReplayBuffer:
         self.device = device
         n, d, a, s = spec.n_agents, spec.obs_dim, spec.act_dim, spec.state_dim
         self.storage = Batch(
-            obs=torch.zeros(capacity, n, d, device=device),
-            state=torch.zeros(capacity, s, device=device),
-            action=torch.zeros(capacity, n, a, device=device),
-            reward=torch.zeros(capacity, n, device=device),
-            next_obs=torch.zeros(capacity, n, d, device=device),
-            next_state=torch.zeros(capacity, s, device=device),
-            terminated=torch.zeros(capacity, device=device),
+            obs=torch.empty(capacity, n, d, device=device),
+            state=torch.empty(capacity, s, device=device),
+            action=torch.empty(capacity, n, a, device=device),
+            reward=torch.empty(capacity, n, device=device),
+            next_obs=torch.empty(capacity, n, d, device=device),
+            next_state=torch.empty(capacity, s, device=device),
+            terminated=torch.empty(capacity, device=device),
         )
         self.extras = {
-            name: torch.zeros(capacity, *shape, dtype=dtype, device=device)
+            name: torch.empty(capacity, *shape, dtype=dtype, device=device)
             for name, (shape, dtype) in (extras or {}).items()
         }
         self.position = 0

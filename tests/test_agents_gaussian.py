@@ -399,6 +399,20 @@ def test_buffer_sample_only_from_filled_part_and_is_reproducible():
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+def test_buffer_never_reads_slots_it_has_not_written():
+    """The storage is allocated, not zeroed: whatever the memory held before (NaN here) must
+    never reach a sample, a state_dict or an extra field."""
+    spec = hetero_spec()
+    buffer = ReplayBuffer(10, spec, torch.device("cpu"), {"target": ((2,), torch.float32)})
+    for store in (*buffer.storage, *buffer.extras.values()):
+        store.fill_(float("nan"))
+    slots = buffer.add(numbered(spec, 1, 3))
+    sample = buffer.sample(256, torch.Generator().manual_seed(0))
+    assert not any(torch.isnan(value).any() for value in sample)
+    assert buffer.extras["target"][slots].abs().sum() == 0
+    assert not any(torch.isnan(value).any() for value in buffer.state_dict().values())
+
+
 def test_buffer_state_dict_round_trip():
     spec = hetero_spec()
     buffer = ReplayBuffer(5, spec, torch.device("cpu"))
