@@ -4,7 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from marl_diff.nn import COMPILED_MIN_ROWS, Mish, StackedMLP, Tanh, compiler_available
+from marl_diff.nn import (
+    COMPILED_MIN_ROWS,
+    ELEMENTWISE_CHUNK,
+    Mish,
+    StackedMLP,
+    Tanh,
+    _mish_factor,
+    compiler_available,
+)
 
 
 def test_mish_matches_torch_values_and_gradients():
@@ -20,7 +28,7 @@ def test_mish_without_autograd_matches():
     x = torch.randn(4, 64, 32)
     with torch.no_grad():
         assert torch.allclose(Mish()(x), F.mish(x), atol=1e-6)
-    assert torch.allclose(Mish()(x), F.mish(x), atol=1e-6)  # x needs no grad: in-place path
+    assert torch.allclose(Mish()(x), F.mish(x), atol=1e-6)  # x needs no grad: no-grad path
 
 
 def test_mish_gradient_is_the_exact_derivative():
@@ -46,6 +54,56 @@ def test_tanh_gradient_is_one_minus_output_squared():
     x32 = (torch.randn(3, 50) * 3).requires_grad_(True)
     (grad,) = torch.autograd.grad(Tanh()(x32).sum(), x32)
     torch.testing.assert_close(grad, 1 - torch.tanh(x32.detach()) ** 2, atol=5e-7, rtol=0)
+
+
+def test_mish_by_chunks_is_the_whole_tensor_formula_bit_for_bit():
+    """Large tensors are worked a chunk at a time, and the activations of a network in place:
+    the numbers must be those of the formula on the whole tensor, across chunk edges and a
+    ragged tail, with and without autograd."""
+    x = torch.randn(2 * ELEMENTWISE_CHUNK + 37) * 4
+    whole = _mish_factor(torch.sigmoid(x)).mul_(x)
+    assert torch.equal(Mish()(x), whole)
+    overwritten = x.clone()
+    assert Mish(inplace=True)(overwritten).data_ptr() == overwritten.data_ptr()
+    assert torch.equal(overwritten, whole)
+    with_grad = x.clone().requires_grad_(True)
+    out = Mish(inplace=True)(with_grad)  # autograd needs x: never in place
+    assert torch.equal(out.detach(), whole) and torch.equal(with_grad.detach(), x)
+    (grad,) = torch.autograd.grad(out.sum(), with_grad)
+    assert torch.equal(grad, torch.ops.aten.mish_backward(torch.ones_like(x), x))
+
+
+def test_tanh_in_place_overwrites_only_without_autograd():
+    x = torch.randn(3, 50) * 3
+    expected = Tanh()(x)
+    overwritten = x.clone()
+    assert torch.equal(Tanh(inplace=True)(overwritten), expected)
+    assert torch.equal(overwritten, expected)
+    with_grad = x.clone().requires_grad_(True)
+    assert torch.equal(Tanh(inplace=True)(with_grad).detach(), expected)
+    assert torch.equal(with_grad.detach(), x)
+
+
+@pytest.mark.parametrize("activation", ["relu", "mish", "tanh", "elu"])
+def test_stacked_mlp_in_place_activations_give_the_same_numbers(activation):
+    """A StackedMLP runs relu, mish and tanh in place on its own intermediates (elu stays out
+    of place: in place, torch takes its gradient from the output); outputs and parameter
+    gradients equal those of out-of-place layers bit for bit."""
+    torch.manual_seed(0)
+    mlp = StackedMLP(2, 5, [64, 64], 3, activation)
+    reference = copy.deepcopy(mlp)
+    for module in reference.net:
+        if hasattr(module, "inplace"):
+            module.inplace = False
+    in_place = [getattr(m, "inplace", None) for m in mlp.net if not hasattr(m, "weight")]
+    assert in_place == [activation != "elu"] * 2
+    x = torch.randn(2, 2100, 5)
+    with torch.no_grad():
+        assert torch.equal(mlp(x), reference(x))
+    mlp(x).square().mean().backward()
+    reference(x).square().mean().backward()
+    for ours, theirs in zip(mlp.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(ours.grad, theirs.grad)
 
 
 needs_compiler = pytest.mark.skipif(
