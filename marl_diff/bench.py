@@ -26,9 +26,11 @@ stacked in one policy vs a Python loop over N separate single-agent policies of 
 
 `python -m marl_diff.bench update [scenario=vmas_navigation] [agents=gaussian,ddpl]
 [batch_size=256] [updates=5] [repeats=3] [device=cpu] [host_memory=reuse]
-[out=results/update_time.md] [scenario.key=value | agent.key=value ...]`: milliseconds per
-gradient update of each agent on random batches of the scenario's shapes, interleaved over the
-repeats, and each agent's ratio to the first; `host_memory` as in `marl_diff.run`.
+[matmul_precision=highest] [out=results/update_time.md] [scenario.key=value | agent.key=value
+...]`: milliseconds per gradient update of each agent on random batches of the scenario's
+shapes, interleaved over the repeats, and each agent's ratio to the first; `host_memory` and
+`matmul_precision` as in `marl_diff.run` (one per process: switching it within a process
+distorted the timings, results/speed.md).
 
 `python -m marl_diff.bench peer [agents=2,4] [methods=masac,mappo,gaussian,ddpl] ...`:
 BenchMARL's MASAC and MAPPO in their own virtualenv against marl_diff agents on VMAS navigation
@@ -52,7 +54,7 @@ from statistics import median
 import torch
 from omegaconf import OmegaConf
 
-from marl_diff import host_memory
+from marl_diff import host_memory, precision
 from marl_diff.errors import ConfigError, choices, exit_cleanly_on_user_error
 
 ROLLOUT_SETTINGS = {
@@ -331,6 +333,7 @@ UPDATE_SETTINGS = {
     "device": "cpu",
     "out": "results/update_time.md",
     "host_memory": "reuse",  # as `python -m marl_diff.run` (marl_diff.host_memory)
+    "matmul_precision": "highest",  # as `python -m marl_diff.run` (marl_diff.precision)
 }
 
 
@@ -361,6 +364,7 @@ def update(args: list[str]) -> str:
 
     values, passthrough = _split(args, UPDATE_SETTINGS, ("scenario", "agent"))
     host_memory.configure(values["host_memory"])
+    precision.configure(values["matmul_precision"])
     try:
         batch, updates, repeats = (int(values[k]) for k in ("batch_size", "updates", "repeats"))
     except ValueError:
@@ -416,7 +420,8 @@ def update(args: list[str]) -> str:
         device,
         f"{spec.n_agents} agents; median of {repeats} interleaved repeats of "
         f"{updates} updates each, after two warm-up updates; random batches of the scenario's "
-        f"shapes; host_memory={values['host_memory']}.",
+        f"shapes; host_memory={values['host_memory']}, "
+        f"matmul_precision={values['matmul_precision']}.",
     )
     lines += [f"| agent | settings | ms per update | ratio to {names[0]} |", "|---|---|---:|---:|"]
     for name in names:

@@ -3,9 +3,10 @@
 
 Loads the latest checkpoint of a run and plays K episodes with decentralised execution (each
 agent acts from its own observation). Unset settings are the run's own evaluation settings
-(`runner.eval_episodes`, `runner.eval_num_envs`, `runner.eval_mode` and the run's evaluation
-seed), so with none given it repeats the run's final evaluation. `sample=true` draws every
-agent's action from its policy, the Gaussian's included (see runners/evaluation.py).
+(`runner.eval_episodes`, `runner.eval_num_envs`, `runner.eval_mode`, the run's evaluation
+seed and its `matmul_precision`), so with none given it repeats the run's final evaluation.
+`sample=true` draws every agent's action from its policy, the Gaussian's included (see
+runners/evaluation.py).
 
 `mode=M` asks an agent that learned behaviour modes it can be conditioned on (DDiffPG with
 `agent.mode_embeddings=true`) for its mode M (0-based), and `modes=all` plays the same seeded
@@ -22,6 +23,7 @@ import json
 import sys
 from pathlib import Path
 
+from marl_diff import precision
 from marl_diff.errors import ConfigError, exit_cleanly_on_user_error
 from marl_diff.experiment import load_run, run_config, runner_setup
 from marl_diff.run import resolve_device
@@ -92,6 +94,7 @@ def evaluate_run(
     `behaviour_mode`: a mode index to ask the agent for, or "all" to evaluate each in turn."""
     cfg = run_config(run_dir)
     _, runner = runner_setup(cfg)
+    precision.configure(cfg.get("matmul_precision", "highest"))  # the run's own products
     episodes = runner.eval_episodes if episodes is None else episodes
     seed = eval_seed(int(cfg.seed)) if seed is None else seed
     num_envs = runner.eval_num_envs if num_envs is None else num_envs

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from marl_diff import catalog, experiment, host_memory
+from marl_diff import catalog, experiment, host_memory, precision
 from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
 
 DEFAULTS = {"scenario": "pendulum", "agent": "gaussian"}
@@ -26,14 +26,19 @@ TOP_LEVEL = {
     "resume": None,
     "threads": 0,
     "host_memory": "reuse",  # marl_diff.host_memory: keep freed blocks ("release": glibc's way)
+    "matmul_precision": "highest",  # marl_diff.precision: float32 products (TF32/bf16: faster)
 }
 DEVICES = ("auto", "cpu", "cuda")
 # The only settings a resumed run may change: its budgets, logging, the device and the process's
-# threads and allocator.
-RESUMABLE_PREFIXES = ("runner.", "device=", "threads=", "host_memory=")
-RESUMABLE = "Only runner.* settings, device, threads and host_memory may change on resume."
+# threads, allocator and matrix-product precision.
+EXECUTION_KEYS = ("device", "threads", "host_memory", "matmul_precision")
+RESUMABLE_PREFIXES = ("runner.", *(f"{key}=" for key in EXECUTION_KEYS))
+RESUMABLE = (
+    "Only runner.* settings, device, threads, host_memory and matmul_precision may change on "
+    "resume."
+)
 # What `resume=auto` lets differ between the run asked for and the one already in run_dir.
-RERUN_FREE_KEYS = ("resume", "run_dir", "device", "threads", "host_memory", "runner.progress")
+RERUN_FREE_KEYS = ("resume", "run_dir", *EXECUTION_KEYS, "runner.progress")
 # Jobs of this process's `-m` sweep that were refused (the default launcher runs them here; a
 # study's launchers run them elsewhere and the study checks the run folders instead).
 REFUSED_JOBS: list[str] = []
@@ -189,7 +194,10 @@ def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConf
                 f"{RESUMABLE}"
             )
     changes = [o for o in user_overrides if o.startswith(RESUMABLE_PREFIXES)]
-    merged = OmegaConf.merge(saved, OmegaConf.from_dotlist([o.lstrip("+") for o in changes]))
+    # TOP_LEVEL first: a run saved before a top-level setting existed resumes with its default.
+    merged = OmegaConf.merge(
+        TOP_LEVEL, saved, OmegaConf.from_dotlist([o.lstrip("+") for o in changes])
+    )
     merged.resume = str(run_dir)
     merged.run_dir = str(run_dir)
     return merged, run_dir  # type: ignore[return-value]
@@ -253,6 +261,7 @@ def launch(cfg: DictConfig, user_overrides: list[str]) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     host_memory.configure(cfg.host_memory)
+    precision.configure(cfg.matmul_precision)
     if cfg.resume == "auto":
         if not cfg.run_dir:
             raise ConfigError("resume=auto needs run_dir=DIR (the run to continue or start)")

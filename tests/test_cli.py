@@ -118,7 +118,9 @@ def test_rerun_into_existing_run_dir_does_not_overwrite(trained, run_main, tmp_p
 def test_resume_with_incompatible_config_fails(trained, run_main, tmp_path, override, needle):
     before = digests(trained / "checkpoints")
     proc = run_main([f"resume={trained}", "runner.total_steps=600", override], tmp_path)
-    assert_clean_error(proc, "cannot resume", needle, "runner.*", "threads", "host_memory")
+    assert_clean_error(
+        proc, "cannot resume", needle, "runner.*", "threads", "host_memory", "matmul_precision"
+    )
     assert digests(trained / "checkpoints") == before
 
 
@@ -210,6 +212,23 @@ def test_a_resumed_run_keeps_its_saved_agent_settings(trained, compose_config):
     assert resumed.agent == OmegaConf.load(trained / "config.yaml").agent
 
 
+def test_a_run_saved_before_a_top_level_setting_resumes_with_its_default(
+    trained, compose_config, tmp_path
+):
+    """Runs made before `matmul_precision` existed have no such key in config.yaml."""
+    from marl_diff.run import resumed_config
+
+    old = tmp_path / "old_run"
+    saved = OmegaConf.load(trained / "config.yaml")
+    del saved["matmul_precision"]
+    old.mkdir()
+    OmegaConf.save(saved, old / "config.yaml")
+    cfg, overrides = compose_config([f"resume={old}", "runner.total_steps=600"])
+    assert resumed_config(cfg, overrides)[0].matmul_precision == "highest"
+    cfg, overrides = compose_config([f"resume={old}", "matmul_precision=medium"])
+    assert resumed_config(cfg, overrides)[0].matmul_precision == "medium"
+
+
 # ---------------------------------------------------------------------------- listing, sweeps
 def test_list_prints_the_catalog(run_cli, tmp_path):
     """One line per entry: scenarios with backend and agent count (what a study can sweep),
@@ -298,6 +317,7 @@ def test_a_refused_job_of_a_sweep_leaves_the_others_running(run_cli, tmp_path, t
         (["agent.actor_activation=wiggle"], ["agent.actor_activation", "wiggle", "relu"]),
         (["device=gpu"], ["device", "gpu", "cuda"]),
         (["host_memory=keep"], ["host_memory", "keep", "release", "reuse"]),
+        (["matmul_precision=bf16"], ["matmul_precision", "bf16", "high", "highest", "medium"]),
         (["runner.eval_mode=best"], ["runner.eval_mode", "default", "sample", "best"]),
     ],
 )

@@ -1,0 +1,31 @@
+"""How float32 matrix products are computed (`matmul_precision=`).
+
+torch's own setting (`torch.set_float32_matmul_precision`): "highest" computes them in float32;
+"high" lets a CUDA GPU with tensor cores use TF32 (10-bit mantissa inputs, float32
+accumulation); "medium" also lets the GPU, and a CPU with bfloat16 instructions (AVX512-BF16,
+AMX) through oneDNN, compute them from bfloat16 inputs. Every network in marl_diff is stacked
+matrix products, and the diffusion agents' sampled chains are mostly that, so this is their
+largest precision-for-speed trade. The default keeps float32: every learning figure in
+`results/` was made with it, and a change of rounding alone gives a seed another trajectory.
+
+Measured on the project's CPU (x86_64 with AVX512-BF16, one thread, `bench update`, one
+precision per process, results/speed.md): "medium" takes a ddpl update and a Gaussian one to
+about 0.9x their float32 time on Ant and MPE, and the headline run did not go faster; "high"
+changes nothing on a CPU. It also learned less: ddpl's vmas_navigation study setting ended
+about 0.1 lower in each of six seeds. Hence off by default; a GPU's TF32 is not measured.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from marl_diff.errors import ConfigError, choices
+
+MODES = ("highest", "high", "medium")
+
+
+def configure(mode: str) -> None:
+    """Apply `mode` (one of MODES) to this process's float32 matrix products."""
+    if mode not in MODES:
+        raise ConfigError(f"matmul_precision must be one of {choices(MODES)}, not '{mode}'")
+    torch.set_float32_matmul_precision(mode)
