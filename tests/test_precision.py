@@ -44,6 +44,8 @@ def test_update_benchmark_applies_and_reports_the_precision(tmp_path):
     )
     assert "matmul_precision=medium" in text
     assert torch.get_float32_matmul_precision() == "medium"
+    with pytest.raises(ConfigError, match="matmul_precision.*'fast'"):
+        bench.update(["matmul_precision=fast"])
 
 
 def test_a_run_keeps_its_precision_and_evaluate_repeats_it(run_cli, tiny_args, tmp_path):
