@@ -23,12 +23,13 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from marl_diff import precision
 from marl_diff.checkpoint import checkpoint_paths
 from marl_diff.datasets import REF_SCORES, EpisodeRecord, NormalizedEnv, write_minari
 from marl_diff.envs.base import EnvSpec
 from marl_diff.errors import ConfigError, MarlDiffError, exit_cleanly_on_user_error
 from marl_diff.experiment import load_run, run_config
-from marl_diff.run import resolve_device
+from marl_diff.run import resolve_device, saved_top_level
 from marl_diff.typed_config import key_values
 
 SETTINGS = {
@@ -83,11 +84,12 @@ def collect_episodes(
     device: str = "auto",
     progress: bool = True,
 ) -> tuple[list[EpisodeRecord], EnvSpec]:
-    """Play `episodes` episodes with the run's policy (see the module docstring for the mix);
-    returns them and the scenario's spec."""
+    """Play `episodes` episodes with the run's policy (see the module docstring for the mix),
+    with the run's own `matmul_precision`; returns them and the scenario's spec."""
     paths = checkpoint_paths(run_dir / "checkpoints")
     if not paths:
         raise MarlDiffError(f"no checkpoint found in '{run_dir / 'checkpoints'}'")
+    precision.configure(saved_top_level(run_config(run_dir), "matmul_precision"))
     chosen = paths if checkpoints == "all" else paths[-1:]
     shares = [episodes // len(chosen) + (k < episodes % len(chosen)) for k in range(len(chosen))]
     records: list[EpisodeRecord] = []

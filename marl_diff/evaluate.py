@@ -26,7 +26,7 @@ from pathlib import Path
 from marl_diff import precision
 from marl_diff.errors import ConfigError, exit_cleanly_on_user_error
 from marl_diff.experiment import load_run, run_config, runner_setup
-from marl_diff.run import TOP_LEVEL, resolve_device
+from marl_diff.run import resolve_device, saved_top_level
 from marl_diff.runners.base import eval_seed
 from marl_diff.runners.evaluation import evaluate_episodes, outcome_shares
 from marl_diff.typed_config import key_values
@@ -94,8 +94,7 @@ def evaluate_run(
     `behaviour_mode`: a mode index to ask the agent for, or "all" to evaluate each in turn."""
     cfg = run_config(run_dir)
     _, runner = runner_setup(cfg)
-    # the run's own products (its default for runs saved before the setting existed)
-    precision.configure(cfg.get("matmul_precision", TOP_LEVEL["matmul_precision"]))
+    precision.configure(saved_top_level(cfg, "matmul_precision"))  # the run's own products
     episodes = runner.eval_episodes if episodes is None else episodes
     seed = eval_seed(int(cfg.seed)) if seed is None else seed
     num_envs = runner.eval_num_envs if num_envs is None else num_envs

@@ -44,6 +44,12 @@ RERUN_FREE_KEYS = ("resume", "run_dir", *EXECUTION_KEYS, "runner.progress")
 REFUSED_JOBS: list[str] = []
 
 
+def saved_top_level(cfg: DictConfig, key: str):
+    """A top-level setting of a saved run's config: its default for runs saved before the
+    setting existed."""
+    return cfg.get(key, TOP_LEVEL[key])
+
+
 # ------------------------------------------------------------------ command-line checks
 def _parse(args: list[str]):
     from hydra.core.override_parser.overrides_parser import OverridesParser

@@ -48,12 +48,14 @@ def test_update_benchmark_applies_and_reports_the_precision(tmp_path):
         bench.update(["matmul_precision=fast"])
 
 
-def test_a_run_keeps_its_precision_and_evaluate_repeats_it(run_cli, tiny_args, tmp_path):
-    """The run saves its precision; evaluate applies it, so it replays the final evaluation."""
+def test_a_run_keeps_its_precision_and_evaluate_and_collect_apply_it(run_cli, tiny_args, tmp_path):
+    """The run saves its precision; evaluate applies it, so it replays the final evaluation,
+    and collect plays the policy as it was trained."""
     import json
 
     from omegaconf import OmegaConf
 
+    from marl_diff.collect import collect_episodes
     from marl_diff.evaluate import evaluate_run
 
     run_dir = tmp_path / "run"
@@ -64,3 +66,7 @@ def test_a_run_keeps_its_precision_and_evaluate_repeats_it(run_cli, tiny_args, t
     report, _ = evaluate_run(run_dir, device="cpu")
     assert torch.get_float32_matmul_precision() == "medium"
     assert report["returns"] == json.loads((run_dir / "eval.json").read_text())["returns"]
+    torch.set_float32_matmul_precision("highest")
+    records, _ = collect_episodes(run_dir, 1, num_envs=1, device="cpu", progress=False)
+    assert len(records) == 1
+    assert torch.get_float32_matmul_precision() == "medium"
