@@ -334,6 +334,9 @@ UPDATE_SETTINGS = {
     "out": "results/update_time.md",
     "host_memory": "reuse",  # as `python -m marl_diff.run` (marl_diff.host_memory)
     "matmul_precision": "highest",  # as `python -m marl_diff.run` (marl_diff.precision)
+    # Comma-separated agent.adam_impl values: each agent once per implementation, interleaved
+    # (empty: the catalog's).
+    "adam_impls": "",
 }
 
 
@@ -350,6 +353,7 @@ UPDATE_COST_KEYS = (
     "actor_batch_size",
     "policy_delay",
     "compile_denoiser",
+    "adam_impl",
 )
 
 
@@ -370,27 +374,30 @@ def update(args: list[str]) -> str:
     except ValueError:
         raise ConfigError("batch_size, updates and repeats must be integers") from None
     device = resolve_device(values["device"])
-    names = [a for a in values["agents"].split(",") if a]
+    impls = [f"agent.adam_impl={impl}" for impl in values["adam_impls"].split(",") if impl]
     agents, configs = {}, {}
-    for name in names:
+    for name in (a for a in values["agents"].split(",") if a):
         keys = catalog.load("agent", name)
-        cfg = compose(
-            [
-                f"scenario={values['scenario']}",
-                f"agent={name}",
-                *(
-                    arg
-                    for arg in passthrough
-                    if arg.startswith("scenario.") or arg.partition("=")[0][6:] in keys
-                ),
-            ]
-        )
-        agent_cfg = OmegaConf.to_container(cfg.agent, resolve=True)
-        env = make_env(OmegaConf.to_container(cfg.scenario, resolve=True), 1, device, seed=0)
-        spec = env.spec
-        env.close()
-        agents[name] = make_agent(agent_cfg, spec, device)
-        configs[name] = agent_cfg
+        for impl in impls or [None]:
+            cfg = compose(
+                [
+                    f"scenario={values['scenario']}",
+                    f"agent={name}",
+                    *(
+                        arg
+                        for arg in [*passthrough, *([impl] if impl else [])]
+                        if arg.startswith("scenario.") or arg.partition("=")[0][6:] in keys
+                    ),
+                ]
+            )
+            agent_cfg = OmegaConf.to_container(cfg.agent, resolve=True)
+            env = make_env(OmegaConf.to_container(cfg.scenario, resolve=True), 1, device, seed=0)
+            spec = env.spec
+            env.close()
+            row = f"{name}, {impl[6:]}" if impl else name
+            agents[row] = make_agent(agent_cfg, spec, device)
+            configs[row] = agent_cfg
+    names = list(agents)
     n, d, a, s = spec.n_agents, spec.obs_dim, spec.act_dim, spec.state_dim
     generator = torch.Generator(device=device).manual_seed(0)
 
@@ -427,7 +434,7 @@ def update(args: list[str]) -> str:
     for name in names:
         c = configs[name]
         detail = ", ".join(f"{k}={c[k]}" for k in UPDATE_COST_KEYS if k in c)
-        lines.append(f"| {name} | {detail} | {ms[name]:,.1f} | {ms[name] / ms[names[0]]:.1f} |")
+        lines.append(f"| {name} | {detail} | {ms[name]:,.1f} | {ms[name] / ms[names[0]]:.2f} |")
     return _write(lines, values["out"])
 
 

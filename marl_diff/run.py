@@ -30,12 +30,12 @@ TOP_LEVEL = {
 }
 DEVICES = ("auto", "cpu", "cuda")
 # The only settings a resumed run may change: its budgets, logging, the device and the process's
-# threads, allocator and matrix-product precision.
-EXECUTION_KEYS = ("device", "threads", "host_memory", "matmul_precision")
+# threads, allocator, matrix-product precision and Adam implementation (speed and rounding only).
+EXECUTION_KEYS = ("device", "threads", "host_memory", "matmul_precision", "agent.adam_impl")
 RESUMABLE_PREFIXES = ("runner.", *(f"{key}=" for key in EXECUTION_KEYS))
 RESUMABLE = (
-    "Only runner.* settings, device, threads, host_memory and matmul_precision may change on "
-    "resume."
+    "Only runner.* settings, device, threads, host_memory, matmul_precision and agent.adam_impl "
+    "may change on resume."
 )
 # What `resume=auto` lets differ between the run asked for and the one already in run_dir.
 RERUN_FREE_KEYS = ("resume", "run_dir", *EXECUTION_KEYS, "runner.progress")

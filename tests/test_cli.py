@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_spec
 from omegaconf import OmegaConf
 
 from marl_diff import catalog
@@ -119,7 +120,14 @@ def test_resume_with_incompatible_config_fails(trained, run_main, tmp_path, over
     before = digests(trained / "checkpoints")
     proc = run_main([f"resume={trained}", "runner.total_steps=600", override], tmp_path)
     assert_clean_error(
-        proc, "cannot resume", needle, "runner.*", "threads", "host_memory", "matmul_precision"
+        proc,
+        "cannot resume",
+        needle,
+        "runner.*",
+        "threads",
+        "host_memory",
+        "matmul_precision",
+        "agent.adam_impl",
     )
     assert digests(trained / "checkpoints") == before
 
@@ -227,6 +235,26 @@ def test_a_run_saved_before_a_top_level_setting_resumes_with_its_default(
     assert resumed_config(cfg, overrides)[0].matmul_precision == "highest"
     cfg, overrides = compose_config([f"resume={old}", "matmul_precision=medium"])
     assert resumed_config(cfg, overrides)[0].matmul_precision == "medium"
+
+
+def test_a_resumed_run_may_change_its_adam_implementation(trained, compose_config, tmp_path):
+    """An execution choice like the threads; a run saved before `agent.adam_impl` existed
+    resumes with torch's own choice, the implementation it trained with."""
+    from marl_diff.agents import make_agent
+    from marl_diff.run import resumed_config
+
+    cfg, overrides = compose_config([f"resume={trained}", "agent.adam_impl=fused"])
+    assert resumed_config(cfg, overrides)[0].agent.adam_impl == "fused"
+    old = tmp_path / "old_run"
+    saved = OmegaConf.load(trained / "config.yaml")
+    del saved.agent["adam_impl"]
+    old.mkdir()
+    OmegaConf.save(saved, old / "config.yaml")
+    cfg, overrides = compose_config([f"resume={old}", "runner.total_steps=600"])
+    agent_config = OmegaConf.to_container(resumed_config(cfg, overrides)[0].agent)
+    assert "adam_impl" not in agent_config
+    spec = make_spec(n_agents=1, obs_dims=(3,), act_dims=(1,), state_dim=3)
+    assert make_agent(agent_config, spec, torch.device("cpu")).config.adam_impl == "auto"
 
 
 # ---------------------------------------------------------------------------- listing, sweeps

@@ -179,8 +179,23 @@ def test_update_benchmark_writes_one_row_per_agent(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| ") and "ms" not in line]
     assert [row.split(" | ")[0] for row in rows] == ["| gaussian", "| dacer"]
     assert "actor_hidden=[16, 16], critic_hidden=[16, 16], diffusion_steps=2" in rows[1]
-    assert rows[0].endswith("| 1.0 |")  # the first agent is the reference
+    assert rows[0].endswith("| 1.00 |")  # the first agent is the reference
     assert float(rows[1].split(" | ")[2].replace(",", "")) > 0
+
+
+def test_update_benchmark_times_each_adam_implementation(tmp_path):
+    args = ["scenario=pendulum", "agents=gaussian", "batch_size=8", "updates=1", "repeats=1"]
+    text = bench.update(
+        [*args, "adam_impls=for_loop,fused", "agent.actor_hidden=[16,16]", f"out={tmp_path / 'u'}"]
+    )
+    rows = [line for line in text.splitlines() if line.startswith("| gaussian")]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| gaussian, adam_impl=for_loop",
+        "| gaussian, adam_impl=fused",
+    ]
+    assert "adam_impl=fused |" in rows[1]
+    with pytest.raises(ConfigError, match="adam_impl must be one of auto, for_loop"):
+        bench.update([*args, "adam_impls=apex", f"out={tmp_path / 'v'}"])
 
 
 def test_benchmarks_reject_unknown_arguments():

@@ -132,9 +132,9 @@ class DACERAgent(DiffusionActorCritic):
         self.register_buffer("mean_variance", torch.full((2,), -1.0))  # < 0: not yet measured
         self.to(device)
         self.setup_optimizers()
-        self.optimizers["actor"] = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
+        self.optimizers["actor"] = self.adam(self.policy.parameters(), config.actor_lr)
         if config.auto_alpha:
-            self.optimizers["alpha"] = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+            self.optimizers["alpha"] = self.adam([self.log_alpha], config.alpha_lr)
 
     # ---------------------------------------------------------------- acting
     def exploration_noise(self, action: torch.Tensor) -> torch.Tensor:

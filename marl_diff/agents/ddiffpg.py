@@ -196,7 +196,7 @@ class DDiffPGAgent(ActorCriticAgent):
         self.eval_group: int | None = None  # the group whose embedding evaluation acts with
         self.to(device)
         self.setup_optimizers()
-        self.optimizers["actor"] = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
+        self.optimizers["actor"] = self.adam(self.policy.parameters(), config.actor_lr)
         if self.novelty is not None:
             self.optimizers["novelty"] = self.novelty.optimizer
 

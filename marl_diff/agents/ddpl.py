@@ -154,11 +154,11 @@ class DDPLAgent(DiffusionActorCritic):
         self.register_buffer("q_spread", torch.zeros(spec.n_agents))  # 0: not yet measured
         self.to(device)
         self.setup_optimizers()
-        self.optimizers["actor"] = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
+        self.optimizers["actor"] = self.adam(self.policy.parameters(), config.actor_lr)
         if config.auto_alpha:
-            self.optimizers["alpha"] = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+            self.optimizers["alpha"] = self.adam([self.log_alpha], config.alpha_lr)
         if config.jitter:
-            self.optimizers["jitter"] = torch.optim.Adam([self.log_jitter], lr=config.jitter_lr)
+            self.optimizers["jitter"] = self.adam([self.log_jitter], config.jitter_lr)
 
     # ---------------------------------------------------------------- acting
     @torch.no_grad()

@@ -31,7 +31,7 @@ class DiffusionBCAgent(Agent):
         super().__init__(config, spec, device)
         self.policy = make_diffusion_policy(config, spec)
         self.to(device)
-        self.optimizers["actor"] = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
+        self.optimizers["actor"] = self.adam(self.policy.parameters(), config.actor_lr)
 
     def sample_policy(self, obs: torch.Tensor) -> torch.Tensor:
         cfg = self.config

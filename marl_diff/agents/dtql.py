@@ -110,11 +110,9 @@ class DTQLAgent(ActorCriticAgent):
         self.select_by_q = config.act_by_q and spec.n_agents == 1 and spec.state_dim == spec.obs_dim
         self.to(device)
         self.setup_optimizers()
-        self.optimizers["actor"] = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
-        self.optimizers["behaviour"] = torch.optim.Adam(
-            self.behaviour.parameters(), lr=config.bc_lr
-        )
-        self.optimizers["value"] = torch.optim.Adam(self.value.parameters(), lr=config.value_lr)
+        self.optimizers["actor"] = self.adam(self.policy.parameters(), config.actor_lr)
+        self.optimizers["behaviour"] = self.adam(self.behaviour.parameters(), config.bc_lr)
+        self.optimizers["value"] = self.adam(self.value.parameters(), config.value_lr)
 
     # ---------------------------------------------------------------- acting
     @torch.no_grad()

@@ -96,9 +96,9 @@ class GaussianAgent(ActorCriticAgent):
         )
         self.to(device)
         self.setup_optimizers()
-        self.optimizers["actor"] = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
+        self.optimizers["actor"] = self.adam(self.policy.parameters(), config.actor_lr)
         if config.auto_alpha:
-            self.optimizers["alpha"] = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+            self.optimizers["alpha"] = self.adam([self.log_alpha], config.alpha_lr)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool, state: torch.Tensor | None = None):

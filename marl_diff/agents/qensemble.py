@@ -125,7 +125,7 @@ class QEnsembleAgent(ActorCriticAgent):
         self.select_by_q = config.act_by_q and spec.n_agents == 1 and spec.state_dim == spec.obs_dim
         self.to(device)
         self.setup_optimizers()
-        self.optimizers["actor"] = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
+        self.optimizers["actor"] = self.adam(self.policy.parameters(), config.actor_lr)
 
     # ---------------------------------------------------------------- acting
     @torch.no_grad()

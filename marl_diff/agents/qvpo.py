@@ -126,7 +126,7 @@ class QVPOAgent(DiffusionActorCritic):
             self.target_policy = copy.deepcopy(self.policy).requires_grad_(False)
         self.to(device)
         self.setup_optimizers()
-        self.optimizers["actor"] = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
+        self.optimizers["actor"] = self.adam(self.policy.parameters(), config.actor_lr)
 
     # ---------------------------------------------------------------- helpers
     def entropy_alpha_at(self, update: int) -> float:
