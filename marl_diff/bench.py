@@ -374,18 +374,19 @@ def update(args: list[str]) -> str:
     except ValueError:
         raise ConfigError("batch_size, updates and repeats must be integers") from None
     device = resolve_device(values["device"])
-    impls = [f"agent.adam_impl={impl}" for impl in values["adam_impls"].split(",") if impl]
+    impls = [impl for impl in values["adam_impls"].split(",") if impl]
     agents, configs = {}, {}
     for name in (a for a in values["agents"].split(",") if a):
         keys = catalog.load("agent", name)
         for impl in impls or [None]:
+            chosen = [f"agent.adam_impl={impl}"] if impl else []
             cfg = compose(
                 [
                     f"scenario={values['scenario']}",
                     f"agent={name}",
                     *(
                         arg
-                        for arg in [*passthrough, *([impl] if impl else [])]
+                        for arg in [*passthrough, *chosen]
                         if arg.startswith("scenario.") or arg.partition("=")[0][6:] in keys
                     ),
                 ]
@@ -394,7 +395,7 @@ def update(args: list[str]) -> str:
             env = make_env(OmegaConf.to_container(cfg.scenario, resolve=True), 1, device, seed=0)
             spec = env.spec
             env.close()
-            row = f"{name}, {impl[6:]}" if impl else name
+            row = f"{name}, adam_impl={impl}" if impl else name
             agents[row] = make_agent(agent_cfg, spec, device)
             configs[row] = agent_cfg
     names = list(agents)

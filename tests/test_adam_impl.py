@@ -93,10 +93,8 @@ def test_a_checkpoint_loads_into_another_implementation():
     # a copy, as torch.save and load make it: loaded tensors would otherwise share storage
     loading.load_training_state(copy.deepcopy(saving.training_state()))
     for name, optimizer in loading.optimizers.items():
-        assert (optimizer.param_groups[0]["foreach"], optimizer.param_groups[0]["fused"]) == (
-            False,
-            False,
-        )
+        group = optimizer.param_groups[0]
+        assert (group["foreach"], group["fused"]) == FLAGS["for_loop"], name
         saved = saving.optimizers[name].state_dict()["state"]
         for index, moments in optimizer.state_dict()["state"].items():
             assert torch.equal(moments["exp_avg"], saved[index]["exp_avg"]), name
