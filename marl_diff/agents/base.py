@@ -154,11 +154,10 @@ def _with_implementation(saved: dict, optimizer: torch.optim.Optimizer) -> dict:
     """A saved optimiser state with the live optimiser's implementation flags (`foreach`,
     `fused`): torch's `load_state_dict` would otherwise restore the saving run's flags, and
     the implementation is this process's choice, not part of the training state."""
-    groups = [
-        {**group, **{key: live[key] for key in ("foreach", "fused") if key in live}}
-        for group, live in zip(saved["param_groups"], optimizer.param_groups, strict=True)
-    ]
-    return {**saved, "param_groups": groups}
+    flags = {
+        key: optimizer.defaults[key] for key in ("foreach", "fused") if key in optimizer.defaults
+    }
+    return {**saved, "param_groups": [{**group, **flags} for group in saved["param_groups"]]}
 
 
 @dataclass
