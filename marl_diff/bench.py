@@ -26,11 +26,12 @@ stacked in one policy vs a Python loop over N separate single-agent policies of 
 
 `python -m marl_diff.bench update [scenario=vmas_navigation] [agents=gaussian,ddpl]
 [batch_size=256] [updates=5] [repeats=3] [device=cpu] [host_memory=reuse]
-[matmul_precision=highest] [out=results/update_time.md] [scenario.key=value | agent.key=value
-...]`: milliseconds per gradient update of each agent on random batches of the scenario's
-shapes, interleaved over the repeats, and each agent's ratio to the first; `host_memory` and
-`matmul_precision` as in `marl_diff.run` (one per process: switching it within a process
-distorted the timings, results/speed.md).
+[matmul_precision=highest] [adam_impls=for_loop,fused] [out=results/update_time.md]
+[scenario.key=value | agent.key=value ...]`: milliseconds per gradient update of each agent on
+random batches of the scenario's shapes, interleaved over the repeats, and each agent's ratio to
+the first; `host_memory` and `matmul_precision` as in `marl_diff.run` (one per process:
+switching it within a process distorted the timings, results/speed.md); `adam_impls` times each
+agent once per `agent.adam_impl` value.
 
 `python -m marl_diff.bench peer [agents=2,4] [methods=masac,mappo,gaussian,ddpl] ...`:
 BenchMARL's MASAC and MAPPO in their own virtualenv against marl_diff agents on VMAS navigation
@@ -378,23 +379,24 @@ def update(args: list[str]) -> str:
     agents, configs = {}, {}
     for name in (a for a in values["agents"].split(",") if a):
         keys = catalog.load("agent", name)
+        cfg = compose(
+            [
+                f"scenario={values['scenario']}",
+                f"agent={name}",
+                *(
+                    arg
+                    for arg in passthrough
+                    if arg.startswith("scenario.") or arg.partition("=")[0][6:] in keys
+                ),
+            ]
+        )
+        env = make_env(OmegaConf.to_container(cfg.scenario, resolve=True), 1, device, seed=0)
+        spec = env.spec
+        env.close()
         for impl in impls or [None]:
-            chosen = [f"agent.adam_impl={impl}"] if impl else []
-            cfg = compose(
-                [
-                    f"scenario={values['scenario']}",
-                    f"agent={name}",
-                    *(
-                        arg
-                        for arg in [*passthrough, *chosen]
-                        if arg.startswith("scenario.") or arg.partition("=")[0][6:] in keys
-                    ),
-                ]
-            )
             agent_cfg = OmegaConf.to_container(cfg.agent, resolve=True)
-            env = make_env(OmegaConf.to_container(cfg.scenario, resolve=True), 1, device, seed=0)
-            spec = env.spec
-            env.close()
+            if impl:
+                agent_cfg["adam_impl"] = impl
             row = f"{name}, adam_impl={impl}" if impl else name
             agents[row] = make_agent(agent_cfg, spec, device)
             configs[row] = agent_cfg
