@@ -306,7 +306,7 @@ def test_critic_targets_reduced_or_each_members_own(targets):
         torch.randn(b, 3, generator=gen),
         torch.zeros(b),
     )
-    next_action, bonus = torch.zeros(b, 1, 1), torch.zeros(b)
+    next_action, bonus = torch.zeros(b, 1, 1), torch.zeros(b, 1)
     agent.target_action = lambda obs, state: (next_action, bonus)
     q_next = agent.critic_target(batch.next_state, next_action)  # [4, B]
     if targets == "reduced":

@@ -169,7 +169,7 @@ def test_critic_target_takes_the_best_target_policy_sample_by_target_q(monkeypat
     action, bonus = qvpo.target_action(torch.zeros(1, 2, 3), torch.zeros(1, 4))
     assert seen == [qvpo.critic_target]
     assert action.flatten().tolist() == pytest.approx([0.7, 0.9])
-    assert bonus.tolist() == [0.0]
+    assert bonus.tolist() == [[0.0, 0.0]]
 
 
 # ---------------------------------------------------------------------------- heterogeneous

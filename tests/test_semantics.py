@@ -86,11 +86,12 @@ def critic_batch() -> Batch:
 def test_twin_critic_target_is_scaled_team_reward_plus_discounted_min_head_plus_bonus(
     algorithm, monkeypatch
 ):
-    """y = scale * mean_i r_i + gamma (1 - term) (min_k Q'_k(s', a') + bonus); loss sums heads."""
+    """y = scale * mean_i r_i + gamma (1 - term) (min_k Q'_k(s', a') + sum_i bonus_i); loss sums
+    heads."""
     ac = agent(algorithm, gamma=GAMMA, reward_scale=REWARD_SCALE)
     batch = critic_batch()
     next_action = torch.full((3, 2, 1), 0.25)
-    bonus = torch.tensor([0.5, 0.25, -1.0])
+    bonus = torch.tensor([[0.25, 0.25], [0.5, -0.25], [-1.5, 0.5]])  # per agent; sums 0.5, 0.25, -1
     q = torch.tensor(Q, requires_grad=True)
     seen = {}
 
@@ -127,8 +128,9 @@ def test_twin_critic_target_is_scaled_team_reward_plus_discounted_min_head_plus_
     assert seen["critic"][0] is batch.state and seen["critic"][1] is batch.action
 
 
-def test_gaussian_soft_bonus_is_minus_alpha_weighted_log_prob_summed_over_agents():
-    """bonus = -sum_i alpha_i log pi_i(a_i'|o_i') with the tanh-corrected log density."""
+def test_gaussian_soft_bonus_is_minus_alpha_weighted_log_prob_per_agent():
+    """bonus_i = -alpha_i log pi_i(a_i'|o_i') with the tanh-corrected log density (the team
+    critic adds their sum)."""
     torch.manual_seed(0)
     spec = make_spec(act_dims=(2, 1))  # agent 1's second action entry is padding
     gauss = agent("gaussian", spec)
@@ -145,8 +147,8 @@ def test_gaussian_soft_bonus_is_minus_alpha_weighted_log_prob_summed_over_agents
         u = mean + std * torch.randn_like(mean.float()).double()
         per_dim = Normal(mean, std).log_prob(u) - torch.log1p(-torch.tanh(u).square())
         log_pi = torch.stack([per_dim[:, 0, :2].sum(-1), per_dim[:, 1, 0]], dim=-1)  # [B, N]
-        expected = -(0.1 * log_pi[:, 0] + 0.5 * log_pi[:, 1])
-    assert bonus.shape == (5,)
+        expected = -torch.stack([0.1 * log_pi[:, 0], 0.5 * log_pi[:, 1]], dim=-1)
+    assert bonus.shape == (5, 2)
     assert torch.allclose(bonus.double(), expected, atol=1e-4)
     assert torch.allclose(action[:, 0].double(), torch.tanh(u[:, 0]), atol=1e-6)
     assert torch.allclose(action[:, 1, 0].double(), torch.tanh(u[:, 1, 0]), atol=1e-6)
@@ -168,7 +170,7 @@ def test_ddpl_target_is_a_current_policy_sample_with_zero_bonus():
     torch.manual_seed(3)
     lagged = ddpl.old_policy.sample(next_obs)
     assert torch.equal(action, expected) and not torch.allclose(action, lagged)
-    assert torch.equal(bonus, torch.zeros(6))
+    assert torch.equal(bonus, torch.zeros(6, 2))
     torch.manual_seed(4)
     assert not torch.equal(ddpl.target_action(next_obs, next_state)[0], action)  # stochastic
 
@@ -504,7 +506,7 @@ def test_qvpo_current_target_actor_has_no_target_policy(monkeypatch):
 
     monkeypatch.setattr(qvpo.policy, "sample", sample)
     action, bonus = qvpo.target_action(torch.zeros(2, 2, 3), torch.zeros(2, 4))
-    assert calls == [1] and torch.equal(action, drawn) and torch.equal(bonus, torch.zeros(2))
+    assert calls == [1] and torch.equal(action, drawn) and torch.equal(bonus, torch.zeros(2, 2))
 
 
 # ---------------------------------------------------------------------------- the runner

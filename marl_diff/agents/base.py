@@ -178,6 +178,10 @@ class ActorCriticConfig(AgentConfig):
     # the clipped double-Q target; "own", member k to r + gamma Q'_k, its own target network
     # (the Q-ensemble policy's choice: no min and no LCB in the targets keeps members diverse).
     critic_targets: str = "reduced"
+    # What the critic learns (`ActorCriticAgent`): "team", one Q of the team reward (the mean of
+    # the agents' rewards) that every agent ascends; "per_agent", one Q_i per agent of its own
+    # reward, agent i ascending Q_i (MADDPG's and MASAC's critics with individual rewards).
+    critic_rewards: str = "team"
     # Where the other agents' actions come from when evaluating Q_i(s, a_i, a_-i):
     # "replay" (HASAC-style, the batch's actions) or "policy" (fresh samples of their policies).
     others_actions: str = "replay"
@@ -189,14 +193,25 @@ class ActorCriticAgent(Agent):
     """Centralised Q critic over (state, joint action) shared by every policy class: K members
     and a configured reduction (twin min by default, see `CentralCritic`).
 
-    The team reward is the mean of the agents' rewards. Subclasses provide the policy: how to
-    act, how to draw next actions (with any soft-value bonus) for the critic target, and the
-    actor update.
+    `critic_rewards`: with "team" the critic learns the team reward, the mean of the agents'
+    rewards, and Q_i(s, a_i, a_-i) is that one Q with agent i's action substituted: the
+    cooperative reading, right when the agents share a reward. With "per_agent" it learns one
+    Q_i per agent from agent i's own reward, and agent i ascends its own Q_i. Where rewards
+    are individual (VMAS navigation with `shared_rew=false`, BenchMARL's setting), the team Q
+    mixes every agent's reward into each agent's gradient; per agent, each Q_i carries its
+    own (results/peer_time_to_quality_per_agent.md compares them there). The team Q stays
+    the default: it is the DDPL paper's cooperative setting, and the catalog's results were
+    made with it.
+    Subclasses provide the policy: how to act, how to draw next actions (with any soft-value
+    bonus) for the critic target, and the actor update.
     """
 
     Config = ActorCriticConfig
     OTHERS_ACTIONS = ("replay", "policy")
     CRITIC_TARGETS = ("reduced", "own")
+    # Agents whose critic update is their own (a distributional or IQL critic, DDiffPG's per
+    # mode) narrow this to ("team",).
+    CRITIC_REWARDS = ("team", "per_agent")
     critic_class: type[nn.Module] = CentralCritic  # built from (state, agents, act dims, hidden)
 
     def __init__(self, config: ActorCriticConfig, spec: EnvSpec, device: torch.device):
@@ -207,6 +222,7 @@ class ActorCriticAgent(Agent):
                 "others_actions": self.OTHERS_ACTIONS,
                 "critic_reduction": CRITIC_REDUCTIONS,
                 "critic_targets": self.CRITIC_TARGETS,
+                "critic_rewards": self.CRITIC_REWARDS,
             },
         )
         check_activation("agent.critic_activation", config.critic_activation)
@@ -230,6 +246,7 @@ class ActorCriticAgent(Agent):
             "reduction": config.critic_reduction,
             "lcb_beta": config.lcb_beta,
             "layer_norm": config.critic_layer_norm,
+            **({"per_agent": True} if config.critic_rewards == "per_agent" else {}),
             **overrides,
         }
         return self.critic_class(
@@ -243,10 +260,11 @@ class ActorCriticAgent(Agent):
     def target_action(
         self, next_obs: torch.Tensor, next_state: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next joint action [B, N, A] for the critic target and the soft bonus [B] added to
-        the reduced Q' (e.g. -sum_i alpha_i log pi_i; zero for policies without an entropy
-        term). `next_state` is there for agents that choose the action by Q' (QVPO's best of
-        K). Agents whose critic learns another target (IQL's V) override `update_critic`."""
+        """Next joint action [B, N, A] for the critic target and each agent's soft bonus
+        [B, N] added to the reduced Q' (e.g. -alpha_i log pi_i; zero for policies without an
+        entropy term): the team critic adds their sum, agent i's own critic its own.
+        `next_state` is there for agents that choose the action by Q' (QVPO's best of K).
+        Agents whose critic learns another target (IQL's V) override `update_critic`."""
         raise NotImplementedError(f"{type(self).__name__} defines no TD target action")
 
     @abstractmethod
@@ -276,13 +294,17 @@ class ActorCriticAgent(Agent):
         cfg = self.config
         with torch.no_grad():
             next_action, bonus = self.target_action(batch.next_obs, batch.next_state)
-            next_q = self.critic_target(batch.next_state, next_action)  # [K, B]
+            next_q = self.critic_target(batch.next_state, next_action)  # [K, B] or [K, B, N]
             if cfg.critic_targets == "reduced":
                 next_q = self.critic_target.reduce(next_q)
-            team_reward = batch.reward.mean(-1) * cfg.reward_scale
-            target = team_reward + cfg.gamma * (1.0 - batch.terminated) * (next_q + bonus)
+            reward, not_done = batch.reward * cfg.reward_scale, 1.0 - batch.terminated
+            if self.critic.per_agent:
+                not_done = not_done[:, None]
+            else:
+                reward, bonus = reward.mean(-1), bonus.sum(-1)
+            target = reward + cfg.gamma * not_done * (next_q + bonus)
         q = self.critic(batch.state, batch.action)
-        loss = (q - target).pow(2).mean(-1).sum()
+        loss = (q - target).pow(2).flatten(1).mean(-1).sum()
         self.step_optimizer("critic", loss, self.critic.parameters())
         return {"loss/critic": loss.detach(), "q/mean": q.mean().detach()}
 
@@ -309,13 +331,16 @@ class ActorCriticAgent(Agent):
         """sum_i Q_i(s, a_i, a_-i) [B] for the agents' fresh actions `action` [B, N, A], with
         a_-i from `others_actions`; its gradient with respect to each a_i is dQ_i/da_i.
 
-        With `others_actions=policy` every Q_i is evaluated at the same joint action, so one
-        critic call on B rows (MASAC's actor loss) replaces N substitutions on N x B: its value
-        is N Q(s, a), and the straight-through term gives each a_i the gradient dQ(s, a)/da_i,
-        exactly what Q_i with the others' actions detached gives it.
+        With `others_actions=policy` and the team critic every Q_i is evaluated at the same
+        joint action, so one critic call on B rows (MASAC's actor loss) replaces N substitutions
+        on N x B: its value is N Q(s, a), and the straight-through term gives each a_i the
+        gradient dQ(s, a)/da_i, exactly what Q_i with the others' actions detached gives it.
+        Per-agent critics take the substitutions, each a_i getting dQ_i/da_i alone.
         """
         if self.config.others_actions == "replay":
             return self.q_each_agent(batch.state, batch.action, action).sum(-1)
+        if self.critic.per_agent:
+            return self.q_each_agent(batch.state, action.detach(), action).sum(-1)
         q = self.critic.value(batch.state, action)
         return q + (self.spec.n_agents - 1) * q.detach()
 
@@ -326,14 +351,17 @@ class ActorCriticAgent(Agent):
         own: torch.Tensor,
         critic: nn.Module | None = None,
     ) -> torch.Tensor:
-        """Q_i(s, own_i, base_-i), reduced over the critic's members, for every agent at once.
+        """Q_i(s, own_i, base_-i), reduced over the critic's members, for every agent at once
+        (agent i's own Q_i with per-agent critics, the team Q otherwise).
 
         state [B, S], base [B, N, A], own [..., B, N, A] (e.g. M candidates) -> [..., B, N].
         `critic` defaults to the online critic (the target critic for critic targets).
         """
+        critic = self.critic if critic is None else critic
         joint = substitute_each_agent(base, own)  # [..., B, N, N, A]
         # [B, 1, S]: each state's share of the critic is computed once, for all its joint actions
-        return (self.critic if critic is None else critic).value(state[:, None], joint)
+        q = critic.value(state[:, None], joint)  # [..., B, N(i)] or, per agent, [..., N(i), N]
+        return q.diagonal(dim1=-2, dim2=-1) if critic.per_agent else q
 
 
 def best_candidate(candidates: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -98,6 +98,7 @@ class DACERConfig(DiffusionActorConfig):
 class DACERAgent(DiffusionActorCritic):
     Config = DACERConfig
     critic_class = DistributionalCritic
+    CRITIC_REWARDS = ("team",)  # the distributional critic's update learns the team reward
 
     def __init__(self, config: DACERConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)
@@ -153,7 +154,7 @@ class DACERAgent(DiffusionActorCritic):
 
     def target_action(self, next_obs: torch.Tensor, next_state: torch.Tensor):
         action = self.sample_policy(next_obs)
-        return action, torch.zeros(next_obs.shape[0], device=next_obs.device)
+        return action, next_obs.new_zeros(next_obs.shape[:-1])
 
     # ---------------------------------------------------------------- updates
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:

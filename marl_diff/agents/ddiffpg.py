@@ -145,6 +145,7 @@ class Trajectory:
 
 class DDiffPGAgent(ActorCriticAgent):
     Config = DDiffPGConfig
+    CRITIC_REWARDS = ("team",)  # a distributional twin per mode, of the team reward
 
     def __init__(self, config: DDiffPGConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)

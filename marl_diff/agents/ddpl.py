@@ -172,7 +172,7 @@ class DDPLAgent(DiffusionActorCritic):
 
     def target_action(self, next_obs: torch.Tensor, next_state: torch.Tensor):
         action = self.sample_policy(next_obs)
-        return action, torch.zeros(next_obs.shape[0], device=next_obs.device)
+        return action, next_obs.new_zeros(next_obs.shape[:-1])
 
     # ---------------------------------------------------------------- ISSM
     def update_actor(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -81,6 +81,7 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
 
 class DTQLAgent(ActorCriticAgent):
     Config = DTQLConfig
+    CRITIC_REWARDS = ("team",)  # IQL's Q and V of the team reward
     regime = "offline"
 
     def __init__(self, config: DTQLConfig, spec: EnvSpec, device: torch.device):

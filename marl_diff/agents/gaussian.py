@@ -110,7 +110,7 @@ class GaussianAgent(ActorCriticAgent):
 
     def target_action(self, next_obs: torch.Tensor, next_state: torch.Tensor):
         action, log_prob = self.policy(next_obs)
-        return action, -(self.log_alpha.exp() * log_prob).sum(-1)
+        return action, -self.log_alpha.exp() * log_prob
 
     def update_actor(self, batch: Batch) -> dict[str, torch.Tensor]:
         action, log_prob = self.policy(batch.obs)

@@ -70,6 +70,10 @@ class CentralCritic(nn.Module):
     padded per-agent actions flattened [N * A]; padded entries are always zero so they carry no
     information. `heads` gives each network's `out_features` outputs. `layer_norm` puts a
     LayerNorm after every hidden layer (DTQL's Q heads).
+
+    `per_agent`: each network outputs one value per agent, Q_i for agent i's own reward, from
+    the same centralised input (MADDPG's and MASAC's critics with individual rewards);
+    `forward` and `value` then end in an agent dim [..., N]. Otherwise one value, the team's.
     """
 
     def __init__(
@@ -84,8 +88,11 @@ class CentralCritic(nn.Module):
         reduction: str = "min",
         lcb_beta: float = 4.0,
         layer_norm: bool = False,
+        per_agent: bool = False,
     ):
         super().__init__()
+        if per_agent and out_features != 1:
+            raise ValueError("a per-agent critic has one output per agent (out_features=1)")
         if reduction not in CRITIC_REDUCTIONS:
             raise ValueError(
                 f"critic reduction must be one of {', '.join(CRITIC_REDUCTIONS)}, not {reduction!r}"
@@ -94,9 +101,11 @@ class CentralCritic(nn.Module):
             raise ValueError("the lcb reduction needs at least 2 critic members")
         self.n_q = n_q
         self.state_dim = state_dim
+        self.per_agent = per_agent
         self.reduction, self.lcb_beta = reduction, lcb_beta
+        outputs = n_agents if per_agent else out_features
         self.q = StackedMLP(
-            n_q, state_dim + n_agents * act_dim, hidden, out_features, activation, layer_norm
+            n_q, state_dim + n_agents * act_dim, hidden, outputs, activation, layer_norm
         )
 
     def reduce(self, q: torch.Tensor) -> torch.Tensor:
@@ -108,7 +117,8 @@ class CentralCritic(nn.Module):
         return q.mean(0) - self.lcb_beta * q.std(0)
 
     def value(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
-        """The reduced Q: state [..., S], joint_action [..., N, A] -> [...]."""
+        """The reduced Q: state [..., S], joint_action [..., N, A] -> [...] ([..., N] per
+        agent)."""
         return self.reduce(self(state, joint_action))
 
     def heads(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
@@ -131,8 +141,10 @@ class CentralCritic(nn.Module):
         return out.view(self.n_q, *lead, -1)
 
     def forward(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
-        """state [..., S], joint_action [..., N, A] -> Q values [n_q, ...]."""
-        return self.heads(state, joint_action)[..., 0]
+        """state [..., S], joint_action [..., N, A] -> Q values [n_q, ...] ([n_q, ..., N] per
+        agent)."""
+        out = self.heads(state, joint_action)
+        return out if self.per_agent else out[..., 0]
 
     def grouped_heads(
         self, state: torch.Tensor, joint_action: torch.Tensor, per_group: int

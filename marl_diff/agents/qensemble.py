@@ -97,6 +97,7 @@ class QEnsembleConfig(ActorCriticConfig):
 
 class QEnsembleAgent(ActorCriticAgent):
     Config = QEnsembleConfig
+    CRITIC_REWARDS = ("team",)  # its actor loss reads the team Q's members directly
     regime = "offline"
 
     def __init__(self, config: QEnsembleConfig, spec: EnvSpec, device: torch.device):
@@ -144,7 +145,7 @@ class QEnsembleAgent(ActorCriticAgent):
     @torch.no_grad()
     def target_action(self, next_obs: torch.Tensor, next_state: torch.Tensor):
         """The EMA actor's chain sample; no soft bonus (the entropy is only in the actor loss)."""
-        return self.ema_policy.sample(next_obs), next_obs.new_zeros(next_obs.shape[0])
+        return self.ema_policy.sample(next_obs), next_obs.new_zeros(next_obs.shape[:-1])
 
     # ---------------------------------------------------------------- updates
     def grad_clip_for(self, optimizer: str) -> float:

@@ -163,7 +163,7 @@ class QVPOAgent(DiffusionActorCritic):
         cfg = self.config
         policy = self.target_policy if cfg.target_actor == "ema" else self.policy
         candidates = self.candidates(next_obs, cfg.target_samples, policy)
-        no_bonus = torch.zeros(next_obs.shape[0], device=next_obs.device)
+        no_bonus = next_obs.new_zeros(next_obs.shape[:-1])
         if cfg.target_samples == 1:
             return candidates[0], no_bonus
         q = self.q_each_agent(next_state, candidates[0], candidates, critic=self.critic_target)
