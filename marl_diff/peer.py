@@ -109,7 +109,13 @@ def marl_diff_overrides(
     temperature settings and actor loss (torchrl's SAC loss evaluates Q once at the joint action
     freshly sampled for all agents: `others_actions=policy`); other agents keep their own policy
     network, temperature and Q_i, which mean something else there (a diffusion denoiser, DDPL's
-    weight temperature, its candidates' Q_i against the replayed actions)."""
+    weight temperature, its candidates' Q_i against the replayed actions).
+
+    Not mapped: MASAC's critic has one output per agent, learned from each agent's own reward,
+    and its actor loss sums them at the joint action. marl_diff's nearest is
+    `agent.critic_rewards=per_agent`, where each agent ascends its own Q_i instead, which with
+    fresh actions takes N critic rows per state; the frames/s comparison keeps the team
+    critic, one row per state as in MASAC. Pass it as an argument to compare learning."""
     frames_per_iter = int(settings["frames_per_iteration"])
     overrides = [
         *task_overrides(settings, n_agents),

@@ -246,7 +246,7 @@ class ActorCriticAgent(Agent):
             "reduction": config.critic_reduction,
             "lcb_beta": config.lcb_beta,
             "layer_norm": config.critic_layer_norm,
-            **({"per_agent": True} if config.critic_rewards == "per_agent" else {}),
+            "per_agent": config.critic_rewards == "per_agent",
             **overrides,
         }
         return self.critic_class(

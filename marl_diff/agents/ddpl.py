@@ -27,6 +27,9 @@ w_j ∝ exp(Q_i(s, a^(j)) / alpha). Our reading of the paper, each choice a conf
 - `others_actions`: Q_i(s, a_i, a_-i) takes the other agents' actions from the replay batch
   (HASAC-style) or from fresh samples of their current policies.
 - `proposal`: "current" policy, or "lagged" (a copy refreshed every `lag_updates` updates).
+- `critic_rewards` (`ActorCriticAgent`): Q_i is the team critic's Q with agent i's action
+  substituted (the paper's cooperative setting, the default), or agent i's own Q_i learned
+  from its own reward ("per_agent", for tasks with individual rewards).
 - temperature: fixed, or tuned per agent toward a target entropy. The entropy is estimated
   from the candidates with the Kozachenko-Leonenko estimator (marl_diff.diffusion.entropy).
 - candidate jitter: fitting a diffusion model to its own samples is under-dispersed, so
