@@ -16,7 +16,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from marl_diff import catalog, experiment, host_memory, precision
-from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
+from marl_diff.agents import ALGORITHMS, agent_class
+from marl_diff.envs import BACKENDS, backend_class
+from marl_diff.errors import (
+    BackendMissing,
+    ConfigError,
+    MarlDiffError,
+    choices,
+    exit_cleanly_on_user_error,
+)
+from marl_diff.runners import RUNNERS
+from marl_diff.typed_config import defaults
 
 DEFAULTS = {"scenario": "pendulum", "agent": "gaussian"}
 TOP_LEVEL = {
@@ -237,12 +247,35 @@ def run_state(run_dir: Path) -> str:
     return "interrupted" if any((run_dir / "checkpoints").glob("*")) else "new"
 
 
+def with_implicit_defaults(saved: DictConfig) -> DictConfig:
+    """A saved run's config with every setting added since it was saved, at the default its
+    typed config gives a config without it (TOP_LEVEL, the agent's, runner's and scenario
+    backend's dataclasses): the settings the run was made with and would resume with. A
+    study saved before `agent.critic_rewards` existed then reruns, and one that asks for
+    another value than the default is still refused."""
+    layers: list[dict] = [dict(TOP_LEVEL)]
+    algorithm = OmegaConf.select(saved, "agent.algorithm")
+    if algorithm in ALGORITHMS:
+        layers.append({"agent": defaults(agent_class(algorithm).Config)})
+    kind = OmegaConf.select(saved, "runner.kind", default="off_policy")
+    if kind in RUNNERS:
+        layers.append({"runner": defaults(RUNNERS[kind][1])})
+    backend = OmegaConf.select(saved, "scenario.backend")
+    if backend in BACKENDS:
+        try:
+            layers.append({"scenario": defaults(backend_class(backend).Config)})
+        except BackendMissing:  # this install cannot run the scenario; the run says so itself
+            pass
+    return OmegaConf.merge(*(OmegaConf.create(layer) for layer in layers), saved)
+
+
 def check_rerun(cfg: DictConfig, run_dir: Path) -> str:
     """`resume=auto`'s check: the state of `run_dir`, after making sure a run already there was
     made with the same resolved config, so a study never mixes runs of different settings."""
     saved_file = run_dir / "config.yaml"
     if saved_file.is_file():
-        differences = config_differences(OmegaConf.load(saved_file), cfg)
+        saved = with_implicit_defaults(OmegaConf.load(saved_file))
+        differences = config_differences(saved, cfg)
         if differences:
             raise MarlDiffError(
                 f"run_dir '{run_dir}' holds a run made with other settings "

@@ -40,6 +40,18 @@ def to_dataclass(node: Mapping[str, Any] | DictConfig, cls: type[T], prefix: str
         raise ConfigError(f"invalid {prefix} config: {_first_line(err)}") from None
 
 
+def defaults(cls: type) -> dict[str, Any]:
+    """The default of every field of dataclass `cls` that has one: the value `to_dataclass`
+    gives a config that lacks the key."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+    return values
+
+
 def _first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0]
 

@@ -146,6 +146,15 @@ def test_resume_auto_keeps_finished_runs_and_refuses_another_config(tmp_path):
     longer = [a.replace("total_steps=120", "total_steps=180") for a in args]
     with pytest.raises(MarlDiffError, match=r"other settings \(runner.total_steps: 120 -> 180\)"):
         check_rerun(compose(longer), run_dir)
+    # a run saved before settings existed was made with their defaults: it reruns, and asking
+    # for another value than the default is still refused
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    for node, key in ((saved.agent, "critic_rewards"), (saved.runner, "eval_mode")):
+        del node[key]
+    OmegaConf.save(saved, run_dir / "config.yaml")
+    assert check_rerun(compose(args), run_dir) == "finished"
+    with pytest.raises(MarlDiffError, match=r"\(agent.critic_rewards: 'team' -> 'per_agent'\)"):
+        check_rerun(compose([*args, "agent.critic_rewards=per_agent"]), run_dir)
 
 
 def test_resume_auto_resumes_an_interrupted_run_from_its_checkpoint(tmp_path):
