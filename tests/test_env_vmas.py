@@ -171,6 +171,28 @@ def test_seed_reproducible():
     assert torch.equal(first, again) and torch.equal(state, state_again)
 
 
+def test_each_env_keeps_its_own_random_stream():
+    """VMAS shares one random stream between its instances: an evaluation env reseeded with the
+    evaluation seed must neither change the training env's episodes nor make them repeat."""
+
+    def episodes(env, evaluation=None):
+        starts = []
+        for _ in range(3):
+            if evaluation is not None:  # an evaluation between the training episodes
+                evaluation.reset(seed=1000003)
+                evaluation.step(evaluation.random_actions())
+            starts.append(env.reset()[0])
+            # a partial auto-reset draws new positions from the stream too
+            env.step(env.random_actions())
+        return torch.stack(starts)
+
+    config = vmas_cfg("navigation", n_agents=2)
+    alone = episodes(make_env(config, B, "cpu", 0))
+    beside = episodes(make_env(config, B, "cpu", 0), make_env(config, B, "cpu", 1))
+    assert torch.equal(alone, beside)
+    assert not torch.equal(beside[1], beside[2])  # the episodes after each evaluation differ
+
+
 @pytest.mark.parametrize(
     ("scenario", "n_agents", "expected"),
     [

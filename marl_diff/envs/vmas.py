@@ -7,11 +7,16 @@ Notes on the VMAS API that shape this wrapper:
   observations of *all* envs unless told not to. So on auto-reset we reset the finished envs
   without observations and read the observations back once.
 - VMAS keeps its RNG state in a class attribute shared by every `Environment` in the process;
-  seeding one instance (at construction or `reset(seed)`) reseeds that shared stream.
+  seeding one instance (at construction or `reset(seed)`) reseeds that shared stream. Left
+  shared, every evaluation (its env reset with the evaluation seed) put the training env's
+  stream back to the same point, so the training episodes after each evaluation started from
+  the same positions as after the last one. Each `VmasEnv` therefore keeps its own stream and
+  swaps it in around its calls into VMAS (`_own_stream`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -19,6 +24,7 @@ from typing import Any
 
 import torch
 import vmas
+from vmas.simulator.environment.environment import Environment as _VmasEnvironment
 
 from marl_diff.envs.base import (
     BatchedMultiAgentEnv,
@@ -98,7 +104,9 @@ class VmasEnv(BatchedMultiAgentEnv):
         if "n_agents" in config.kwargs:
             raise ConfigError("set the agent count with scenario.n_agents, not kwargs.n_agents.")
         _check_agent_count(config)
-        self.env = self._make(config, seed)
+        self._random_state = list(_VmasEnvironment.vmas_random_state)  # seeded by _make
+        with self._own_stream():
+            self.env = self._make(config, seed)
 
         agents = self.env.agents
         obs_dims, act_dims, lows, highs = [], [], [], []
@@ -180,10 +188,15 @@ class VmasEnv(BatchedMultiAgentEnv):
         return pad_stack(obs_list, self._obs_width), torch.cat(obs_list, dim=-1)
 
     def reset(self, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        obs_list = self.env.reset(seed=seed)
+        with self._own_stream():
+            obs_list = self.env.reset(seed=seed)
         return self._pack(obs_list)
 
     def step(self, actions: torch.Tensor) -> StepResult:
+        with self._own_stream():
+            return self._step(actions)
+
+    def _step(self, actions: torch.Tensor) -> StepResult:
         scaled = self.scale_actions(actions)
         if self._full_act:
             per_agent = scaled.unbind(dim=1)
@@ -223,6 +236,21 @@ class VmasEnv(BatchedMultiAgentEnv):
         self.env = None
 
     # -- helpers ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _own_stream(self):
+        """This env's random stream (torch, numpy, random) in VMAS's shared slot for the calls
+        inside, the other instances' stream back afterwards. VMAS swaps the slot's states in
+        and out of the global generators around each of its calls; here only the references
+        in the slot move."""
+        shared = _VmasEnvironment.vmas_random_state
+        others = list(shared)
+        shared[:] = self._random_state
+        try:
+            yield
+        finally:
+            self._random_state = list(shared)
+            shared[:] = others
 
     def _current_obs(self) -> list[torch.Tensor]:
         (obs_list,) = self.env.get_from_scenario(
