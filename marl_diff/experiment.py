@@ -23,7 +23,7 @@ from marl_diff.datasets import NormalizedEnv, ObservationNormalizer, Transitions
 from marl_diff.envs import make_env
 from marl_diff.envs.base import BatchedMultiAgentEnv, EnvSpec
 from marl_diff.errors import ConfigError, MarlDiffError, choices
-from marl_diff.runners import RUNNERS
+from marl_diff.runners import DEFAULT_KIND, RUNNERS
 from marl_diff.runners.base import Runner, RunnerConfig
 from marl_diff.typed_config import to_dataclass
 
@@ -54,7 +54,7 @@ class Parts:
 
 def runner_setup(cfg: DictConfig) -> tuple[type[Runner], RunnerConfig]:
     """The runner class of `cfg.runner.kind` and its validated config."""
-    kind = str(cfg.runner.get("kind", "off_policy"))
+    kind = str(cfg.runner.get("kind", DEFAULT_KIND))
     if kind not in RUNNERS:
         raise ConfigError(f"unknown runner kind '{kind}'. Valid choices: {choices(RUNNERS)}.")
     runner_cls, config_cls = RUNNERS[kind]
@@ -67,7 +67,7 @@ def runner_names(regime: str) -> list[str]:
     """The catalog's runners of a regime."""
     names = []
     for name in catalog.names("runner"):
-        kind = str(catalog.load("runner", name).get("kind", "off_policy"))
+        kind = str(catalog.load("runner", name).get("kind", DEFAULT_KIND))
         if kind in RUNNERS and RUNNERS[kind][0].regime == regime:
             names.append(name)
     return names

@@ -25,7 +25,7 @@ from marl_diff.errors import (
     choices,
     exit_cleanly_on_user_error,
 )
-from marl_diff.runners import RUNNERS
+from marl_diff.runners import DEFAULT_KIND, RUNNERS
 from marl_diff.typed_config import defaults
 
 DEFAULTS = {"scenario": "pendulum", "agent": "gaussian"}
@@ -257,7 +257,7 @@ def with_implicit_defaults(saved: DictConfig) -> DictConfig:
     algorithm = OmegaConf.select(saved, "agent.algorithm")
     if algorithm in ALGORITHMS:
         layers.append({"agent": defaults(agent_class(algorithm).Config)})
-    kind = OmegaConf.select(saved, "runner.kind", default="off_policy")
+    kind = OmegaConf.select(saved, "runner.kind", default=DEFAULT_KIND)
     if kind in RUNNERS:
         layers.append({"runner": defaults(RUNNERS[kind][1])})
     backend = OmegaConf.select(saved, "scenario.backend")

@@ -199,10 +199,10 @@ class ActorCriticAgent(Agent):
     Q_i per agent from agent i's own reward, and agent i ascends its own Q_i. Where rewards
     are individual (VMAS navigation with `shared_rew=false`, BenchMARL's setting), the team Q
     mixes every agent's reward into each agent's gradient; per agent, each Q_i carries its
-    own. There, 2 agents, 3 seeds, 60k frames (results/speed.md), the mean of the last three
-    evaluations rose from 0.83 to 0.92 for gaussian and from 0.63 to 0.74 for ddpl, at the
-    same cost. The team Q stays the default: it is the DDPL paper's cooperative setting, and
-    the catalog's results were made with it.
+    own. There, 2 agents, 3 seeds, 60k frames (results/speed.md, made before the VMAS stream
+    fix), the mean of the last three evaluations rose from 0.83 to 0.92 for gaussian and from
+    0.63 to 0.74 for ddpl, at the same cost. The team Q stays the default: it is the DDPL
+    paper's cooperative setting, and the catalog's results were made with it.
     Subclasses provide the policy: how to act, how to draw next actions (with any soft-value
     bonus) for the critic target, and the actor update.
     """
