@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The committed scaling studies: gaussian vs ddpl against the agent count, 3 seeds each, through
 # the local launcher (2 runs at a time, one torch thread each), on a 2-core CPU:
-# vmas_navigation N = 1, 2, 4, 8 (63 min) and multigoal N = 1, 2, 3 (about 85 min, partly with other
-# jobs on the CPU), then a
-# small sweep through a local Ray instance (under a minute). Invoked again, each study keeps its
-# finished runs and resumes interrupted ones. Tables and plots: results/study/scaling_*/.
+# vmas_navigation N = 1, 2, 4, 8 (18-63 min, with the machine's speed) and multigoal N = 1, 2, 3
+# (about 85 min, partly with other jobs on the CPU), then a small sweep through a local Ray
+# instance (under a minute). Invoked again, each study keeps its finished runs and resumes
+# interrupted ones. Tables and plots: results/study/scaling_*/.
 set -euo pipefail
 export OMP_NUM_THREADS=1
 NETS="agent.actor_hidden=[128,128] agent.critic_hidden=[64,64] agent.actor_lr=0.001 agent.critic_lr=0.001"
