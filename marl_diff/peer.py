@@ -519,9 +519,9 @@ def _report(args, values, passthrough, versions, settings, results, runs) -> lis
         f"after another. Raw outputs: `{runs}`.",
     )
     lines += [
-        f"BenchMARL side (own venv `{values['venv']}`): benchmarl {versions['benchmarl']}, "
-        f"torchrl {versions['torchrl']}, vmas {versions['vmas']}, torch {versions['torch']}. "
-        f"marl_diff side: torch {torch.__version__}, vmas {vmas.__version__}.",
+        f"BenchMARL side (own venv `{values['venv']}`): "
+        + ", ".join(f"{name} {version}" for name, version in versions.items())
+        + f". marl_diff side: torch {torch.__version__}, vmas {vmas.__version__}.",
         "",
         "## Results",
         "",

@@ -298,7 +298,7 @@ def test_settings_table_shows_both_algorithms():
 def fake_benchmarl(monkeypatch):
     """peer() with the venv and every subprocess replaced: settings come from MASAC / MAPPO
     above, runs from `run_result`, and a failing ddpl run."""
-    versions = {"benchmarl": "1.5.2", "torchrl": "0.11.1", "vmas": "1.5.2", "torch": "2.13.0"}
+    versions = {"benchmarl": "1.5.2", "torchrl": "0.11.1", "tensordict": "0.11.0", "vmas": "1.5.2"}
 
     def settings_json(python, args, log, what):
         assert "--settings-only" in args
@@ -337,6 +337,8 @@ def test_peer_writes_one_row_per_method_agent_count_and_seed(fake_benchmarl, tmp
     rows = [line for line in results.splitlines() if line.startswith(methods)]
     assert len(rows) == 12  # 3 methods x 2 agent counts x 2 seeds
     assert "Seeds 0, 1, 12,000 frames" in text
+    # every version the BenchMARL side reports, the unpinned tensordict included
+    assert "benchmarl 1.5.2, torchrl 0.11.1, tensordict 0.11.0, vmas 1.5.2. marl_diff side" in text
     assert "applied after these in every marl_diff run (`agent.*` where the agent has the " in text
     assert "(`settings=masac`: other agents take the keys they have" in text
     assert all("| 1.50 |" in row for row in rows if row.startswith("| gaussian"))

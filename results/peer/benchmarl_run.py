@@ -104,15 +104,21 @@ def settings(experiment, algo, task, actor, critic) -> dict:
 
 
 def versions() -> dict:
+    """The versions behind a run: BenchMARL's pins, and tensordict and numpy, which it does not
+    pin and which a rebuilt venv may resolve differently."""
     import benchmarl
+    import numpy
+    import tensordict
     import torchrl
     import vmas
 
     return {
         "benchmarl": benchmarl.__version__,
         "torchrl": torchrl.__version__,
+        "tensordict": tensordict.__version__,
         "vmas": vmas.__version__,
         "torch": torch.__version__,
+        "numpy": numpy.__version__,
     }
 
 
