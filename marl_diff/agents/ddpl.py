@@ -63,21 +63,25 @@ is learned; each is a setting, and the old behaviour is one override away:
 - `actor_hidden` [256, 256], the Gaussian actor's size. The DDPL paper gives no network; DPMD's
   3x256 mish denoiser (`[256, 256, 256]`, the other diffusion agents' default) costs about a
   third more per ddpl update. At the vmas_navigation study budget (eval return at 24k env
-  steps, the study's other settings, seeds 0-2) 2x256 reached 1.25, 1.56, 1.51 (mean 1.44),
-  3x256 1.42, 1.64, 1.55 (1.54) and the study's own 2x128 1.63, 1.65, 1.66: no ordering by
-  width beyond the seeds' spread (2x256 is 0.1 below 3x256 on average, and above 1.4).
+  steps, the study's other settings, seeds 0-2), after the VMAS stream fix: 2x256 1.13, 1.21,
+  1.44 (mean 1.26), 3x256 1.42, 1.37, 1.90 (1.56), the study's own 2x128 1.30, 1.24, 1.77
+  (1.44). Before the fix: 1.25, 1.56, 1.51 (1.44), 1.42, 1.64, 1.55 (1.54) and 1.63, 1.65,
+  1.66. 3x256 ended above 2x256 in every seed, both times; that is the price of this default
+  at this budget, kept for now because a third more per update would take the update ratio on
+  Ant from 4.4x to about 5.9x, past the 5x the speed issue sets (results/speed.md).
 - `candidates_share_start` true: a state's M candidates start from one x_T and part at the
   first step's noise (marl_diff.diffusion.policy), so that step runs once per state; 6-8% off
-  the candidate chain. vmas_navigation study, seeds 0-2: 1.63, 1.65, 1.66 against 1.46, 1.47,
-  1.65 with independent starts. Critic-target actions from a 5-step chain instead of the
-  10-step one were also measured and not kept (1.27, 1.26, 1.59).
+  the candidate chain. vmas_navigation study, seeds 0-2, before the VMAS stream fix: 1.63,
+  1.65, 1.66 against 1.46, 1.47, 1.65 with independent starts. Critic-target actions from a
+  5-step chain instead of the 10-step one were also measured and not kept (1.27, 1.26, 1.59).
 - `compile_denoiser` stays false: compiled, an update is 4.4x a Gaussian one on Ant instead
   of 5.0x and 5.1x on MPE instead of 6.0x, but the vmas_navigation study's seeds came out
   lower (`DiffusionActorCritic`).
 - `actor_batch_size` stays 0 (ISSM on every state of the batch) and `policy_delay` stays 2.
   The cheaper settings measured all cut the actor's work per env step, and each learned less
-  in the vmas_navigation study (eval return at 24k steps, results/speed.md): these defaults
-  1.48 (5 seeds), 128 of the 256 states 1.16 (6 seeds), `policy_delay` 3 1.20 (3 seeds).
+  in the vmas_navigation study (eval return at 24k steps, results/speed.md, before the VMAS
+  stream fix): these defaults 1.48 (5 seeds), 128 of the 256 states 1.16 (6 seeds),
+  `policy_delay` 3 1.20 (3 seeds).
 `python -m marl_diff.bench update` measures the ratio per family (results/update_time_*.md).
 """
 

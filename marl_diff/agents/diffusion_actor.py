@@ -89,9 +89,10 @@ class DiffusionActorCritic(ActorCriticAgent):
     one pass. `bench update` on a 2-core CPU, eager / compiled (two runs, each agent's ratio to
     a Gaussian update within its run): ddpl 5.0x / 4.4x on Ant, 5.3x / 4.6x on VMAS and 6.0x /
     5.1x on MPE; qvpo 21.2x / 17.8x on Ant; dacer 5.6x / 5.2x on Ant. It is off in the catalog:
-    it changes only float rounding, yet in the vmas_navigation study setting ddpl's final
-    policies, re-evaluated on 256 episodes, returned 1.32 on average compiled (8 seeds) against
-    1.41 eager (11 seeds), lower in each of the 8 seeds run both ways. The gap comes from the
+    it changes only float rounding, yet in the vmas_navigation study setting (before the VMAS
+    stream fix) ddpl's final policies, re-evaluated on 256 episodes, returned 1.32 on average
+    compiled (8 seeds) against 1.41 eager (11 seeds), lower in each of the 8 seeds run both
+    ways. The gap comes from the
     candidate chain: with only the critic-target actions compiled, ddpl learned as eager. Why a
     rounding change there lowers the return is not known (results/speed.md).
     """
