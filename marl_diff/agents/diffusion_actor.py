@@ -92,9 +92,9 @@ class DiffusionActorCritic(ActorCriticAgent):
     it changes only float rounding, yet in the vmas_navigation study setting (before the VMAS
     stream fix) ddpl's final policies, re-evaluated on 256 episodes, returned 1.32 on average
     compiled (8 seeds) against 1.41 eager (11 seeds), lower in each of the 8 seeds run both
-    ways. The gap comes from the
-    candidate chain: with only the critic-target actions compiled, ddpl learned as eager. Why a
-    rounding change there lowers the return is not known (results/speed.md).
+    ways. The gap comes from the candidate chain: with only the critic-target actions compiled,
+    ddpl learned as eager. Why a rounding change there lowers the return is not known
+    (results/speed.md).
     """
 
     Config = DiffusionActorConfig
