@@ -87,9 +87,36 @@ def _split(
     return values, passthrough
 
 
+# CPU flags that change what a float32 or bfloat16 matrix product costs (marl_diff.precision).
+MATRIX_FLAGS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name and its bfloat16 matrix extensions, from /proc/cpuinfo where there is
+    one: the project's machines change CPU type from day to day, and matrix products (most of an
+    update) run at different speeds on each (results/speed.md)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return platform.processor() or "unknown CPU"
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or "unknown CPU"
+    flags = set(fields.get("flags", "").split())
+    extensions = [label for flag, label in MATRIX_FLAGS.items() if flag in flags]
+    return f"{name} ({', '.join(extensions)})" if extensions else name
+
+
 def machine() -> str:
     """What a results table says about the machine that made it."""
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    return (
+        f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__}"
+    )
 
 
 def _header(title: str, benchmark: str, args: list[str], device: torch.device, how: str) -> list:

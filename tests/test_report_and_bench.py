@@ -198,6 +198,18 @@ def test_update_benchmark_times_each_adam_implementation(tmp_path):
         bench.update([*args, "adam_impls=apex", f"out={tmp_path / 'v'}"])
 
 
+def test_machine_line_names_the_cpu_model_and_its_bfloat16_extensions():
+    two_cores = (
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+        "flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n\n"
+        "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu\n"
+    )
+    assert bench.cpu_model(two_cores) == "Intel(R) Xeon(R) Processor (AMX-BF16, AVX512-BF16)"
+    plain = "model name\t: AMD EPYC 7B13\nflags\t\t: fpu avx2 fma\n"
+    assert bench.cpu_model(plain) == "AMD EPYC 7B13"
+    assert bench.cpu_model() in bench.machine()
+
+
 def test_benchmarks_reject_unknown_arguments():
     with pytest.raises(ConfigError, match="unknown argument 'steps=3'.*agents="):
         bench.update(["steps=3"])
