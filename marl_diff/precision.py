@@ -17,6 +17,9 @@ about 0.1 lower in each of six seeds. Hence off by default; a GPU's TF32 is not 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from marl_diff.errors import ConfigError, choices
@@ -29,3 +32,17 @@ def configure(mode: str) -> None:
     if mode not in MODES:
         raise ConfigError(f"matmul_precision must be one of {choices(MODES)}, not '{mode}'")
     torch.set_float32_matmul_precision(mode)
+
+
+@contextlib.contextmanager
+def scoped(mode: str) -> Iterator[None]:
+    """`mode` for the float32 matrix products inside the block, the process's setting again
+    after it (the diffusion policies' no-gradient chains, `chain_precision`)."""
+    if mode not in MODES:
+        raise ConfigError(f"chain_precision must be one of {choices(MODES)}, not '{mode}'")
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(mode)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)

@@ -70,3 +70,48 @@ def test_a_run_keeps_its_precision_and_evaluate_and_collect_apply_it(run_cli, ti
     records, _ = collect_episodes(run_dir, 1, num_envs=1, device="cpu", progress=False)
     assert len(records) == 1
     assert torch.get_float32_matmul_precision() == "medium"
+
+
+def _precisions_seen_by_the_denoiser(policy) -> list[str]:
+    """The matmul precision at each call of the denoiser's time network, which both a chain
+    (`condition`) and the training loss (`forward`) run."""
+    seen = []
+    policy.denoiser.time_mlp.register_forward_hook(
+        lambda *_: seen.append(torch.get_float32_matmul_precision())
+    )
+    return seen
+
+
+def test_chain_precision_applies_to_the_no_gradient_chains_only():
+    from marl_diff.diffusion import DiffusionPolicy
+
+    torch.set_float32_matmul_precision("highest")
+    policy = DiffusionPolicy(2, 3, 1, hidden=[8], chain_precision="medium")
+    seen = _precisions_seen_by_the_denoiser(policy)
+    obs = torch.zeros(4, 2, 3)
+    policy.sample(obs, candidates=2, steps=2)
+    assert seen and set(seen) == {"medium"}
+    assert torch.get_float32_matmul_precision() == "highest"  # given back after the chain
+    seen.clear()
+    action = policy.sample(obs, grad=True)  # DACER's differentiable chain: the run's setting
+    assert action.requires_grad and set(seen) == {"highest"}
+    seen.clear()
+    policy.dsm_loss(torch.zeros(4, 2, 1), obs).mean().backward()
+    assert seen == ["highest"]
+    with pytest.raises(ValueError, match="chain_precision must be one of highest, high, medium"):
+        DiffusionPolicy(2, 3, 1, hidden=[8], chain_precision="bf16")
+
+
+def test_chain_precision_is_an_agent_setting_with_named_choices():
+    from conftest import make_spec
+
+    from marl_diff.agents import make_agent
+
+    tiny = {"algorithm": "ddpl", "actor_hidden": [8], "critic_hidden": [8], "diffusion_steps": 2}
+    agent = make_agent({**tiny, "chain_precision": "medium"}, make_spec(), "cpu")
+    seen = _precisions_seen_by_the_denoiser(agent.policy)
+    agent.act(torch.zeros(3, 2, 3), explore=True)
+    assert set(seen) == {"medium"}
+    assert make_agent(tiny, make_spec(), "cpu").policy.chain_precision is None  # "run"
+    with pytest.raises(ConfigError, match="chain_precision must be one of run, highest, high"):
+        make_agent({**tiny, "chain_precision": "bf16"}, make_spec(), "cpu")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from marl_diff import precision
 from marl_diff.agents.base import (
     ActorCriticAgent,
     ActorCriticConfig,
@@ -19,6 +20,8 @@ from marl_diff.buffer import Batch
 from marl_diff.diffusion import SCHEDULE_KINDS, DiffusionPolicy, make_schedule
 from marl_diff.envs.base import EnvSpec
 from marl_diff.errors import ConfigError
+
+CHAIN_PRECISIONS = ("run", *precision.MODES)
 
 
 @dataclass
@@ -39,6 +42,11 @@ class DiffusionPolicyConfig(AgentConfig):
     # The denoiser's hidden layers as one torch.compile graph (StackedMLP): the same function,
     # fewer passes over memory; needs a C++ compiler, else it runs eagerly with a warning.
     compile_denoiser: bool = False
+    # The float32 matrix-product precision (`marl_diff.precision`) of the chains sampled without
+    # gradient (acting, candidates, critic-target actions), where most of an update's products
+    # are; "run": the run's `matmul_precision`. "medium" computes them from bfloat16 inputs on
+    # a GPU or a CPU with AMX or AVX512-BF16, while the gradient steps keep the run's precision.
+    chain_precision: str = "run"
 
 
 @dataclass
@@ -54,7 +62,7 @@ class DiffusionActorConfig(ActorCriticConfig, DiffusionPolicyConfig):
 
 def make_diffusion_policy(config: DiffusionPolicyConfig, spec: EnvSpec) -> DiffusionPolicy:
     """The agents' stacked diffusion policy, after checking the policy settings."""
-    check_choices(config, {"schedule": SCHEDULE_KINDS})
+    check_choices(config, {"schedule": SCHEDULE_KINDS, "chain_precision": CHAIN_PRECISIONS})
     check_activation("agent.actor_activation", config.actor_activation)
     check_at_least(config, ("diffusion_steps",))
     check_at_least(config, ("sample_steps",), minimum=0)
@@ -71,6 +79,7 @@ def make_diffusion_policy(config: DiffusionPolicyConfig, spec: EnvSpec) -> Diffu
         time_embed_dim=config.time_embed_dim,
         share=config.share_parameters,
         compiled=config.compile_denoiser,
+        chain_precision=None if config.chain_precision == "run" else config.chain_precision,
     )
 
 

@@ -15,7 +15,6 @@ with Heun's method on the Karras noise levels.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -186,7 +185,7 @@ class EDMPolicy(DiffusionPolicy):
         From x_T ~ N(0, sigma_max^2 I), Heun steps over `chain(steps)`; the randomness is x_T
         alone (EDM's stochastic churn is not implemented). `candidates=M` gives M independent
         samples per state, [M, ..., N, A]; `grad=True` keeps the graph through the chain,
-        otherwise it runs under no_grad.
+        otherwise it runs under `chain_context`.
 
         The base's signature is kept so callers can swap policies. Its noise options act only on
         noise a step injects, which this sampler never does, so `deterministic`, `eta`,
@@ -200,8 +199,7 @@ class EDMPolicy(DiffusionPolicy):
         lead = obs.shape[:-2] if candidates is None else (candidates, *obs.shape[:-2])
         shape = (*lead, self.n_agents, self.act_dim)
         sigmas = self.chain(steps)
-        context = contextlib.nullcontext() if grad else torch.no_grad()
-        with context:
+        with self.chain_context(grad):
             x = self._mask(self._initial_noise(shape, obs, generator))
             for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
                 x = self.denoise_step(x, obs, sigma, sigma_next)

@@ -21,7 +21,6 @@ one-shot estimate used in the actor loss (see each for what exactly is estimated
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -225,14 +224,13 @@ class MeanRevertingPolicy(DiffusionPolicy):
         Because each transition's variance is fixed, each term is -|z|^2 / 2 - log std -
         log(2 pi) / 2 of the injected noise z: the value does not depend on the parameters, and
         only the actions carry a graph under `grad=True` (otherwise the chain runs under
-        no_grad).
+        `chain_context`).
         """
         self._check_obs(obs)
         lead = obs.shape[:-2] if candidates is None else (candidates, *obs.shape[:-2])
         shape = (*lead, self.n_agents, self.act_dim)
         std = self.schedule.coef["posterior_std"]
-        context = contextlib.nullcontext() if grad else torch.no_grad()
-        with context:
+        with self.chain_context(grad):
             x = self._mask(self._initial_noise(shape, obs, generator))
             squares = x.square()
             cond = self.denoiser.condition(obs, torch.Size(lead), self.steps)

@@ -24,6 +24,7 @@ import contextlib
 import torch
 from torch import nn
 
+from marl_diff import precision
 from marl_diff.diffusion.denoiser import Conditioning, StackedDenoiser
 from marl_diff.diffusion.schedules import NoiseSchedule, make_schedule
 
@@ -31,8 +32,10 @@ from marl_diff.diffusion.schedules import NoiseSchedule, make_schedule
 class DiffusionPolicy(nn.Module):
     """N agents' DDPM policies with eps-prediction, over a shared `NoiseSchedule`.
 
-    `act_mask` [N, A] bool marks real action entries (default: all real). Further keyword
-    arguments (hidden, activation, time_embed_dim, share) go to `StackedDenoiser`.
+    `act_mask` [N, A] bool marks real action entries (default: all real). `chain_precision`
+    (a `marl_diff.precision` mode) is the float32 matrix-product precision of the chains sampled
+    without gradient (None: the process's). Further keyword arguments (hidden, activation,
+    time_embed_dim, share) go to `StackedDenoiser`.
     """
 
     def __init__(
@@ -42,9 +45,17 @@ class DiffusionPolicy(nn.Module):
         act_dim: int,
         act_mask: torch.Tensor | None = None,
         schedule: NoiseSchedule | None = None,
+        *,
+        chain_precision: str | None = None,
         **denoiser_kwargs,
     ):
         super().__init__()
+        if chain_precision is not None and chain_precision not in precision.MODES:
+            raise ValueError(
+                f"chain_precision must be one of {', '.join(precision.MODES)} or None, "
+                f"got {chain_precision!r}"
+            )
+        self.chain_precision = chain_precision
         self.n_agents, self.obs_dim, self.act_dim = n_agents, obs_dim, act_dim
         self.schedule = schedule if schedule is not None else make_schedule("vp", 20)
         self.denoiser = StackedDenoiser(n_agents, obs_dim, act_dim, **denoiser_kwargs)
@@ -67,6 +78,17 @@ class DiffusionPolicy(nn.Module):
     def _real_sum(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over real action entries: [..., N, A] -> [..., N]."""
         return (x * self.act_mask).sum(-1) if self.padded else x.sum(-1)
+
+    def chain_context(self, grad: bool) -> contextlib.AbstractContextManager:
+        """What a sampled chain runs under: with `grad`, the caller's settings (the graph is
+        kept); otherwise no_grad and, when set, `chain_precision` for its matrix products."""
+        if grad:
+            return contextlib.nullcontext()
+        context = contextlib.ExitStack()
+        context.enter_context(torch.no_grad())
+        if self.chain_precision is not None:
+            context.enter_context(precision.scoped(self.chain_precision))
+        return context
 
     def _check_obs(self, obs: torch.Tensor) -> None:
         if obs.shape[-2:] != (self.n_agents, self.obs_dim):
@@ -169,7 +191,7 @@ class DiffusionPolicy(nn.Module):
         of `chain(K)` with generalised DDIM steps of noise `eta` (1: DDPM-like, 0: DDIM);
         the default is the full T-step ancestral chain. `grad=True` keeps the graph through
         every step (DACER's policy loss backpropagates through the whole chain); otherwise the
-        chain runs under no_grad. The only Python loop is over the steps.
+        chain runs under `chain_context`. The only Python loop is over the steps.
 
         `shared_start` (with `candidates`): the M candidates of a state start from one x_T, so
         the chain's first step runs once per state, and they part at that step's noise. Each
@@ -184,8 +206,7 @@ class DiffusionPolicy(nn.Module):
         shape = (*lead, self.n_agents, self.act_dim)
         visited = self.chain(steps)
         full = len(visited) == self.steps
-        context = contextlib.nullcontext() if grad else torch.no_grad()
-        with context:
+        with self.chain_context(grad):
             stochastic = not deterministic and noise_scale != 0 and (full or eta != 0)
             shared = shared_start and candidates is not None and stochastic and len(visited) > 1
             start = shape[1:] if shared else shape
