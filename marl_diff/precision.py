@@ -38,8 +38,6 @@ def configure(mode: str) -> None:
 def scoped(mode: str) -> Iterator[None]:
     """`mode` for the float32 matrix products inside the block, the process's setting again
     after it (the diffusion policies' no-gradient chains, `chain_precision`)."""
-    if mode not in MODES:
-        raise ConfigError(f"chain_precision must be one of {choices(MODES)}, not '{mode}'")
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(mode)
     try:
