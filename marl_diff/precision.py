@@ -8,11 +8,14 @@ matrix products, and the diffusion agents' sampled chains are mostly that, so th
 largest precision-for-speed trade. The default keeps float32: every learning figure in
 `results/` was made with it, and a change of rounding alone gives a seed another trajectory.
 
-Measured on the project's CPU (x86_64 with AVX512-BF16, one thread, `bench update`, one
-precision per process, results/speed.md): "medium" takes a ddpl update and a Gaussian one to
-about 0.9x their float32 time on Ant and MPE, and the headline run did not go faster; "high"
-changes nothing on a CPU. It also learned less: ddpl's vmas_navigation study setting ended
-about 0.1 lower in each of six seeds. Hence off by default; a GPU's TF32 is not measured.
+Measured on the project's CPUs (one thread, `bench update`, one precision per process,
+results/speed.md): "medium" takes a ddpl update and a Gaussian one to about 0.9x their float32
+time on Ant and MPE on a CPU with AVX512-BF16 alone, where the headline run did not go faster,
+and to 0.67-0.85x (every agent) on an Intel Xeon with AMX; "high" changes nothing on a CPU.
+It also learned less: ddpl's vmas_navigation study setting ended about 0.1 lower in each of
+six seeds. Hence off by default; a GPU's TF32 is not measured. `scoped` applies a mode to a
+block only: the diffusion agents' `chain_precision` gives bfloat16 to their sampled chains
+alone, which learned as float32 did (agents/diffusion_actor.py).
 """
 
 from __future__ import annotations
