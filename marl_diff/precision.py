@@ -5,8 +5,9 @@ torch's own setting (`torch.set_float32_matmul_precision`): "highest" computes t
 accumulation); "medium" also lets the GPU, and a CPU with bfloat16 instructions (AVX512-BF16,
 AMX) through oneDNN, compute them from bfloat16 inputs. Every network in marl_diff is stacked
 matrix products, and the diffusion agents' sampled chains are mostly that, so this is their
-largest precision-for-speed trade. The default keeps float32: every learning figure in
-`results/` was made with it, and a change of rounding alone gives a seed another trajectory.
+largest precision-for-speed trade. The run's default keeps float32 (the catalog's ddpl and
+qvpo sample their chains in bfloat16, `chain_precision` below): the learning figures in
+`results/` were made with it, and a change of rounding alone gives a seed another trajectory.
 
 Measured on the project's CPUs (one thread, `bench update`, one precision per process,
 results/speed.md): "medium" takes a ddpl update and a Gaussian one to about 0.9x their float32
