@@ -388,10 +388,14 @@ UPDATE_COST_KEYS = (
 
 def update(args: list[str]) -> str:
     """Time of one gradient update (critic + actor) per agent on random replay batches of the
-    scenario's shapes; `agent.*` overrides apply to every agent that has the key."""
+    scenario's shapes; `agent.*` overrides apply to every agent that has the key.
+
+    Each agent draws its batch through its own `sample_batch`, as in a run, from a replay
+    buffer of the same random transitions: DDiffPG's batch is grouped by behaviour mode and
+    carries its improved target actions (before any mode is found: its exploration group)."""
     from marl_diff import catalog
     from marl_diff.agents import make_agent
-    from marl_diff.buffer import Batch
+    from marl_diff.buffer import Batch, ReplayBuffer
     from marl_diff.envs import make_env
     from marl_diff.run import compose, resolve_device
 
@@ -435,7 +439,7 @@ def update(args: list[str]) -> str:
     def rand(*shape):
         return torch.rand(*shape, device=device, generator=generator) * 2 - 1
 
-    data = Batch(
+    transitions = Batch(
         rand(batch, n, d),
         rand(batch, s),
         rand(batch, n, a) * spec.act_mask(device),
@@ -444,11 +448,18 @@ def update(args: list[str]) -> str:
         rand(batch, s),
         torch.zeros(batch, device=device),
     )
+    batches = {}
+    for name, agent in agents.items():
+        buffer = ReplayBuffer(batch, spec, device, agent.buffer_fields())
+        buffer.add(transitions)
+        draw = torch.Generator(device=device).manual_seed(0)
+        batches[name] = agent.sample_batch(buffer, batch, draw)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):
         for name, agent in agents.items():
             seconds[name].append(
-                _time_steps(lambda ag=agent: ag.update(data), updates, device) / updates
+                _time_steps(lambda ag=agent, b=batches[name]: ag.update(b), updates, device)
+                / updates
             )
     ms = {name: 1e3 * median(times) for name, times in seconds.items()}
     lines = _header(

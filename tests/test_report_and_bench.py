@@ -183,6 +183,24 @@ def test_update_benchmark_writes_one_row_per_agent(tmp_path):
     assert float(rows[1].split(" | ")[2].replace(",", "")) > 0
 
 
+def test_update_benchmark_times_an_agent_on_the_batches_it_draws_itself(tmp_path):
+    """DDiffPG's update takes its own grouped batch (`sample_batch`), not a plain one."""
+    text = bench.update(
+        [
+            "scenario=multigoal",
+            "agents=gaussian,ddiffpg",
+            "batch_size=8",
+            "updates=1",
+            "repeats=1",
+            "agent.actor_hidden=[16,16]",
+            "agent.critic_hidden=[16,16]",
+            f"out={tmp_path / 'update.md'}",
+        ]
+    )
+    rows = [line for line in text.splitlines() if line.startswith("| ddiffpg")]
+    assert len(rows) == 1 and float(rows[0].split(" | ")[2].replace(",", "")) > 0
+
+
 def test_update_benchmark_times_each_adam_implementation(tmp_path):
     args = ["scenario=pendulum", "agents=gaussian", "batch_size=8", "updates=1", "repeats=1"]
     text = bench.update(
