@@ -61,15 +61,15 @@ is learned; each is a setting, and the old behaviour is one override away:
 - `n_candidates` 8 (was 16) and `policy_delay` 2 (the actor updates every second critic
   update, as DACER and TD3 do).
 - `actor_hidden` [256, 256], the Gaussian actor's size. The DDPL paper gives no network; DPMD's
-  3x256 mish denoiser (`[256, 256, 256]`, the other diffusion agents' default) costs 1.4-1.5x
-  as much per ddpl update on Ant. At the vmas_navigation study budget (eval return at 24k env
-  steps, the study's other settings, seeds 0-2), after the VMAS stream fix: 2x256 1.13, 1.21,
-  1.44 (mean 1.26), 3x256 1.42, 1.37, 1.90 (1.56), the study's own 2x128 1.30, 1.24, 1.77
-  (1.44). Before the fix: 1.25, 1.56, 1.51 (1.44), 1.42, 1.64, 1.55 (1.54) and 1.63, 1.65,
-  1.66. 3x256 ended above 2x256 in every seed, both times; that is the price of this default
-  at this budget. It is kept for now for speed: on Ant, 3x256 made a ddpl update 7.0x and
-  7.3x a Gaussian one where 2x256 made it 5.0x and 5.0x (`bench update`, two runs each), past
-  the 5x the speed issue sets (results/speed.md).
+  3x256 mish denoiser (`[256, 256, 256]`, the other diffusion agents' default) costs
+  1.3-1.4x as much per ddpl update: on Ant with bfloat16 chains, 5.7x and 5.9x a Gaussian update
+  against 4.3x and 4.3x for 2x256 (`bench update`, two runs each, Intel Xeon), past the 5x
+  the speed issue sets. It learns no more at the vmas_navigation study budget (eval return at
+  24k env steps, the study's other settings, seeds 0-5, current defaults, 256 evaluation
+  episodes): 2x256 1.18, 1.12, 1.28, 1.56, 1.21, 1.30 (mean 1.28), 3x256 1.49, 0.89, 1.49,
+  1.50, 1.24, 1.22 (1.31), 3x256 ahead in 3 of 6 seeds. Two earlier 3-seed runs with float32
+  chains had 3x256 ahead in every seed (1.56 against 1.26; 1.54 against 1.44;
+  results/speed.md).
 - `candidates_share_start` true: a state's M candidates start from one x_T and part at the
   first step's noise (marl_diff.diffusion.policy), so that step runs once per state; 6-8% off
   the candidate chain. vmas_navigation study, seeds 0-2, before the VMAS stream fix: 1.63,
