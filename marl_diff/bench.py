@@ -381,6 +381,7 @@ UPDATE_COST_KEYS = (
     "actor_batch_size",
     "policy_delay",
     "compile_denoiser",
+    "compile_target_chain",
     "chain_precision",
     "adam_impl",
 )

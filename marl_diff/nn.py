@@ -3,13 +3,14 @@ in one batched matmul instead of a Python loop."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import shutil
 import types
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -224,6 +225,17 @@ class StackedMLP(nn.Module):
         if not self.compiled or h.shape[1] < COMPILED_MIN_ROWS:
             return _after_first(self, h)
         return _compiled_after_first(self)(self, h)
+
+    @contextlib.contextmanager
+    def compiling(self) -> Iterator[None]:
+        """Within the block the layers after the first run compiled, as with `compiled=True`,
+        for one call site's inputs (a critic-target chain); as before after it."""
+        before = self.compiled
+        self.compiled = compiler_available()
+        try:
+            yield
+        finally:
+            self.compiled = before
 
     @functools.cached_property
     def structure(self) -> tuple:

@@ -11,6 +11,7 @@ from conftest import make_spec, train_run
 from marl_diff.agents import make_agent
 from marl_diff.buffer import Batch
 from marl_diff.errors import ConfigError
+from marl_diff.nn import COMPILED_MIN_ROWS, compiler_available
 
 TINY_QVPO = {
     "algorithm": "qvpo",
@@ -170,6 +171,19 @@ def test_critic_target_takes_the_best_target_policy_sample_by_target_q(monkeypat
     assert seen == [qvpo.critic_target]
     assert action.flatten().tolist() == pytest.approx([0.7, 0.9])
     assert bonus.tolist() == [[0.0, 0.0]]
+
+
+@pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
+def test_compile_target_chain_compiles_the_target_policys_chain_alone(compiled_calls):
+    """With the EMA target actor, `compile_target_chain` compiles the target policy's denoiser
+    for the critic target's samples; the current policy's chains stay eager."""
+    qvpo = agent(compile_target_chain=True)
+    obs = torch.randn(COMPILED_MIN_ROWS, 2, 3)
+    qvpo.target_action(obs, torch.zeros(COMPILED_MIN_ROWS, 4))
+    target_mlp = qvpo.target_policy.denoiser.net.mlp
+    assert len(compiled_calls) == 3 and all(called is target_mlp for called in compiled_calls)
+    qvpo.candidates(obs, 4)
+    assert len(compiled_calls) == 3 and not target_mlp.compiled
 
 
 # ---------------------------------------------------------------------------- heterogeneous

@@ -178,10 +178,6 @@ class DDPLAgent(DiffusionActorCritic):
         q = self.q_each_agent(state, self.sample_policy(obs), candidates)  # [K, B, N]
         return best_candidate(candidates, q)
 
-    def target_action(self, next_obs: torch.Tensor, next_state: torch.Tensor):
-        action = self.sample_policy(next_obs)
-        return action, next_obs.new_zeros(next_obs.shape[:-1])
-
     # ---------------------------------------------------------------- ISSM
     def update_actor(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config

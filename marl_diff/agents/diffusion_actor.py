@@ -3,6 +3,7 @@ sampling and batching choices that set an update's cost."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -58,6 +59,10 @@ class DiffusionActorConfig(ActorCriticConfig, DiffusionPolicyConfig):
     # `DiffusionPolicy.sample`): that step runs once per state instead of once per candidate.
     candidates_share_start: bool = False
     actor_batch_size: int = 0  # states per actor update, from the batch's front; 0 = all
+    # The critic-target chain (the actions a' the TD target bootstraps from, no gradient) with
+    # the denoiser's hidden layers compiled, the other chains eager; `compile_denoiser`
+    # compiles them all (DiffusionActorCritic).
+    compile_target_chain: bool = False
 
 
 def make_diffusion_policy(config: DiffusionPolicyConfig, spec: EnvSpec) -> DiffusionPolicy:
@@ -103,7 +108,8 @@ class DiffusionActorCritic(ActorCriticAgent):
     compiled (8 seeds) against 1.41 eager (11 seeds), lower in each of the 8 seeds run both
     ways. The gap comes from the candidate chain: with only the critic-target actions compiled,
     ddpl learned as eager. Why a rounding change there lowers the return is not known
-    (results/speed.md).
+    (results/speed.md). `compile_target_chain` compiles that chain alone (`target_chain`);
+    also off in the catalog, see DACER's docstring for what it saves and why.
     `chain_precision` gives the chains sampled without gradient (acting, candidates,
     critic-target actions) their own matrix-product precision; the gradient steps keep the
     run's `matmul_precision`. With "medium" they take bfloat16 inputs where the hardware has
@@ -134,6 +140,18 @@ class DiffusionActorCritic(ActorCriticAgent):
 
     def sample_policy(self, obs: torch.Tensor) -> torch.Tensor:
         return self.policy.sample(obs, **self.chain_options())
+
+    def target_chain(self, policy: DiffusionPolicy | None = None) -> AbstractContextManager:
+        """What the critic-target chain of `policy` (default: the current one) runs under: its
+        denoiser compiled with `compile_target_chain`."""
+        policy = self.policy if policy is None else policy
+        return policy.compiling() if self.config.compile_target_chain else nullcontext()
+
+    def target_action(self, next_obs: torch.Tensor, next_state: torch.Tensor):
+        """The current policy's own sample at next_obs, no soft bonus (DDPL, DACER)."""
+        with self.target_chain():
+            action = self.sample_policy(next_obs)
+        return action, next_obs.new_zeros(next_obs.shape[:-1])
 
     def candidates(
         self, obs: torch.Tensor, count: int, policy: DiffusionPolicy | None = None

@@ -162,7 +162,8 @@ class QVPOAgent(DiffusionActorCritic):
         agent, the others held at their first sample); no soft bonus."""
         cfg = self.config
         policy = self.target_policy if cfg.target_actor == "ema" else self.policy
-        candidates = self.candidates(next_obs, cfg.target_samples, policy)
+        with self.target_chain(policy):
+            candidates = self.candidates(next_obs, cfg.target_samples, policy)
         no_bonus = next_obs.new_zeros(next_obs.shape[:-1])
         if cfg.target_samples == 1:
             return candidates[0], no_bonus

@@ -90,6 +90,10 @@ class DiffusionPolicy(nn.Module):
             context.enter_context(precision.scoped(self.chain_precision))
         return context
 
+    def compiling(self) -> contextlib.AbstractContextManager:
+        """Within the block the denoiser's hidden layers run compiled (`StackedMLP.compiling`)."""
+        return self.denoiser.net.mlp.compiling()
+
     def _check_obs(self, obs: torch.Tensor) -> None:
         if obs.shape[-2:] != (self.n_agents, self.obs_dim):
             raise ValueError(
