@@ -40,6 +40,7 @@ at the same settings (marl_diff/peer.py).
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import shlex
@@ -455,12 +456,18 @@ def update(args: list[str]) -> str:
         buffer.add(transitions)
         draw = torch.Generator(device=device).manual_seed(0)
         batches[name] = agent.sample_batch(buffer, batch, draw)
+    # An actor-critic agent updates its policy at every `policy_delay`-th update, so each of
+    # its timed blocks is a whole number of those cycles: then every block holds its share of
+    # policy updates whatever update it starts at (5 updates at delay 2 hold 3 or 2, and the
+    # median of the blocks took the 3).
+    delays = {name: configs[name].get("policy_delay", 1) for name in names}
+    block = {name: delay * math.ceil(updates / delay) for name, delay in delays.items()}
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):
         for name, agent in agents.items():
             seconds[name].append(
-                _time_steps(lambda ag=agent, b=batches[name]: ag.update(b), updates, device)
-                / updates
+                _time_steps(lambda ag=agent, b=batches[name]: ag.update(b), block[name], device)
+                / block[name]
             )
     ms = {name: 1e3 * median(times) for name, times in seconds.items()}
     lines = _header(
@@ -469,8 +476,8 @@ def update(args: list[str]) -> str:
         args,
         device,
         f"{spec.n_agents} agents; median of {repeats} interleaved repeats of "
-        f"{updates} updates each, after two warm-up updates; random batches of the scenario's "
-        f"shapes; host_memory={values['host_memory']}, "
+        f"{updates} updates each (rounded up to whole policy_delay cycles), after two warm-up "
+        f"updates; random batches of the scenario's shapes; host_memory={values['host_memory']}, "
         f"matmul_precision={values['matmul_precision']}.",
     )
     lines += [f"| agent | settings | ms per update | ratio to {names[0]} |", "|---|---|---:|---:|"]

@@ -201,6 +201,37 @@ def test_update_benchmark_times_an_agent_on_the_batches_it_draws_itself(tmp_path
     assert len(rows) == 1 and float(rows[0].split(" | ")[2].replace(",", "")) > 0
 
 
+def test_update_benchmark_times_whole_policy_delay_cycles(tmp_path, monkeypatch):
+    """A block of updates=3 at policy delay 2 would hold 2 or 1 policy updates by where it
+    starts; rounded up to 4, each holds 2. Two warm-up updates per block."""
+    from marl_diff.agents.dacer import DACERAgent
+    from marl_diff.agents.gaussian import GaussianAgent
+
+    calls = {"gaussian": 0, "dacer": 0}
+    for name, cls in (("gaussian", GaussianAgent), ("dacer", DACERAgent)):
+
+        def counted(self, batch, name=name, update=cls.update):
+            calls[name] += 1
+            return update(self, batch)
+
+        monkeypatch.setattr(cls, "update", counted)
+    text = bench.update(
+        [
+            "scenario=pendulum",
+            "agents=gaussian,dacer",
+            "batch_size=8",
+            "updates=3",
+            "repeats=2",
+            "agent.actor_hidden=[16,16]",
+            "agent.critic_hidden=[16,16]",
+            "agent.diffusion_steps=2",
+            f"out={tmp_path / 'update.md'}",
+        ]
+    )
+    assert calls == {"gaussian": 2 * (2 + 3), "dacer": 2 * (2 + 4)}
+    assert "policy_delay=2" in [line for line in text.splitlines() if "| dacer" in line][0]
+
+
 def test_update_benchmark_times_each_adam_implementation(tmp_path):
     args = ["scenario=pendulum", "agents=gaussian", "batch_size=8", "updates=1", "repeats=1"]
     text = bench.update(

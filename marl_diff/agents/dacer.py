@@ -36,10 +36,10 @@ the centralised distributional twin critic.
   The chain itself stays the card's T = 20 ancestral chain (`sample_steps` 0): DACER has no
   denoising loss, its policy is that chain, and a respaced chain would be another policy.
 - `compile_target_chain` (off): the critic-target chain, about half of an update, runs with
-  the denoiser compiled. On an Intel Xeon with AMX (`bench update`, two runs each,
-  results/update_time_compile_target_chain/) an update falls from 5.78x, 5.85x to 5.35x,
-  5.40x a Gaussian one on Ant and from 5.21x, 5.32x to 4.96x, 4.83x on hopper; every chain
-  compiled (`compile_denoiser`) read 5.09x on Ant. Over seeds 0-5 of the two learning tests'
+  the denoiser compiled. On an Intel Xeon with AMX (`bench update`, alternated, two runs each,
+  results/update_time_compile_target_chain/) an update falls from 5.41x, 5.43x to 5.10x,
+  5.01x a Gaussian one on Ant and from 4.93x, 4.95x to 4.61x, 4.58x on hopper; every chain
+  compiled (`compile_denoiser`) read 4.73x on Ant. Over seeds 0-5 of the two learning tests'
   settings it learned as eager (multigoal_sql: 9 goals at >= 10% in all, either way;
   Pendulum: mean -862 against -855), but seed 0 of the multigoal_sql test covers 2 goals
   instead of 3 (62/29/9% against 42/29/29%). That check holds in 1 of those 6 seeds eager,
