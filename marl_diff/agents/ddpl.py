@@ -62,8 +62,8 @@ is learned; each is a setting, and the old behaviour is one override away:
   update, as DACER and TD3 do).
 - `actor_hidden` [256, 256], the Gaussian actor's size. The DDPL paper gives no network; DPMD's
   3x256 mish denoiser (`[256, 256, 256]`, the other diffusion agents' default) costs
-  1.3-1.4x as much per ddpl update: on Ant with bfloat16 chains, 5.7x and 5.9x a Gaussian update
-  against 4.3x and 4.3x for 2x256 (`bench update`, two runs each, Intel Xeon), past the 5x
+  1.4x as much per ddpl update: on Ant with bfloat16 chains, 5.8x and 5.8x a Gaussian update
+  against 4.2x and 4.2x for 2x256 (`bench update`, two runs each, Intel Xeon), past the 5x
   the speed issue sets. It learns no more at the vmas_navigation study budget (eval return at
   24k env steps, the study's other settings, seeds 0-5, current defaults, 256 evaluation
   episodes): 2x256 1.18, 1.12, 1.28, 1.56, 1.21, 1.30 (mean 1.28), 3x256 1.49, 0.89, 1.49,
