@@ -115,9 +115,10 @@ class DiffusionActorCritic(ActorCriticAgent):
     run's `matmul_precision`. With "medium" they take bfloat16 inputs where the hardware has
     them (a GPU; a CPU with AMX or AVX512-BF16; elsewhere nothing changes). On an Intel Xeon with
     AMX (`bench update`, one thread, two runs each; ratio to a float32 Gaussian update), float32
-    chains / bfloat16 chains: ddpl 4.95x, 5.13x / 4.54x, 4.58x on Ant and 5.73x, 5.48x / 5.09x,
-    5.10x on MPE; qvpo 18.0x, 18.7x / 15.2x, 14.9x and 23.3x, 22.0x / 18.8x, 18.8x; dacer 5.68x,
-    5.65x / 5.12x, 5.04x and 3.57x, 3.49x / 3.16x, 3.29x. Learning, the same machine: ddpl's
+    chains / bfloat16 chains: ddpl 4.61x, 4.55x / 4.14x, 4.25x on Ant and 5.34x, 5.32x / 4.79x,
+    4.80x on MPE; qvpo 18.9x, 18.8x / 15.5x, 16.1x and 23.1x, 23.5x / 18.8x, 19.3x; dacer 5.53x,
+    5.49x / 4.98x, 5.00x and 3.60x, 3.59x / 3.13x, 3.20x (results/update_time_precision/:
+    `*_amx_float32_chains_*`, `*_amx_chain_medium_*`). Learning, the same machine: ddpl's
     vmas_navigation study setting, seeds 0-5, returned 1.34 with bfloat16 chains against 1.29
     with float32 ones (final policies on 256 episodes; higher in 4 of 6 seeds), where bfloat16 in
     the whole update (`matmul_precision=medium`) had cost about 0.1 in each of six seeds; qvpo's
