@@ -231,11 +231,16 @@ class StackedMLP(nn.Module):
         """Within the block the layers after the first run compiled, as with `compiled=True`,
         for one call site's inputs (a critic-target chain); as before after it."""
         before = self.compiled
-        self.compiled = compiler_available()
+        self.compiled = self.compiler_found
         try:
             yield
         finally:
             self.compiled = before
+
+    @functools.cached_property
+    def compiler_found(self) -> bool:
+        """`compiler_available()`, looked up once (`compiling` runs at every update)."""
+        return compiler_available()
 
     @functools.cached_property
     def structure(self) -> tuple:

@@ -176,4 +176,6 @@ def test_compile_without_a_compiler_runs_eagerly(monkeypatch):
     with pytest.warns(UserWarning, match="C\\+\\+ compiler"):
         mlp = StackedMLP(1, 3, [8], 2, compiled=True)
     assert not mlp.compiled
+    with pytest.warns(UserWarning, match="C\\+\\+ compiler"), mlp.compiling():
+        assert not mlp.compiled  # a block asked to compile runs eagerly too
     assert mlp(torch.randn(1, 4, 3)).shape == (1, 4, 2)
