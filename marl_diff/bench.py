@@ -382,7 +382,7 @@ UPDATE_COST_KEYS = (
     "actor_batch_size",
     "policy_delay",
     "compile_denoiser",
-    "compile_target_chain",
+    "compile_chains",
     "chain_precision",
     "adam_impl",
 )

@@ -162,24 +162,32 @@ def test_distributional_critic_heads_and_training_state_round_trip():
 
 
 @pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
-def test_compile_target_chain_compiles_the_critic_target_chain_alone(compiled_calls):
-    """`compile_target_chain`: the critic target's actions come from the compiled denoiser and
-    agree with the eager chain's; acting and the policy gradient's chain stay eager."""
+def test_compile_chains_compiles_the_sampled_chains_and_learns_eagers_numbers(compiled_calls):
+    """`compile_chains`: the chains without gradient (the critic target's actions, acting, the
+    entropy estimate's samples) run compiled, the policy gradient's chain eagerly, and updates
+    leave the eager agent's parameters bit for bit: the catalog's switch changes no result."""
     data = batch(b=COMPILED_MIN_ROWS)  # enough rows to run compiled
-    compiled, eager = agent(compile_target_chain=True), agent()
+    compiled, eager = agent(compile_chains=True, alpha_update_every=2), agent(alpha_update_every=2)
     eager.load_state_dict(compiled.state_dict())
     targets = []
     for dacer in (compiled, eager):
         torch.manual_seed(0)
         targets.append(dacer.target_action(data.next_obs, data.next_state)[0])
-    torch.testing.assert_close(targets[0], targets[1], atol=1e-5, rtol=0)
+    assert torch.equal(targets[0], targets[1])
     mlp = compiled.policy.denoiser.net.mlp
     assert len(compiled_calls) == 3 and all(called is mlp for called in compiled_calls)
-    compiled.act(data.obs, explore=True)
-    compiled.update_actor(data)
+    compiled.update_actor(data)  # the chain with gradient
     assert len(compiled_calls) == 3 and not mlp.compiled
-    compiled.update_critic(data)
+    compiled.act(data.obs, explore=True)
     assert len(compiled_calls) == 6
+    compiled, eager = agent(compile_chains=True, alpha_update_every=2), agent(alpha_update_every=2)
+    eager.load_state_dict(compiled.state_dict())
+    for dacer in (compiled, eager):
+        torch.manual_seed(1)
+        for seed in range(4):  # critic, actor and (at the second) alpha steps
+            dacer.update(batch(b=COMPILED_MIN_ROWS, seed=seed))
+    for key, value in compiled.state_dict().items():
+        assert torch.equal(value, eager.state_dict()[key]), key
 
 
 def test_bad_settings_are_config_errors():

@@ -383,6 +383,26 @@ def test_candidates_sharing_a_start_run_its_step_once_per_state_and_keep_the_mod
 
 
 @pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
+def test_compile_chains_samples_the_eager_chains_bit_for_bit(compiled_calls):
+    """`compile_chains`: the chains without gradient (full, respaced candidates from a shared
+    start) run compiled with the eager numbers, bit for bit; a chain with gradient and the
+    DSM loss stay eager."""
+    eager = small_policy("vp", steps=10)
+    compiled = small_policy("vp", steps=10, compile_chains=True)
+    obs = torch.randn(COMPILED_MIN_ROWS, N, OBS)
+    for options in ({}, {"candidates": 4, "steps": 5, "shared_start": True}):
+        a, b = (
+            p.sample(obs, generator=torch.Generator().manual_seed(1), **options)
+            for p in (eager, compiled)
+        )
+        assert torch.equal(b, a)
+    assert len(compiled_calls) == 10 + 5
+    compiled.sample(obs, grad=True)
+    compiled.dsm_loss(torch.zeros(COMPILED_MIN_ROWS, N, ACT), obs)
+    assert len(compiled_calls) == 15 and not compiled.denoiser.net.mlp.compiled
+
+
+@pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
 @pytest.mark.parametrize("share", [False, True])
 def test_compiled_and_eager_chains_agree(share, compiled_calls):
     """`compiled` changes how the denoiser runs, not what the chain samples or the loss."""

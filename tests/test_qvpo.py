@@ -174,16 +174,28 @@ def test_critic_target_takes_the_best_target_policy_sample_by_target_q(monkeypat
 
 
 @pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
-def test_compile_target_chain_compiles_the_target_policys_chain_alone(compiled_calls):
-    """With the EMA target actor, `compile_target_chain` compiles the target policy's denoiser
-    for the critic target's samples; the current policy's chains stay eager."""
-    qvpo = agent(compile_target_chain=True)
+def test_compile_chains_compiles_the_target_policys_chain_and_the_candidates(compiled_calls):
+    """With the EMA target actor, `compile_chains` compiles the target policy's denoiser for
+    the critic target's samples and the current one's for the candidates, each with the eager
+    numbers; the weighted DSM loss (with gradient) runs eagerly."""
+    qvpo, eager = agent(compile_chains=True), agent()
+    eager.load_state_dict(qvpo.state_dict())
     obs = torch.randn(COMPILED_MIN_ROWS, 2, 3)
-    qvpo.target_action(obs, torch.zeros(COMPILED_MIN_ROWS, 4))
+    for calls, run in (
+        (3, lambda a: a.target_action(obs, torch.zeros(COMPILED_MIN_ROWS, 4))[0]),
+        (6, lambda a: a.candidates(obs, 4)),
+    ):
+        results = []
+        for each in (qvpo, eager):
+            torch.manual_seed(0)
+            results.append(run(each))
+        assert torch.equal(results[0], results[1])
+        assert len(compiled_calls) == calls
     target_mlp = qvpo.target_policy.denoiser.net.mlp
-    assert len(compiled_calls) == 3 and all(called is target_mlp for called in compiled_calls)
-    qvpo.candidates(obs, 4)
-    assert len(compiled_calls) == 3 and not target_mlp.compiled
+    assert compiled_calls[:3] == [target_mlp] * 3
+    assert compiled_calls[3:] == [qvpo.policy.denoiser.net.mlp] * 3
+    qvpo.policy.dsm_loss(torch.zeros(COMPILED_MIN_ROWS, 2, 1), obs)
+    assert len(compiled_calls) == 6
 
 
 # ---------------------------------------------------------------------------- heterogeneous

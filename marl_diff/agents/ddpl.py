@@ -77,7 +77,9 @@ is learned; each is a setting, and the old behaviour is one override away:
   5-step chain instead of the 10-step one were also measured and not kept (1.27, 1.26, 1.59).
 - `compile_denoiser` stays false: compiled, an update is 4.4x a Gaussian one on Ant instead
   of 5.0x and 5.1x on MPE instead of 6.0x, but the vmas_navigation study's seeds came out
-  lower (`DiffusionActorCritic`).
+  lower (`DiffusionActorCritic`). `compile_chains` is on: it compiles the candidate,
+  critic-target and acting chains only, which then give the eager numbers bit for bit, so it
+  changes the speed and not what is learned; the ISSM loss's gradient stays eager.
 - `actor_batch_size` stays 0 (ISSM on every state of the batch) and `policy_delay` stays 2.
   The cheaper settings measured all cut the actor's work per env step, and each learned less
   in the vmas_navigation study (eval return at 24k steps, results/speed.md, before the VMAS

@@ -3,7 +3,6 @@ sampling and batching choices that set an update's cost."""
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +42,9 @@ class DiffusionPolicyConfig(AgentConfig):
     # The denoiser's hidden layers as one torch.compile graph (StackedMLP): the same function,
     # fewer passes over memory; needs a C++ compiler, else it runs eagerly with a warning.
     compile_denoiser: bool = False
+    # Only the chains sampled without gradient (acting, candidates, critic-target actions)
+    # compiled: on a CPU the same numbers as eager, bit for bit (DiffusionPolicy.compile_chains).
+    compile_chains: bool = False
     # The float32 matrix-product precision (`marl_diff.precision`) of the chains sampled without
     # gradient (acting, candidates, critic-target actions); "run": the run's `matmul_precision`.
     # "medium" computes them from bfloat16 inputs on a GPU or a CPU with AMX or AVX512-BF16,
@@ -59,10 +61,6 @@ class DiffusionActorConfig(ActorCriticConfig, DiffusionPolicyConfig):
     # `DiffusionPolicy.sample`): that step runs once per state instead of once per candidate.
     candidates_share_start: bool = False
     actor_batch_size: int = 0  # states per actor update, from the batch's front; 0 = all
-    # The critic-target chain (the actions a' the TD target bootstraps from, no gradient) with
-    # the denoiser's hidden layers compiled, the other chains eager; `compile_denoiser`
-    # compiles them all (DiffusionActorCritic).
-    compile_target_chain: bool = False
 
 
 def make_diffusion_policy(config: DiffusionPolicyConfig, spec: EnvSpec) -> DiffusionPolicy:
@@ -84,6 +82,7 @@ def make_diffusion_policy(config: DiffusionPolicyConfig, spec: EnvSpec) -> Diffu
         time_embed_dim=config.time_embed_dim,
         share=config.share_parameters,
         compiled=config.compile_denoiser,
+        compile_chains=config.compile_chains,
         chain_precision=None if config.chain_precision == "run" else config.chain_precision,
     )
 
@@ -108,8 +107,14 @@ class DiffusionActorCritic(ActorCriticAgent):
     compiled (8 seeds) against 1.41 eager (11 seeds), lower in each of the 8 seeds run both
     ways. The gap comes from the candidate chain: with only the critic-target actions compiled,
     ddpl learned as eager. Why a rounding change there lowers the return is not known
-    (results/speed.md). `compile_target_chain` compiles that chain alone (`target_chain`);
-    also off in the catalog, see DACER's docstring for what it saves and why.
+    (results/speed.md). The compiled mish then rounded differently from the eager one; it no
+    longer does, and `compile_chains` compiles only the chains sampled without gradient
+    (acting, candidates, critic-target actions; `DiffusionPolicy.chain_context`), which on a
+    CPU then give the eager numbers bit for bit: a run learns exactly what it learns eagerly
+    (tests/test_dacer.py compares the parameters after updates), and the catalog sets it for
+    ddpl, dacer and qvpo. `bench update` on Ant, one run, Intel Xeon with AMX, eager /
+    `compile_chains`: ddpl 4.12x / 3.60x, dacer 5.31x / 4.77x, qvpo 15.3x / 11.7x a Gaussian
+    update (results/speed.md has the tables rerun with it).
     `chain_precision` gives the chains sampled without gradient (acting, candidates,
     critic-target actions) their own matrix-product precision; the gradient steps keep the
     run's `matmul_precision`. With "medium" they take bfloat16 inputs where the hardware has
@@ -142,17 +147,9 @@ class DiffusionActorCritic(ActorCriticAgent):
     def sample_policy(self, obs: torch.Tensor) -> torch.Tensor:
         return self.policy.sample(obs, **self.chain_options())
 
-    def target_chain(self, policy: DiffusionPolicy | None = None) -> AbstractContextManager:
-        """What the critic-target chain of `policy` (default: the current one) runs under: its
-        denoiser compiled with `compile_target_chain`."""
-        policy = self.policy if policy is None else policy
-        return policy.compiling() if self.config.compile_target_chain else nullcontext()
-
     def target_action(self, next_obs: torch.Tensor, next_state: torch.Tensor):
         """The current policy's own sample at next_obs, no soft bonus (DDPL, DACER)."""
-        with self.target_chain():
-            action = self.sample_policy(next_obs)
-        return action, next_obs.new_zeros(next_obs.shape[:-1])
+        return self.sample_policy(next_obs), next_obs.new_zeros(next_obs.shape[:-1])
 
     def candidates(
         self, obs: torch.Tensor, count: int, policy: DiffusionPolicy | None = None

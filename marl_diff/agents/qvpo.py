@@ -51,6 +51,9 @@ update on a 2-core CPU). The catalog defaults, each a setting of `DiffusionActor
   action is fitted by DSM on all T levels.
 - `sample_steps` 10: plain policy samples on a 10-step respaced chain.
 0 restores the card's setting for each.
+- `compile_chains` true: the 64 samples per state and the target's samples, most of an
+  update, run with the denoiser compiled and give the eager numbers bit for bit
+  (`DiffusionPolicy`); false runs them eagerly, with the same results, more slowly.
 
 No entropy bonus enters the critic target (the entropy acts through the uniform actions only),
 so there is no temperature to log. Gradient clipping (`grad_clip`, 2.0) applies to the critic
@@ -162,8 +165,7 @@ class QVPOAgent(DiffusionActorCritic):
         agent, the others held at their first sample); no soft bonus."""
         cfg = self.config
         policy = self.target_policy if cfg.target_actor == "ema" else self.policy
-        with self.target_chain(policy):
-            candidates = self.candidates(next_obs, cfg.target_samples, policy)
+        candidates = self.candidates(next_obs, cfg.target_samples, policy)
         no_bonus = next_obs.new_zeros(next_obs.shape[:-1])
         if cfg.target_samples == 1:
             return candidates[0], no_bonus

@@ -34,8 +34,13 @@ class DiffusionPolicy(nn.Module):
 
     `act_mask` [N, A] bool marks real action entries (default: all real). `chain_precision`
     (a `marl_diff.precision` mode) is the float32 matrix-product precision of the chains sampled
-    without gradient (None: the process's). Further keyword arguments (hidden, activation,
-    time_embed_dim, share) go to `StackedDenoiser`.
+    without gradient (None: the process's). `compile_chains`: those chains run with the
+    denoiser's hidden layers compiled (`compiling`). Without gradient the compiled layers
+    compute what the eager ones do, in the same order: on a CPU the numbers are the same bit for
+    bit (tests/test_diffusion.py), so this changes the speed and nothing that is learned; the
+    gradient chains stay eager, since the compiler derives its own backward, another rounding.
+    Further keyword arguments (hidden, activation, time_embed_dim, share, compiled) go to
+    `StackedDenoiser`.
     """
 
     def __init__(
@@ -47,6 +52,7 @@ class DiffusionPolicy(nn.Module):
         schedule: NoiseSchedule | None = None,
         *,
         chain_precision: str | None = None,
+        compile_chains: bool = False,
         **denoiser_kwargs,
     ):
         super().__init__()
@@ -56,6 +62,7 @@ class DiffusionPolicy(nn.Module):
                 f"got {chain_precision!r}"
             )
         self.chain_precision = chain_precision
+        self.compile_chains = compile_chains
         self.n_agents, self.obs_dim, self.act_dim = n_agents, obs_dim, act_dim
         self.schedule = schedule if schedule is not None else make_schedule("vp", 20)
         self.denoiser = StackedDenoiser(n_agents, obs_dim, act_dim, **denoiser_kwargs)
@@ -81,13 +88,16 @@ class DiffusionPolicy(nn.Module):
 
     def chain_context(self, grad: bool) -> contextlib.AbstractContextManager:
         """What a sampled chain runs under: with `grad`, the caller's settings (the graph is
-        kept); otherwise no_grad and, when set, `chain_precision` for its matrix products."""
+        kept); otherwise no_grad and, when set, `chain_precision` for its matrix products and
+        the compiled denoiser (`compile_chains`)."""
         if grad:
             return contextlib.nullcontext()
         context = contextlib.ExitStack()
         context.enter_context(torch.no_grad())
         if self.chain_precision is not None:
             context.enter_context(precision.scoped(self.chain_precision))
+        if self.compile_chains:
+            context.enter_context(self.compiling())
         return context
 
     def compiling(self) -> contextlib.AbstractContextManager:
