@@ -112,9 +112,10 @@ class DiffusionActorCritic(ActorCriticAgent):
     (acting, candidates, critic-target actions; `DiffusionPolicy.chain_context`), which on a
     CPU then give the eager numbers bit for bit: a run learns exactly what it learns eagerly
     (tests/test_dacer.py compares the parameters after updates), and the catalog sets it for
-    ddpl, dacer and qvpo. `bench update` on Ant, one run, Intel Xeon with AMX, eager /
-    `compile_chains`: ddpl 4.12x / 3.60x, dacer 5.31x / 4.77x, qvpo 15.3x / 11.7x a Gaussian
-    update (results/speed.md has the tables rerun with it).
+    ddpl, dacer and qvpo. `bench update` on Ant, Intel Xeon with AMX, the arms alternated, five
+    runs each, eager / `compile_chains`: ddpl 4.07-4.18x / 3.57-3.74x, dacer 5.36-5.49x /
+    5.00-5.06x, qvpo 15.6-15.8x / 13.3-13.7x a Gaussian update (results/speed.md,
+    results/update_time_compile_chains/).
     `chain_precision` gives the chains sampled without gradient (acting, candidates,
     critic-target actions) their own matrix-product precision; the gradient steps keep the
     run's `matmul_precision`. With "medium" they take bfloat16 inputs where the hardware has

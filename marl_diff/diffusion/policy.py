@@ -37,8 +37,10 @@ class DiffusionPolicy(nn.Module):
     without gradient (None: the process's). `compile_chains`: those chains run with the
     denoiser's hidden layers compiled (`compiling`). Without gradient the compiled layers
     compute what the eager ones do, in the same order: on a CPU the numbers are the same bit for
-    bit (tests/test_diffusion.py), so this changes the speed and nothing that is learned; the
-    gradient chains stay eager, since the compiler derives its own backward, another rounding.
+    bit with mish, relu, tanh or silu layers (tests/test_diffusion.py, tests/test_nn.py; ELU to
+    float rounding), so this changes the speed and nothing that is learned. The gradient chains
+    stay eager, since the compiler derives its own backward, another rounding. On a GPU the
+    compiled kernels' transcendentals may round otherwise (not measured).
     Further keyword arguments (hidden, activation, time_embed_dim, share, compiled) go to
     `StackedDenoiser`.
     """
