@@ -44,6 +44,10 @@ the centralised distributional twin critic.
   (62/29/9% against 42/29/29%; that check holds in 1 of 12 seeds eager on an Intel Xeon with
   AMX, so any rounding change flips it); now it covers the eager 42/29/29%, with the same
   mean return to the last digit. Cost on Ant: results/speed.md.
+- `compile_denoiser` stays off: it compiles the policy-gradient chain too, whose backward
+  rounds otherwise. On top of the compiled chains it takes an Ant update from 5.04x, 5.01x to
+  4.80x, 4.76x a Gaussian one (Intel Xeon with AMX, two runs each), but seed 0 of the
+  multigoal_sql test then covered 2 goals (82/4/14%).
 """
 
 from __future__ import annotations

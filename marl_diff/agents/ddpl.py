@@ -79,7 +79,9 @@ is learned; each is a setting, and the old behaviour is one override away:
   of 5.0x and 5.1x on MPE instead of 6.0x, but the vmas_navigation study's seeds came out
   lower (`DiffusionActorCritic`). `compile_chains` is on: it compiles the candidate,
   critic-target and acting chains only, which then give the eager numbers bit for bit, so it
-  changes the speed and not what is learned; the ISSM loss's gradient stays eager.
+  changes the speed and not what is learned; the ISSM loss's gradient stays eager. On top of
+  it `compile_denoiser` took an Ant update from 3.68x, 3.60x to 3.38x, 3.34x (Intel Xeon with
+  AMX, two runs each); its learning is not measured again since the mish fix.
 - `actor_batch_size` stays 0 (ISSM on every state of the batch) and `policy_delay` stays 2.
   The cheaper settings measured all cut the actor's work per env step, and each learned less
   in the vmas_navigation study (eval return at 24k steps, results/speed.md, before the VMAS
