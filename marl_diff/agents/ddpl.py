@@ -81,7 +81,10 @@ is learned; each is a setting, and the old behaviour is one override away:
   critic-target and acting chains only, which then give the eager numbers bit for bit, so it
   changes the speed and not what is learned; the ISSM loss's gradient stays eager. On top of
   it `compile_denoiser` took an Ant update from 3.68x, 3.60x to 3.38x, 3.34x (Intel Xeon with
-  AMX, two runs each); its learning is not measured again since the mish fix.
+  AMX, two runs each), but in the vmas_navigation study setting (seeds 0-5, final policies on
+  256 episodes) it returned 1.28, 1.36, 1.05, 1.48, 1.28, 0.98 (mean 1.24) against 1.23,
+  1.49, 1.42, 1.58, 1.10, 1.37 (1.37) with the compiled chains alone: lower in 4 of 6 seeds,
+  so it stays off.
 - `actor_batch_size` stays 0 (ISSM on every state of the batch) and `policy_delay` stays 2.
   The cheaper settings measured all cut the actor's work per env step, and each learned less
   in the vmas_navigation study (eval return at 24k steps, results/speed.md, before the VMAS
