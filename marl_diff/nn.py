@@ -233,8 +233,9 @@ class StackedMLP(nn.Module):
 
     @contextlib.contextmanager
     def compiling(self) -> Iterator[None]:
-        """Within the block the layers after the first run compiled, as with `compiled=True`,
-        for one call site's inputs (a critic-target chain); as before after it."""
+        """Within the block the layers after the first run compiled, as with `compiled=True`
+        (a policy's chains without gradient, `DiffusionPolicy.chain_context`); as before after
+        it."""
         before = self.compiled
         self.compiled = self.compiler_found
         try:
