@@ -235,27 +235,21 @@ def test_dacer_learns_pendulum(tmp_path):
     assert any("policy/entropy" in r for r in records)
 
 
-@pytest.mark.slow  # 5 min of a 2-core CPU under the suite's load: the longest DACER check
-@pytest.mark.learning(seconds=280)
+@pytest.mark.slow  # 12 min of a 2-core CPU alone: the catalog run itself
+@pytest.mark.learning(seconds=900)
 def test_dacer_covers_most_goals_on_multigoal_sql(tmp_path):
     """DACER's own multimodality demo: on multigoal_sql (the soft Q-learning reward, squared
-    distance and action cost 30) at the card's reward scale 0.2, >= 10% of 100 episodes reach
-    each of 3 goals. Seed 0: 52/29/19% (at batch 128: 28/58/13/1%). At batch 128 seeds 1 and 2
-    reached 36/5/59% and 5/94/1% (measured before evaluation had its own random stream): 2 and
-    1 modes by this measure, so the claim held for one seed in three. After 3000 or 5000 steps
-    it was 2 or 3 goals depending on the seed: the critic needs this long to see every
-    direction as equally good. On an Intel Xeon with AMX (2026-12-03) seeds 0-11 covered 3, 0,
-    2, 1, 2, 1, 2, 1, 2, 2, 1, 1 goals (seed 0: 42/29/29%); with the denoiser compiled (any
-    rounding change) seed 0 fell to 2, with as many goals over the seeds (dacer.py). The card's
-    T=20 is no steadier: seeds 0-3 covered 2, 2, 1, 1 goals (2026-12-04)."""
+    distance and action cost 30), the catalog's run (the card's settings, 20k steps), >= 10% of
+    100 episodes reach each of 3 goals. On an Intel Xeon with AMX (2026-12-04) seeds 0-3
+    covered 4, 2, 3, 4 goals (seed 0: 21/21/31/27%) with the catalog's compiled denoiser and
+    3, 2, 3, 4 eagerly. At small settings (2x64 networks, lr 1e-3, T=5, batch 64, 10k steps),
+    this check's earlier form, DACER covered 3 goals in 1 seed of 12 (3, 0, 2, 1, 2, 1, 2, 1, 2,
+    2, 1, 1) and 20k steps did not help (seeds 0-3: 2, 2, 1, 1): there the pass hung on the
+    float rounding of seed 0's run, not on what DACER learns."""
     overrides = {
-        "runner.total_steps=10000": "budget (catalog: 20000)",
-        "runner.batch_size=64": "budget (catalog: 256)",
-        "runner.eval_every=0": "budget: only the final evaluation",
+        "runner.eval_every=0": "only the final evaluation",
         "runner.eval_episodes=100": "enough episodes to measure shares of 10%",
         "runner.eval_num_envs=100": "all 100 episodes in one batch",
-        **SMALL,
-        "agent.diffusion_steps=5": "budget (card: T=20); T=3 left one goal at 10%",
     }
     report, _ = train_run(tmp_path, ["scenario=multigoal_sql", "agent=dacer", *overrides])
     assert report["modes_covered"] >= 3, report["goal_shares"]

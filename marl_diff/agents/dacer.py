@@ -37,17 +37,16 @@ the centralised distributional twin critic.
   denoising loss, its policy is that chain, and a respaced chain would be another policy.
 - `compile_chains` (catalog: on): the chains without gradient (the critic-target actions,
   about half of an update, acting and the entropy estimate's samples) run with the denoiser
-  compiled, and give the eager numbers bit for bit on a CPU, so DACER learns exactly what it
-  learns eagerly (tests/test_dacer.py). The policy-gradient chain stays eager. Before the
-  compiled mish did eager's arithmetic in eager's order, compiling the target chain changed
-  its rounding, and seed 0 of the multigoal_sql test then covered 2 goals instead of 3
-  (62/29/9% against 42/29/29%; that check holds in 1 of 12 seeds eager on an Intel Xeon with
-  AMX, so any rounding change flips it); now it covers the eager 42/29/29%, with the same
-  mean return to the last digit. Cost on Ant: results/speed.md.
-- `compile_denoiser` stays off: it compiles the policy-gradient chain too, whose backward
-  rounds otherwise. On top of the compiled chains it takes an Ant update from 5.04x, 5.01x to
-  4.80x, 4.76x a Gaussian one (Intel Xeon with AMX, two runs each), but seed 0 of the
-  multigoal_sql test then covered 2 goals (82/4/14%).
+  compiled, and give the eager numbers bit for bit on a CPU (tests/test_dacer.py). It matters
+  when `compile_denoiser` is off.
+- `compile_denoiser` (catalog: on): the policy-gradient chain compiled too, whose compiled
+  backward rounds differently from eager's. On Ant an update goes from 4.91x, 4.89x to 4.62x,
+  4.59x a Gaussian one (Intel Xeon with AMX, two runs each, 2026-12-04). At the card's
+  settings on multigoal_sql (20k steps, 3x256, T=20, lr 1e-4) seeds 0-3 covered 4, 2, 3, 4
+  goals compiled against 3, 2, 3, 4 eager, with final returns within 3 of each other. It was off
+  while the multigoal_sql check ran at small settings (2x64, T=5, 10k steps), where DACER
+  covers 3 goals in 1 seed of 12 and any rounding change moves seed 0; that check now runs at
+  the card's settings (results/speed.md).
 """
 
 from __future__ import annotations
