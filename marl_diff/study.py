@@ -17,7 +17,9 @@ Trains every agent at every agent count and seed, one run each, as a Hydra multi
   `hydra.launcher.timeout_min=...`, `hydra.launcher.gpus_per_node=...` etc.
 Runs go to `out/runs/<agent>/n<N>/seed<S>` with `resume=auto`: invoked again, the study keeps
 finished runs, resumes interrupted ones from their checkpoints and refuses (before launching
-anything) a run folder made with another resolved config. Then it writes the report.
+anything) a run folder made with another resolved config, and an `out` folder whose
+`study.json` records another study, whose report this one would replace. Then it writes the
+report.
 
 `python -m marl_diff.study report DIR [threshold=X]`: the aggregation alone. `DIR/scaling.md`
 has per agent and N the final evaluation return (mean +- std over seeds), the best mean return,
@@ -161,8 +163,33 @@ class ScalingStudy:
             for job in self.jobs()
         }
 
+    def check_out(self) -> None:
+        """Raises when `out` holds another study's record: writing this study's report there
+        would replace that one (a committed study's, say). The same study, resumed or grown,
+        passes: the same scenario and run overrides, and a grid that keeps every agent, agent
+        count and seed it recorded."""
+        record_file = self.out / "study.json"
+        if not record_file.is_file():
+            return
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+        same = (
+            record.get("scenario") == self.scenario
+            and sorted(record.get("overrides", [])) == sorted(self.overrides)
+            and set(record.get("agents", [])) <= set(self.agents)
+            and set(record.get("n_agents", [])) <= set(self.n_agents)
+            and set(record.get("seeds", [])) <= set(self.seeds)
+        )
+        if not same:
+            raise MarlDiffError(
+                f"'{self.out}' holds another study ({record.get('command', 'its study.json')}),"
+                " whose report this one would replace. Give this study its own folder with "
+                "out=DIR, or grow that study there: its scenario and settings, and a grid that "
+                "keeps its agents, agent counts and seeds."
+            )
+
     def launch(self) -> None:
         states = self.states()
+        self.check_out()
         counts = {
             s: sum(v == s for v in states.values()) for s in ("finished", "interrupted", "new")
         }

@@ -172,6 +172,37 @@ def test_resume_auto_resumes_an_interrupted_run_from_its_checkpoint(tmp_path):
         launch(compose([a for a in args if not a.startswith("run_dir")]), args)
 
 
+def test_an_out_folder_holding_another_study_is_refused_before_anything_is_written(
+    run_cli, tmp_path
+):
+    """A quick study pointed at a committed study's folder would replace its report: refused,
+    from the command line too, while the same study resumed or grown is let through."""
+    grid = ["scenario=multigoal", "agents=gaussian", "n_agents=1,2", "seeds=0"]
+    recorded = study.parse_scaling([*grid, f"out={tmp_path}", *SMALL])
+    recorded.write_record()
+    before = (tmp_path / "study.json").read_text()
+    grown = study.parse_scaling(
+        [*grid[:3], "agents=gaussian,ddpl", "seeds=0,1", f"out={tmp_path}", *reversed(SMALL)]
+    )
+    grown.check_out()
+    shorter = [a.replace("total_steps=120", "total_steps=60") for a in SMALL]
+    for other in (
+        [*grid, f"out={tmp_path}", *shorter],  # other settings
+        [*grid[:3], "seeds=1", f"out={tmp_path}", *SMALL],  # a grid without seed 0
+        ["scenario=vmas_navigation", *grid[1:], f"out={tmp_path}", *SMALL],
+    ):
+        with pytest.raises(MarlDiffError, match="holds another study") as err:
+            study.parse_scaling(other).launch()
+        assert recorded.command in str(err.value) and "out=DIR" in str(err.value)
+    proc = run_cli(
+        ["scaling", *grid, f"out={tmp_path}", *shorter], tmp_path, module="marl_diff.study"
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "holds another study" in proc.stderr
+    assert (tmp_path / "study.json").read_text() == before
+    assert not (tmp_path / "runs").exists()
+
+
 # ---------------------------------------------------------------------------- aggregation
 def fake_run(root, agent: str, n: int, seed: int, curve, update_ms: float, extra=None):
     """A finished run folder as the runner leaves it: `curve` is [(env steps, wall s, return)]."""
