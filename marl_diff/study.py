@@ -168,10 +168,9 @@ class ScalingStudy:
         would replace that one (a committed study's, say). The same study, resumed or grown,
         passes: the same scenario and run overrides, and a grid that keeps every agent, agent
         count and seed it recorded."""
-        record_file = self.out / "study.json"
-        if not record_file.is_file():
+        record = read_record(self.out)
+        if not record:
             return
-        record = json.loads(record_file.read_text(encoding="utf-8"))
         same = (
             record.get("scenario") == self.scenario
             and sorted(record.get("overrides", [])) == sorted(self.overrides)
@@ -228,6 +227,14 @@ class ScalingStudy:
             "date": date.today().isoformat(),
         }
         (self.out / "study.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+def read_record(out: Path) -> dict:
+    """The study.json that `ScalingStudy.write_record` left in `out`; {} when there is none."""
+    record_file = out / "study.json"
+    if not record_file.is_file():
+        return {}
+    return json.loads(record_file.read_text(encoding="utf-8"))
 
 
 # ------------------------------------------------------------------ command line
@@ -362,8 +369,7 @@ def scaling_report(args: list[str]) -> str:
     values, extra = _parse(args[1:], {"threshold": None})
     if extra:
         raise ConfigError(f"unknown argument '{extra[0]}'. Valid: {choices(['threshold'])}")
-    record_file = out / "study.json"
-    record = json.loads(record_file.read_text(encoding="utf-8")) if record_file.is_file() else {}
+    record = read_record(out)
     threshold = values["threshold"] if values["threshold"] is not None else record.get("threshold")
     threshold = None if threshold is None else float(threshold)
     runs_dir = out / "runs" if (out / "runs").is_dir() else out
