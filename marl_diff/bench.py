@@ -122,13 +122,16 @@ def machine() -> str:
 
 def _header(title: str, benchmark: str, args: list[str], device: torch.device, how: str) -> list:
     command = f"python -m marl_diff.bench {benchmark} " + " ".join(shlex.quote(a) for a in args)
+    where = str(device)
+    if device.type == "cuda":
+        where += f" ({torch.cuda.get_device_name(device)})"
     return [
         f"# {title}",
         "",
         f"Command: `{command.strip()}`",
         "",
         f"Machine: {machine()}, "
-        f"{torch.get_num_threads()} torch threads, device {device}; {date.today().isoformat()}. "
+        f"{torch.get_num_threads()} torch threads, device {where}; {date.today().isoformat()}. "
         + how,
         "",
     ]

@@ -1,7 +1,7 @@
 """Peer benchmark: BenchMARL's MASAC and MAPPO against marl_diff agents on VMAS navigation.
 
 `python -m marl_diff.bench peer [agents=2,4] [methods=masac,mappo,gaussian,ddpl]
-[frames=60000] [threshold=1.0] [seeds=0] [settings=masac] [venv=.peer_venv]
+[frames=60000] [threshold=1.0] [seeds=0] [settings=masac] [device=cpu] [venv=.peer_venv]
 [runs=results/runs/peer] [out=results/peer.md] [agent.<key>=value ...] [runner.<key>=value ...]`
 
 In one run:
@@ -24,6 +24,10 @@ In one run:
    seed): frames/s, final and best evaluation return, seconds until the evaluation return
    first reaches `threshold=`, and frames/s relative to MASAC at the same agent count and seed.
    A second table gathers the time to `threshold=` over the seeds (time to quality).
+
+`device=cuda` runs both sides on a GPU: BenchMARL's sampling, training and replay-buffer devices
+(BenchMARL's advice for VMAS on a GPU) and marl_diff's `device=`, so envs, buffer and updates sit
+on the same device on both sides.
 
 Returns are comparable: both frameworks report, per evaluation episode, the sum over steps of
 the mean over agents of each agent's reward, and marl_diff gets BenchMARL's navigation task
@@ -60,12 +64,14 @@ PEER_SETTINGS = {
     "threshold": "1.0",
     "seeds": "0",  # comma-separated; time to quality wants several
     "settings": "masac",  # marl_diff's training settings: MASAC's mapped, or `own` (catalog)
+    "device": "cpu",  # both sides' envs, buffers and updates
     "venv": ".peer_venv",
     "runs": "results/runs/peer",
     "out": "results/peer.md",
 }
 BENCHMARL_METHODS = ("masac", "mappo")
 SETTINGS_MODES = ("masac", "own")
+DEVICES = ("cpu", "cuda")
 BENCHMARL_VERSION = "1.5.2"
 SCRIPT = Path(__file__).resolve().parent.parent / "results" / "peer" / "benchmarl_run.py"
 OUTPUT_TAIL = 30  # lines of a failed subprocess's output quoted in the error
@@ -343,6 +349,10 @@ def _parse(args: list[str]) -> tuple[dict, list[str]]:
         raise ConfigError(
             f"unknown settings '{values['settings']}'. Valid choices: {choices(SETTINGS_MODES)}"
         )
+    if values["device"] not in DEVICES:
+        raise ConfigError(f"unknown device '{values['device']}'. Valid choices: {choices(DEVICES)}")
+    if values["device"] == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda, but torch sees no CUDA GPU here. Valid choices here: cpu")
     parsed = dict(
         values, methods=methods, agents=agents, frames=frames, seeds=seeds, threshold=threshold
     )
@@ -396,9 +406,11 @@ def _cell(value) -> str:
 
 
 def _run_benchmarl(
-    python: Path, method: str, n: int, frames: int, seed: int, runs: Path, log: Path
+    python: Path, method: str, n: int, values: dict, seed: int, runs: Path, log: Path
 ) -> dict:
+    frames = values["frames"]
     args = ["--algorithm", method, "--n-agents", str(n), "--frames", str(frames)]
+    args += ["--device", values["device"]]
     folder = runs / f"benchmarl_{method}_n{n}_seed{seed}"
     args += ["--seed", str(seed), "--folder", str(folder)]
     what = f"BenchMARL {method}, {n} agents, seed {seed}, {frames:,} frames"
@@ -432,7 +444,7 @@ def marl_diff_arguments(
         ),
         f"runner.total_steps={values['frames']}",
         "runner.progress=false",
-        "device=cpu",
+        f"device={values['device']}",
         f"seed={seed}",
         f"run_dir={run_dir}",
     ]
@@ -483,7 +495,7 @@ def peer(args: list[str]) -> str:
                 log = runs / f"{method}_n{n}_seed{seed}.log"
                 try:
                     if method in BENCHMARL_METHODS:
-                        result = _run_benchmarl(python, method, n, frames, seed, runs, log)
+                        result = _run_benchmarl(python, method, n, values, seed, runs, log)
                         result["framework"] = f"BenchMARL {versions['benchmarl']}"
                     else:
                         result = _run_marl_diff(
@@ -513,7 +525,7 @@ def _report(args, values, passthrough, versions, settings, results, runs) -> lis
         "Peer benchmark: BenchMARL vs marl_diff on VMAS navigation",
         "peer",
         args,
-        torch.device("cpu"),
+        torch.device(values["device"]),
         f"Seeds {', '.join(map(str, values['seeds']))}, {frames:,} frames (env steps summed "
         f"over the parallel envs) per run, an evaluation every {per_iter:,} frames, runs one "
         f"after another. Raw outputs: `{runs}`.",
@@ -542,7 +554,12 @@ def _report(args, values, passthrough, versions, settings, results, runs) -> lis
         "algorithm/masac.yaml / mappo.yaml, task/vmas/navigation.yaml, model/layers/mlp.yaml for "
         f"actor and critic), changing only max_n_frames={frames}, "
         f"evaluation_interval={per_iter} (default {masac['evaluation_interval']:,}), "
-        "loggers=[csv] (not wandb) and render=false.",
+        "loggers=[csv] (not wandb) and render=false"
+        + (
+            f", and sampling_device, train_device and buffer_device={values['device']}."
+            if values["device"] != "cpu"
+            else "."
+        ),
         "",
         *settings_table(masac, settings["mappo"]),
         "",
@@ -574,9 +591,14 @@ def _report(args, values, passthrough, versions, settings, results, runs) -> lis
         f"- {len(values['seeds'])} seed(s) per method and agent count, no confidence "
         "intervals: each row's returns and time to threshold are one draw, and frames/s varies "
         "with whatever else runs on the machine, including over the time the runs take.",
-        f"- CPU only, {torch.get_num_threads()} torch thread(s) in this process (the runs "
-        "inherit the environment, OMP_NUM_THREADS included); a GPU changes the balance between "
-        "collection and updates, and both frameworks' speeds.",
+        (
+            f"- CPU only, {torch.get_num_threads()} torch thread(s) in this process (the runs "
+            "inherit the environment, OMP_NUM_THREADS included); a GPU changes the balance "
+            "between collection and updates, and both frameworks' speeds."
+            if values["device"] == "cpu"
+            else "- One GPU, one machine: the balance between collection and updates, and so "
+            "each side's frames/s, differs on another GPU or with other env counts."
+        ),
         f"- A short budget ({frames:,} frames against BenchMARL's default 3,000,000): early "
         "learning speed, not final performance.",
         "- Default settings of each side, untuned for this task"

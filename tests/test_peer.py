@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from marl_diff import catalog, peer
 from marl_diff.errors import ConfigError
@@ -87,6 +88,7 @@ def test_bad_method_lists_the_valid_ones():
         "seeds=0,one",
         "seeds=0,0",
         "settings=benchmarl",
+        "device=gpu",
     ],
 )
 def test_bad_values_stop_before_anything_runs(arg, tmp_path):
@@ -172,7 +174,7 @@ def test_command_line_overrides_replace_the_mapped_settings(tmp_path):
     given = ["runner.num_envs=16", "runner.utd_ratio=0.25", "agent.actor_lr=0.001"]
     given.append("agent.init_alpha=0.2")  # a Gaussian key: dropped for ddpl, which lacks it
     for agent in ("gaussian", "ddpl"):
-        values = {"frames": 12000, "settings": "masac"}
+        values = {"frames": 12000, "settings": "masac", "device": "cpu"}
         arguments = peer.marl_diff_arguments(MASAC, agent, 2, 3, values, given, tmp_path / "r")
         assert ("agent.init_alpha=0.2" in arguments) == (agent == "gaussian")
         cfg = compose([a for a in arguments if not a.startswith(("run_dir=", "device="))])
@@ -184,7 +186,7 @@ def test_command_line_overrides_replace_the_mapped_settings(tmp_path):
 def test_own_settings_keep_the_catalog_training_settings_on_benchmarls_task(tmp_path):
     from marl_diff.run import compose
 
-    values = {"frames": 12000, "settings": "own"}
+    values = {"frames": 12000, "settings": "own", "device": "cpu"}
     arguments = peer.marl_diff_arguments(MASAC, "ddpl", 2, 0, values, [], tmp_path / "r")
     cfg = compose([a for a in arguments if not a.startswith(("run_dir=", "device="))])
     catalog_cfg = compose(["scenario=vmas_navigation", "agent=ddpl"])
@@ -305,7 +307,8 @@ def fake_benchmarl(monkeypatch):
         method = args[args.index("--algorithm") + 1]
         return {"settings": {"masac": MASAC, "mappo": MAPPO}[method], "versions": versions}
 
-    def benchmarl(python, method, n, frames, seed, runs, log):
+    def benchmarl(python, method, n, values, seed, runs, log):
+        frames = values["frames"]
         return run_result(method, n, 100.0 * n, [(frames, frames / (100.0 * n), 1.0)])
 
     def marl_diff(masac, method, n, seed, values, passthrough, log):
@@ -360,3 +363,22 @@ def test_report_says_which_settings_the_marl_diff_runs_had(fake_benchmarl, tmp_p
     assert "(`settings=own`: BenchMARL's task only)" in text
     shown = text.split("`python -m marl_diff.run ")[1].split("`")[0]
     assert "runner.eval_every=6000" in shown and "runner.num_envs" not in shown
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")
+def test_cuda_without_a_gpu_stops_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match="no CUDA GPU.*Valid choices here: cpu"):
+        peer.peer(["device=cuda", f"runs={tmp_path}", f"venv={tmp_path / 'no_venv'}"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_device_reaches_both_sides(monkeypatch, tmp_path):
+    """device=cuda puts BenchMARL's sampling, training and buffer on the GPU and marl_diff's
+    run there too, so both sides do the same work on the same device."""
+    values = {"frames": 12000, "settings": "masac", "device": "cuda"}
+    arguments = peer.marl_diff_arguments(MASAC, "ddpl", 2, 0, values, [], tmp_path / "r")
+    assert "device=cuda" in arguments and "device=cpu" not in arguments
+    seen = []
+    monkeypatch.setattr(peer, "_benchmarl_json", lambda python, args, log, what: seen.extend(args))
+    peer._run_benchmarl(Path("python"), "masac", 2, values, 0, tmp_path, tmp_path / "m.log")
+    assert seen[seen.index("--device") + 1] == "cuda"

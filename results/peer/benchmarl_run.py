@@ -10,7 +10,9 @@ experiment/base_experiment.yaml, algorithm/<algorithm>.yaml, task/vmas/navigatio
 model/layers/mlp.yaml for actor and critic) except:
 - `max_n_frames` = --frames;
 - `evaluation_interval` = one collection iteration, so every iteration ends with an evaluation;
-- `loggers` = [csv] (wandb needs a network), `render` = false (no display), and `save_folder`.
+- `loggers` = [csv] (wandb needs a network), `render` = false (no display), and `save_folder`;
+- with `--device cuda`, `sampling_device`, `train_device` and `buffer_device` (BenchMARL's own
+  advice for VMAS on a GPU).
 
 Evaluation returns are taken from the rollouts BenchMARL hands to `Callback.on_evaluation_end`
 (already cut at the first done by its logger), with the logger's own formula: per episode, each
@@ -174,6 +176,9 @@ def run(args: argparse.Namespace) -> dict:
     experiment_cfg.loggers = ["csv"]
     experiment_cfg.render = False
     experiment_cfg.save_folder = str(folder)
+    devices = ("sampling_device", "train_device", "buffer_device")
+    for name in devices:
+        setattr(experiment_cfg, name, args.device)
     recorder = EvalRecorder()
 
     experiment = Experiment(
@@ -208,6 +213,7 @@ def run(args: argparse.Namespace) -> dict:
             "evaluation_interval": per_iter,
             "loggers": ["csv"],
             "render": False,
+            **({name: args.device for name in devices} if args.device != "cpu" else {}),
         },
     }
 
@@ -220,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--folder", default="benchmarl_out")
     parser.add_argument("--out", default="")
+    parser.add_argument("--device", default="cpu", help="sampling, training and buffer device")
     parser.add_argument("--settings-only", action="store_true")
     args = parser.parse_args(argv)
     if args.settings_only:

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# What to measure when a GPU is lent for minutes, most wanted first, each step under its own
+# time limit so that a short lease still brings back the steps that finished:
+#   1. the peer benchmark on the GPU (BenchMARL's MASAC, marl_diff's gaussian and ddpl on VMAS
+#      navigation with 2 agents, MASAC's settings, both sides on the GPU): the target
+#      "ddpl at least 1x MASAC's frames/s" is a GPU target (results/speed.md);
+#   2. the update-cost tables of update_cost.sh, eager first (no compile time), then the
+#      catalog's defaults (compiled chains), VMAS navigation before MaMuJoCo Ant.
+# usage: bash results/gpu/lent_gpu.sh OUT_DIR PEER_VENV
+#   PEER_VENV: a venv whose bin/python imports benchmarl 1.5.2 (`bench peer venv=`).
+# FRAMES (12000: 2 BenchMARL iterations) sets the peer budget; PEER_S and TABLE_S (330, 90)
+# the time limits of the peer step and of each table. On an H200 (results/gpu/README.md) the
+# peer step took about 250 s at 12000 frames (MASAC 77 s, ddpl 83 s, the gaussian about 55 s,
+# reading BenchMARL's defaults 37 s), each table 30-75 s.
+set -uo pipefail
+out=${1:?OUT_DIR}
+venv=${2:?PEER_VENV}
+mkdir -p "$out"
+timeout "${PEER_S:-330}" python -m marl_diff.bench peer device=cuda agents=2 \
+  methods=masac,gaussian,ddpl "frames=${FRAMES:-12000}" "venv=$venv" "runs=$out/peer_runs" \
+  "out=$out/peer_cuda.md" || echo "peer: exit $?"
+bench=(python -m marl_diff.bench update device=cuda updates=10 repeats=7
+       agents=gaussian,ddpl,dacer,qvpo)
+for variant in "eager|agent.compile_chains=false agent.compile_denoiser=false" "defaults|"; do
+  for scenario in "vmas_navigation scenario.n_agents=2" mamujoco_ant_2x4; do
+    # shellcheck disable=SC2086  # the scenario and the setting split into arguments
+    timeout "${TABLE_S:-90}" "${bench[@]}" scenario=$scenario ${variant#*|} \
+      "out=$out/${scenario%% *}_${variant%%|*}.md" >/dev/null || echo "${scenario%% *} ${variant%%|*}: exit $?"
+  done
+done
