@@ -386,6 +386,7 @@ UPDATE_COST_KEYS = (
     "policy_delay",
     "compile_denoiser",
     "compile_chains",
+    "graph_chains",
     "chain_precision",
     "adam_impl",
 )
@@ -413,9 +414,18 @@ def update(args: list[str]) -> str:
         raise ConfigError("batch_size, updates and repeats must be integers") from None
     device = resolve_device(values["device"])
     impls = [impl for impl in values["adam_impls"].split(",") if impl]
+    listed = [a for a in values["agents"].split(",") if a]
+    catalogs = {name: catalog.load("agent", name) for name in listed}
+    for arg in passthrough:
+        key = arg.partition("=")[0]
+        if key.startswith("agent.") and not any(key[6:] in keys for keys in catalogs.values()):
+            known = sorted(set().union(*(set(keys) for keys in catalogs.values())))
+            raise ConfigError(
+                f"unknown key '{key}': none of the agents ({', '.join(listed)}) has it. "
+                f"Valid keys: {choices(known)}"
+            )
     agents, configs = {}, {}
-    for name in (a for a in values["agents"].split(",") if a):
-        keys = catalog.load("agent", name)
+    for name, keys in catalogs.items():
         cfg = compose(
             [
                 f"scenario={values['scenario']}",

@@ -264,6 +264,9 @@ def test_benchmarks_reject_unknown_arguments():
         bench.update(["steps=3"])
     with pytest.raises(ConfigError, match="batch_size, updates and repeats must be integers"):
         bench.update(["updates=many"])
+    # an agent key is applied where an agent has it; one that none has is an error, not ignored
+    with pytest.raises(ConfigError, match="'agent.graph_chain': none of the agents.*graph_chains"):
+        bench.update(["scenario=pendulum", "agents=gaussian,ddpl", "agent.graph_chain=true"])
 
 
 def test_curves_against_wall_time_interpolate_seeds_on_a_shared_range(tmp_path):
