@@ -45,6 +45,10 @@ class DiffusionPolicyConfig(AgentConfig):
     # Only the chains sampled without gradient (acting, candidates, critic-target actions)
     # compiled: on a CPU the same numbers as eager, bit for bit (DiffusionPolicy.compile_chains).
     compile_chains: bool = False
+    # On a CUDA device, those chains captured as CUDA graphs and replayed (one per call shape;
+    # DiffusionPolicy.graph_chains): at RL batch sizes a GPU chain is launch-bound. No effect on
+    # a CPU (DiffusionActorCritic: measured).
+    graph_chains: bool = False
     # The float32 matrix-product precision (`marl_diff.precision`) of the chains sampled without
     # gradient (acting, candidates, critic-target actions); "run": the run's `matmul_precision`.
     # "medium" computes them from bfloat16 inputs on a GPU or a CPU with AMX or AVX512-BF16,
@@ -83,6 +87,7 @@ def make_diffusion_policy(config: DiffusionPolicyConfig, spec: EnvSpec) -> Diffu
         share=config.share_parameters,
         compiled=config.compile_denoiser,
         compile_chains=config.compile_chains,
+        graph_chains=config.graph_chains,
         chain_precision=None if config.chain_precision == "run" else config.chain_precision,
     )
 
@@ -131,6 +136,16 @@ class DiffusionActorCritic(ActorCriticAgent):
     Pendulum learning test, seeds 0-5, -367 against -417 (10 episodes each, the spread of seeds
     is wider). The catalog sets "medium" for ddpl and qvpo. dacer keeps "run": with bfloat16
     chains its multigoal_sql check (seed 0) covered 2 goals instead of 3 (64/35/1%).
+    `graph_chains` replays those chains from CUDA graphs on a GPU, where a chain at these batch
+    sizes is a few hundred small kernels, bound by launches and the Python issuing them. The
+    replayed chain samples what the eager one does from the same generator state
+    (tests/test_cuda_graphs.py, run on an H200). `bench update` on VMAS navigation on an H200
+    (results/gpu/h200/, two runs minutes apart on one machine), ratio to a Gaussian update at
+    the catalog defaults without / with it: ddpl 1.55x / 0.80x, dacer 2.33x / 1.82x, qvpo 2.52x
+    / 1.70x. ddpl at MASAC's peer settings ran 12,000 frames in 67.6 s without graphs and 25.8 s
+    with them, on two H200 machines (results/gpu/README.md). The catalog sets it for ddpl,
+    dacer and qvpo; it does nothing on a CPU. DDiffPG leaves it off, since its per-mode groups
+    change shape from batch to batch.
     """
 
     Config = DiffusionActorConfig

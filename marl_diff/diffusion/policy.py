@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from marl_diff import precision
+from marl_diff.diffusion.cuda_graphs import ChainGraphs
 from marl_diff.diffusion.denoiser import Conditioning, StackedDenoiser
 from marl_diff.diffusion.schedules import NoiseSchedule, make_schedule
 
@@ -40,7 +41,10 @@ class DiffusionPolicy(nn.Module):
     bit with mish, relu, tanh or silu layers (tests/test_diffusion.py, tests/test_nn.py; ELU to
     float rounding), so this changes the speed and nothing that is learned. The gradient chains
     stay eager, since the compiler derives its own backward, another rounding. On a GPU the
-    compiled kernels' transcendentals may round otherwise (not measured).
+    compiled kernels' transcendentals may round otherwise (not measured). `graph_chains`: on a
+    CUDA device those chains (without gradient and without an explicit `generator`) are
+    captured as CUDA graphs, one per call signature, and replayed (`cuda_graphs.ChainGraphs`:
+    a GPU chain at these batch sizes is launch-bound); elsewhere it changes nothing.
     Further keyword arguments (hidden, activation, time_embed_dim, share, compiled) go to
     `StackedDenoiser`.
     """
@@ -55,6 +59,7 @@ class DiffusionPolicy(nn.Module):
         *,
         chain_precision: str | None = None,
         compile_chains: bool = False,
+        graph_chains: bool = False,
         **denoiser_kwargs,
     ):
         super().__init__()
@@ -65,6 +70,8 @@ class DiffusionPolicy(nn.Module):
             )
         self.chain_precision = chain_precision
         self.compile_chains = compile_chains
+        self.graph_chains = graph_chains
+        self.chain_graphs = ChainGraphs()
         self.n_agents, self.obs_dim, self.act_dim = n_agents, obs_dim, act_dim
         self.schedule = schedule if schedule is not None else make_schedule("vp", 20)
         self.denoiser = StackedDenoiser(n_agents, obs_dim, act_dim, **denoiser_kwargs)
@@ -218,6 +225,34 @@ class DiffusionPolicy(nn.Module):
         Applies only when that step adds noise (a stochastic chain of two or more steps).
         """
         self._check_obs(obs)
+        options = dict(
+            deterministic=deterministic,
+            clip_x0=clip_x0,
+            noise_scale=noise_scale,
+            candidates=candidates,
+            steps=steps,
+            eta=eta,
+            shared_start=shared_start,
+        )
+        if self.graph_chains and obs.is_cuda and not grad and generator is None:
+            return self.chain_graphs.replay(self._chain, obs, options)
+        return self._chain(obs, grad=grad, generator=generator, **options)
+
+    def _chain(
+        self,
+        obs: torch.Tensor,
+        *,
+        deterministic: bool,
+        clip_x0: bool,
+        noise_scale: float,
+        candidates: int | None,
+        steps: int | None,
+        eta: float,
+        shared_start: bool,
+        grad: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """`sample`'s reverse chain, run eagerly (or compiled, `compile_chains`)."""
         lead = obs.shape[:-2] if candidates is None else (candidates, *obs.shape[:-2])
         shape = (*lead, self.n_agents, self.act_dim)
         visited = self.chain(steps)
