@@ -5,7 +5,8 @@
 #      navigation with 2 agents, MASAC's settings, both sides on the GPU): the target
 #      "ddpl at least 1x MASAC's frames/s" is a GPU target (results/speed.md);
 #   2. the update-cost tables of update_cost.sh, eager first (no compile time), then the
-#      catalog's defaults (compiled chains), VMAS navigation before MaMuJoCo Ant.
+#      catalog's defaults (chains compiled and replayed from CUDA graphs), VMAS navigation
+#      before MaMuJoCo Ant.
 # usage: bash results/gpu/lent_gpu.sh OUT_DIR PEER_VENV
 #   PEER_VENV: a venv whose bin/python imports benchmarl 1.5.2 (`bench peer venv=`).
 # FRAMES (12000: 2 BenchMARL iterations) sets the peer budget; PEER_S and TABLE_S (330, 90)
@@ -21,7 +22,11 @@ timeout "${PEER_S:-330}" python -m marl_diff.bench peer device=cuda agents=2 \
   "out=$out/peer_cuda.md" || echo "peer: exit $?"
 bench=(python -m marl_diff.bench update device=cuda updates=10 repeats=7
        agents=gaussian,ddpl,dacer,qvpo)
-for variant in "eager|agent.compile_chains=false agent.compile_denoiser=false" "defaults|"; do
+variants=(
+  "eager|agent.compile_chains=false agent.compile_denoiser=false agent.graph_chains=false"
+  "defaults|"
+)
+for variant in "${variants[@]}"; do
   for scenario in "vmas_navigation scenario.n_agents=2" mamujoco_ant_2x4; do
     # shellcheck disable=SC2086  # the scenario and the setting split into arguments
     timeout "${TABLE_S:-90}" "${bench[@]}" scenario=$scenario ${variant#*|} \

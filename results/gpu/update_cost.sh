@@ -3,13 +3,15 @@
 # against the Gaussian update in the same run, one table per scenario and setting (each names
 # the command that made it), for MaMuJoCo Ant 2x4 and VMAS navigation with 2 agents:
 #   defaults               the catalog's (ddpl and qvpo: bfloat16 products in the chains;
-#                          ddpl, dacer and qvpo: the chains without gradient compiled;
-#                          dacer: its whole denoiser compiled)
+#                          ddpl, dacer and qvpo: the chains without gradient compiled and
+#                          replayed from CUDA graphs; dacer: its whole denoiser compiled)
+#   no_graphs              agent.graph_chains=false
 #   float32_chains         agent.chain_precision=run
 #   tf32                   matmul_precision=high (TF32 products everywhere)
 #   adam                   adam_impls=foreach,fused (each agent once per implementation)
 #   compiled_denoiser      agent.compile_denoiser=true
 #   eager                  agent.compile_chains=false agent.compile_denoiser=false
+#                          agent.graph_chains=false
 # usage: bash results/gpu/update_cost.sh [OUT_DIR]   (default results/gpu)
 # DEVICE, UPDATES and REPEATS override cuda, 10 and 7 (DEVICE=cpu UPDATES=1 REPEATS=1 runs the
 # script itself through on a CPU in a few minutes).
@@ -20,11 +22,12 @@ bench=(python -m marl_diff.bench update "device=${DEVICE:-cuda}" "updates=${UPDA
        "repeats=${REPEATS:-7}" agents=gaussian,ddpl,dacer,qvpo)
 variants=(
   "defaults|"
+  "no_graphs|agent.graph_chains=false"
   "float32_chains|agent.chain_precision=run"
   "tf32|matmul_precision=high"
   "adam|adam_impls=foreach,fused"
   "compiled_denoiser|agent.compile_denoiser=true"
-  "eager|agent.compile_chains=false agent.compile_denoiser=false"
+  "eager|agent.compile_chains=false agent.compile_denoiser=false agent.graph_chains=false"
 )
 for scenario in mamujoco_ant_2x4 "vmas_navigation scenario.n_agents=2"; do
   for variant in "${variants[@]}"; do
