@@ -120,6 +120,24 @@ def machine() -> str:
     )
 
 
+def agent_catalogs(names: list[str], overrides: list[str]) -> dict:
+    """Each named agent's catalog settings, after checking the `agent.*` overrides: benchmarks
+    apply one to every agent that has the key, so a key that none has (a typo) is an error,
+    not an override that silently does nothing."""
+    from marl_diff import catalog
+
+    catalogs = {name: catalog.load("agent", name) for name in names}
+    for arg in overrides:
+        key = arg.partition("=")[0]
+        if key.startswith("agent.") and not any(key[6:] in keys for keys in catalogs.values()):
+            known = sorted(set().union(*(set(keys) for keys in catalogs.values())))
+            raise ConfigError(
+                f"unknown key '{key}': none of the agents ({', '.join(names)}) has it. "
+                f"Valid keys: {choices(known)}"
+            )
+    return catalogs
+
+
 def _header(title: str, benchmark: str, args: list[str], device: torch.device, how: str) -> list:
     command = f"python -m marl_diff.bench {benchmark} " + " ".join(shlex.quote(a) for a in args)
     where = str(device)
@@ -399,7 +417,6 @@ def update(args: list[str]) -> str:
     Each agent draws its batch through its own `sample_batch`, as in a run, from a replay
     buffer of the same random transitions: DDiffPG's batch is grouped by behaviour mode and
     carries its improved target actions (before any mode is found: its exploration group)."""
-    from marl_diff import catalog
     from marl_diff.agents import make_agent
     from marl_diff.buffer import Batch, ReplayBuffer
     from marl_diff.envs import make_env
@@ -414,16 +431,7 @@ def update(args: list[str]) -> str:
         raise ConfigError("batch_size, updates and repeats must be integers") from None
     device = resolve_device(values["device"])
     impls = [impl for impl in values["adam_impls"].split(",") if impl]
-    listed = [a for a in values["agents"].split(",") if a]
-    catalogs = {name: catalog.load("agent", name) for name in listed}
-    for arg in passthrough:
-        key = arg.partition("=")[0]
-        if key.startswith("agent.") and not any(key[6:] in keys for keys in catalogs.values()):
-            known = sorted(set().union(*(set(keys) for keys in catalogs.values())))
-            raise ConfigError(
-                f"unknown key '{key}': none of the agents ({', '.join(listed)}) has it. "
-                f"Valid keys: {choices(known)}"
-            )
+    catalogs = agent_catalogs([a for a in values["agents"].split(",") if a], passthrough)
     agents, configs = {}, {}
     for name, keys in catalogs.items():
         cfg = compose(

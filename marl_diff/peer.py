@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from marl_diff.bench import _header, _split, _write
+from marl_diff.bench import _header, _split, _write, agent_catalogs
 from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
 
 PEER_SETTINGS = {
@@ -349,6 +349,7 @@ def _parse(args: list[str]) -> tuple[dict, list[str]]:
         raise ConfigError(
             f"unknown settings '{values['settings']}'. Valid choices: {choices(SETTINGS_MODES)}"
         )
+    agent_catalogs([m for m in methods if m not in BENCHMARL_METHODS], passthrough)
     if values["device"] not in DEVICES:
         raise ConfigError(f"unknown device '{values['device']}'. Valid choices: {choices(DEVICES)}")
     if values["device"] == "cuda" and not torch.cuda.is_available():

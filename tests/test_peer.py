@@ -97,6 +97,12 @@ def test_bad_values_stop_before_anything_runs(arg, tmp_path):
     assert not any(tmp_path.iterdir())  # no venv built, no run folder made
 
 
+def test_an_agent_key_no_marl_diff_method_has_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="'agent.graph_chain': none of the agents \\(ddpl\\)"):
+        peer.peer(["methods=masac,ddpl", "agent.graph_chain=true", f"runs={tmp_path}"])
+    assert not any(tmp_path.iterdir())
+
+
 def test_agent_and_runner_passthrough_is_accepted_by_the_parser():
     args = ["agents=4", "methods=gaussian", "agent.actor_lr=0.001", "runner.num_envs=16"]
     values, passthrough = peer._parse(args)
