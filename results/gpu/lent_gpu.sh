@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What to measure when a GPU is lent for minutes, most wanted first, each step under its own
 # time limit so that a short lease still brings back the steps that finished:
+#   0. the tests that need a GPU (tests/test_cuda_graphs.py: replayed chains against eager);
 #   1. the peer benchmark on the GPU (BenchMARL's MASAC, marl_diff's gaussian and ddpl on VMAS
 #      navigation with 2 agents, MASAC's settings, both sides on the GPU): the target
 #      "ddpl at least 1x MASAC's frames/s" is a GPU target (results/speed.md);
@@ -17,6 +18,8 @@ set -uo pipefail
 out=${1:?OUT_DIR}
 venv=${2:?PEER_VENV}
 mkdir -p "$out"
+timeout 120 python -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py \
+  >"$out/pytest_cuda.txt" 2>&1 || echo "GPU tests: exit $? (see $out/pytest_cuda.txt)"
 timeout "${PEER_S:-330}" python -m marl_diff.bench peer device=cuda agents=2 \
   methods=masac,gaussian,ddpl "frames=${FRAMES:-12000}" "venv=$venv" "runs=$out/peer_runs" \
   "out=$out/peer_cuda.md" || echo "peer: exit $?"
