@@ -7,7 +7,10 @@ import copy
 
 import pytest
 import torch
+from conftest import make_spec
 
+from marl_diff import catalog
+from marl_diff.agents import make_agent
 from marl_diff.diffusion import DiffusionPolicy, make_schedule
 from marl_diff.diffusion.cuda_graphs import MAX_GRAPHS, ChainGraphs
 
@@ -34,6 +37,21 @@ def test_on_a_cpu_graph_chains_samples_what_the_eager_chain_does():
         torch.manual_seed(1)
         assert torch.equal(graphed.sample(obs, **options), a)
     assert not graphed.chain_graphs.graphs
+
+
+@pytest.mark.parametrize(
+    "name, on", [("ddpl", True), ("dacer", True), ("qvpo", True), ("ddiffpg", False)]
+)
+def test_the_catalog_switch_reaches_each_agents_policy(name, on):
+    """The catalog's `graph_chains` (off for DDiffPG, whose per-mode batches change shape) is
+    what the agent's policy and, where there is one, its target copy run with."""
+    config = dict(catalog.load("agent", name), actor_hidden=[8], critic_hidden=[8])
+    assert config["graph_chains"] is on
+    if name == "ddiffpg":
+        config["mode_features"] = [0, 1]  # make_spec's scenario declares none
+    made = make_agent(config, make_spec(), "cpu")
+    policies = [m for m in made.modules() if isinstance(m, DiffusionPolicy)]
+    assert policies and all(p.graph_chains is on for p in policies)
 
 
 def test_past_the_graph_limit_new_shapes_run_eagerly_with_one_warning():
