@@ -71,6 +71,15 @@ def test_past_the_graph_limit_new_shapes_run_eagerly_with_one_warning():
     assert calls == [{"steps": 5}, {"steps": 4}] and len(graphs.graphs) == MAX_GRAPHS
 
 
+def test_a_failed_capture_names_the_switch_that_avoids_it(monkeypatch):
+    def refuse(self, chain, obs, options):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(ChainGraphs, "_capture", refuse)
+    with pytest.raises(RuntimeError, match="not permitted.*agent.graph_chains=false"):
+        ChainGraphs().replay(lambda obs: obs, torch.ones(2, N, OBS), {})
+
+
 @needs_cuda
 def test_a_replayed_chain_samples_what_the_eager_chain_does():
     """Same default-generator seed, same numbers: the graph records the eager kernels and draws

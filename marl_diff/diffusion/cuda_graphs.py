@@ -67,7 +67,13 @@ class ChainGraphs:
                     )
                     self.full = True
                 return chain(obs, **options)
-            self.graphs[key] = self._capture(chain, obs, options)
+            try:
+                self.graphs[key] = self._capture(chain, obs, options)
+            except RuntimeError as err:
+                raise RuntimeError(
+                    f"capturing a diffusion chain as a CUDA graph failed ({err}); "
+                    "agent.graph_chains=false runs the chains eagerly"
+                ) from err
         graph, static_obs, static_out = self.graphs[key]
         static_obs.copy_(obs)
         graph.replay()
