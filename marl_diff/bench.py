@@ -26,12 +26,12 @@ stacked in one policy vs a Python loop over N separate single-agent policies of 
 
 `python -m marl_diff.bench update [scenario=vmas_navigation] [agents=gaussian,ddpl]
 [batch_size=256] [updates=5] [repeats=3] [device=cpu] [host_memory=reuse]
-[matmul_precision=highest] [adam_impls=for_loop,fused] [out=results/update_time.md]
+[matmul_precision=highest] [vary=adam_impl:for_loop,fused] [out=results/update_time.md]
 [scenario.key=value | agent.key=value ...]`: milliseconds per gradient update of each agent on
 random batches of the scenario's shapes, interleaved over the repeats, and each agent's ratio to
 the first; `host_memory` and `matmul_precision` as in `marl_diff.run` (one per process:
-switching it within a process distorted the timings, results/speed.md); `adam_impls` times each
-agent once per `agent.adam_impl` value.
+switching it within a process distorted the timings, results/speed.md); `vary=KEY:V1,V2`
+times each agent once per value of `agent.KEY` (e.g. `vary=compile_update:false,true`).
 
 `python -m marl_diff.bench peer [agents=2,4] [methods=masac,mappo,gaussian,ddpl] ...`:
 BenchMARL's MASAC and MAPPO in their own virtualenv against marl_diff agents on VMAS navigation
@@ -54,6 +54,7 @@ from pathlib import Path
 from statistics import median
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from marl_diff import host_memory, precision
@@ -384,9 +385,8 @@ UPDATE_SETTINGS = {
     "out": "results/update_time.md",
     "host_memory": "reuse",  # as `python -m marl_diff.run` (marl_diff.host_memory)
     "matmul_precision": "highest",  # as `python -m marl_diff.run` (marl_diff.precision)
-    # Comma-separated agent.adam_impl values: each agent once per implementation, interleaved
-    # (empty: the catalog's).
-    "adam_impls": "",
+    # KEY:V1,V2,...: each agent once per value of agent.KEY, interleaved (empty: the catalog's).
+    "vary": "",
 }
 
 
@@ -407,7 +407,21 @@ UPDATE_COST_KEYS = (
     "graph_chains",
     "chain_precision",
     "adam_impl",
+    "compile_update",
 )
+
+
+def _variants(vary: str) -> tuple[str, list[str]]:
+    """`vary=KEY:V1,V2` -> ("KEY", ["V1", "V2"]); empty -> ("", [""]), the catalog's value."""
+    if not vary:
+        return "", [""]
+    key, _, values = vary.partition(":")
+    variants = [value for value in values.split(",") if value]
+    if not key or not variants:
+        raise ConfigError(
+            f"vary must be KEY:VALUE,VALUE,... (e.g. vary=adam_impl:for_loop,fused), not '{vary}'"
+        )
+    return key, variants
 
 
 def update(args: list[str]) -> str:
@@ -430,8 +444,11 @@ def update(args: list[str]) -> str:
     except ValueError:
         raise ConfigError("batch_size, updates and repeats must be integers") from None
     device = resolve_device(values["device"])
-    impls = [impl for impl in values["adam_impls"].split(",") if impl]
-    catalogs = agent_catalogs([a for a in values["agents"].split(",") if a], passthrough)
+    varied, variants = _variants(values["vary"])
+    catalogs = agent_catalogs(
+        [a for a in values["agents"].split(",") if a],
+        [*passthrough, *([f"agent.{varied}="] if varied else [])],
+    )
     agents, configs = {}, {}
     for name, keys in catalogs.items():
         cfg = compose(
@@ -448,11 +465,12 @@ def update(args: list[str]) -> str:
         env = make_env(OmegaConf.to_container(cfg.scenario, resolve=True), 1, device, seed=0)
         spec = env.spec
         env.close()
-        for impl in impls or [None]:
+        for value in variants:
             agent_cfg = OmegaConf.to_container(cfg.agent, resolve=True)
-            if impl:
-                agent_cfg["adam_impl"] = impl
-            row = f"{name}, adam_impl={impl}" if impl else name
+            row = name
+            if varied:
+                agent_cfg[varied] = yaml.safe_load(value)
+                row = f"{name}, {varied}={value}"
             agents[row] = make_agent(agent_cfg, spec, device)
             configs[row] = agent_cfg
     names = list(agents)

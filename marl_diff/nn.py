@@ -293,10 +293,17 @@ _COMPILED: dict[tuple, Callable] = {}
 
 def _compiled_after_first(mlp: StackedMLP) -> Callable:
     if mlp.structure not in _COMPILED:
-        own_code = _after_first.__code__.replace()
-        own = types.FunctionType(own_code, _after_first.__globals__, _after_first.__name__)
-        _COMPILED[mlp.structure] = torch.compile(own, dynamic=True)
+        _COMPILED[mlp.structure] = compile_own_copy(_after_first, dynamic=True)
     return _COMPILED[mlp.structure]
+
+
+def compile_own_copy(fn: Callable, **options) -> Callable:
+    """torch.compile of a private copy of `fn`'s code: Dynamo keeps its graphs, and its limit
+    of 8 per function, on the code object, so the copy's graphs are its own (see `_COMPILED`)."""
+    own = types.FunctionType(
+        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
+    return torch.compile(own, **options)
 
 
 def compiler_available() -> bool:

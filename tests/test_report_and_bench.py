@@ -232,19 +232,28 @@ def test_update_benchmark_times_whole_policy_delay_cycles(tmp_path, monkeypatch)
     assert "policy_delay=2" in [line for line in text.splitlines() if "| dacer" in line][0]
 
 
-def test_update_benchmark_times_each_adam_implementation(tmp_path):
+def test_update_benchmark_times_each_value_of_a_varied_key(tmp_path):
     args = ["scenario=pendulum", "agents=gaussian", "batch_size=8", "updates=1", "repeats=1"]
     text = bench.update(
-        [*args, "adam_impls=for_loop,fused", "agent.actor_hidden=[16,16]", f"out={tmp_path / 'u'}"]
+        [
+            *args,
+            "vary=adam_impl:for_loop,fused",
+            "agent.actor_hidden=[16,16]",
+            f"out={tmp_path / 'u'}",
+        ]
     )
     rows = [line for line in text.splitlines() if line.startswith("| gaussian")]
     assert [row.split(" | ")[0] for row in rows] == [
         "| gaussian, adam_impl=for_loop",
         "| gaussian, adam_impl=fused",
     ]
-    assert "adam_impl=fused |" in rows[1]
+    assert "adam_impl=fused, compile_update=False |" in rows[1]
     with pytest.raises(ConfigError, match="adam_impl must be one of auto, for_loop"):
-        bench.update([*args, "adam_impls=apex", f"out={tmp_path / 'v'}"])
+        bench.update([*args, "vary=adam_impl:apex", f"out={tmp_path / 'v'}"])
+    with pytest.raises(ConfigError, match="unknown key 'agent.adam_impls'"):
+        bench.update([*args, "vary=adam_impls:fused", f"out={tmp_path / 'w'}"])
+    with pytest.raises(ConfigError, match="vary must be KEY:VALUE"):
+        bench.update([*args, "vary=adam_impl", f"out={tmp_path / 'x'}"])
 
 
 def test_machine_line_names_the_cpu_model_and_its_bfloat16_extensions():

@@ -4,7 +4,9 @@ off-policy actor-critic machinery (centralised twin critic, target network, Q_i 
 from __future__ import annotations
 
 import copy
+import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -15,7 +17,7 @@ from marl_diff.agents.networks import CRITIC_REDUCTIONS, CentralCritic, substitu
 from marl_diff.buffer import Batch, ReplayBuffer
 from marl_diff.envs.base import EnvSpec, StepResult
 from marl_diff.errors import ConfigError
-from marl_diff.nn import ACTIVATIONS
+from marl_diff.nn import ACTIVATIONS, compile_own_copy, compiler_available
 
 
 def check_activation(key: str, name: str) -> None:
@@ -187,6 +189,11 @@ class ActorCriticConfig(AgentConfig):
     others_actions: str = "replay"
     policy_delay: int = 1  # actor updates once every `policy_delay` critic updates
     grad_clip: float = 0.0  # 0 = no clipping
+    # torch.compile, each with its backward (`ActorCriticAgent.compiled`): every optimiser step
+    # (clip and Adam), the critic's loss with its target actions where the agent's critic
+    # update is `critic_loss` (all but DTQL's and DDiffPG's), and the actor's loss where the
+    # agent defines one (`actor_loss`: the Gaussian).
+    compile_update: bool = False
 
 
 class ActorCriticAgent(Agent):
@@ -291,7 +298,41 @@ class ActorCriticAgent(Agent):
         super().load_training_state({**state, "modules": modules})
         self.updates = int(state["updates"] if "updates" in state else legacy)
 
+    def compiled(self, method: str) -> Callable:
+        """The bound method `method` (a loss), or with `compile_update` its compiled copy, built
+        at the first call (seconds per graph: 30-50 s for a Gaussian update on a cold inductor
+        cache).
+
+        Eagerly, a Gaussian update at BenchMARL MASAC's settings is about a thousand small ops,
+        and on a CPU half its time goes to dispatching them and to passes over memory between
+        the matmuls; compiled, each loss's forward and backward, and each optimiser step, are a
+        few fused kernels around the matmuls. The gradients are the same function rounded
+        differently, and random draws inside a compiled loss come from the compiler's
+        generator: a seed gives another trajectory than eagerly. Without a C++ compiler the
+        methods run eagerly, with a warning.
+        """
+        if not self.compiles_update:
+            return getattr(self, method)
+        if method not in self._compiled_methods:
+            own = compile_own_copy(getattr(type(self), method))
+            self._compiled_methods[method] = functools.partial(own, self)
+        return self._compiled_methods[method]
+
+    @functools.cached_property
+    def compiles_update(self) -> bool:
+        return self.config.compile_update and compiler_available()
+
+    @functools.cached_property
+    def _compiled_methods(self) -> dict[str, Callable]:
+        return {}
+
     def update_critic(self, batch: Batch) -> dict[str, torch.Tensor]:
+        loss, metrics = self.compiled("critic_loss")(batch)
+        self.step_optimizer("critic", loss, self.critic.parameters())
+        return metrics
+
+    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The TD loss of the critic's members and its metrics."""
         cfg = self.config
         with torch.no_grad():
             next_action, bonus = self.target_action(batch.next_obs, batch.next_state)
@@ -306,21 +347,27 @@ class ActorCriticAgent(Agent):
             target = reward + cfg.gamma * not_done * (next_q + bonus)
         q = self.critic(batch.state, batch.action)
         loss = (q - target).pow(2).flatten(1).mean(-1).sum()
-        self.step_optimizer("critic", loss, self.critic.parameters())
-        return {"loss/critic": loss.detach(), "q/mean": q.mean().detach()}
+        return loss, {"loss/critic": loss.detach(), "q/mean": q.mean().detach()}
 
     def grad_clip_for(self, optimizer: str) -> float:
         """The gradient-norm clip of one optimiser's step (0: none)."""
         return self.config.grad_clip
 
     def step_optimizer(self, name: str, loss: torch.Tensor, params) -> None:
-        opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
+        self.optimizers[name].zero_grad(set_to_none=True)
         loss.backward()
-        clip = self.grad_clip_for(name)
-        if clip > 0:
-            nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
+        self.clip_and_step(name, params)
+
+    def clip_and_step(self, name: str, params) -> None:
+        """Clip the gradients of `params` (`grad_clip_for(name)`) and step optimiser `name`;
+        with `compile_update` compiled, one function per optimiser."""
+        step = _clip_and_step
+        if self.compiles_update:
+            key = f"step:{name}"
+            if key not in self._compiled_methods:
+                self._compiled_methods[key] = compile_own_copy(_clip_and_step)
+            step = self._compiled_methods[key]
+        step(self.optimizers[name], list(params), self.grad_clip_for(name))
 
     @torch.no_grad()
     def soft_update_target(self) -> None:
@@ -363,6 +410,12 @@ class ActorCriticAgent(Agent):
         # [B, 1, S]: each state's share of the critic is computed once, for all its joint actions
         q = critic.value(state[:, None], joint)  # [..., B, N(i)] or, per agent, [..., N(i), N]
         return q.diagonal(dim1=-2, dim2=-1) if critic.per_agent else q
+
+
+def _clip_and_step(optimizer: torch.optim.Optimizer, params: list, clip: float) -> None:
+    if clip > 0:
+        nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
 
 
 def best_candidate(candidates: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -172,7 +172,7 @@ class DACERAgent(DiffusionActorCritic):
         metrics["alpha/mean"] = self.log_alpha.detach().exp().mean()
         return metrics
 
-    def update_critic(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.config
         bound = cfg.td_bound
         with torch.no_grad():
@@ -203,8 +203,7 @@ class DACERAgent(DiffusionActorCritic):
             squared = squared * weight
         nll = std.log() + (mean_d - clipped).square() / (2.0 * std.square())
         loss = (squared + nll).mean(-1).sum()
-        self.step_optimizer("critic", loss, self.critic.parameters())
-        return {
+        return loss, {
             "loss/critic": loss.detach(),
             "q/mean": mean_d.mean(),
             "q/std": std_d.mean(),

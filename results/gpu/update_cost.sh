@@ -8,10 +8,12 @@
 #   no_graphs              agent.graph_chains=false
 #   float32_chains         agent.chain_precision=run
 #   tf32                   matmul_precision=high (TF32 products everywhere)
-#   adam                   adam_impls=foreach,fused (each agent once per implementation)
+#   adam                   vary=adam_impl:foreach,fused (each agent once per implementation)
 #   compiled_denoiser      agent.compile_denoiser=true
 #   eager                  agent.compile_chains=false agent.compile_denoiser=false
 #                          agent.graph_chains=false
+#   compile_update         agent.compile_update=true (the losses and optimiser steps
+#                          compiled; last, being the least tried on a GPU)
 # usage: bash results/gpu/update_cost.sh [OUT_DIR]   (default results/gpu)
 # DEVICE, UPDATES and REPEATS override cuda, 10 and 7 (DEVICE=cpu UPDATES=1 REPEATS=1 runs the
 # script itself through on a CPU in a few minutes).
@@ -25,9 +27,10 @@ variants=(
   "no_graphs|agent.graph_chains=false"
   "float32_chains|agent.chain_precision=run"
   "tf32|matmul_precision=high"
-  "adam|adam_impls=foreach,fused"
+  "adam|vary=adam_impl:foreach,fused"
   "compiled_denoiser|agent.compile_denoiser=true"
   "eager|agent.compile_chains=false agent.compile_denoiser=false agent.graph_chains=false"
+  "compile_update|agent.compile_update=true"
 )
 for scenario in mamujoco_ant_2x4 "vmas_navigation scenario.n_agents=2"; do
   for variant in "${variants[@]}"; do

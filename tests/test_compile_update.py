@@ -1,0 +1,78 @@
+"""`agent.compile_update`: the critic's and the actor's losses and the optimiser steps run as
+torch.compile graphs. The same update rule, so from one state, batch and random draws the
+compiled update lands where the eager one does, to float rounding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_NETS, make_spec
+from test_adam_impl import batch
+
+from marl_diff.agents import make_agent
+from marl_diff.nn import compiler_available
+
+needs_compiler = pytest.mark.skipif(
+    not compiler_available(), reason="torch.compile needs a C++ compiler, none on this machine"
+)
+
+# MASAC's loss (one Q at the fresh joint action), a clipped gradient and a tuned temperature:
+# every optimiser and both losses of the Gaussian agent.
+SETTINGS = {"others_actions": "policy", "grad_clip": 0.5, "auto_alpha": True}
+
+
+def gaussian(compile_update: bool, n_agents: int = 2):
+    torch.manual_seed(0)
+    config = {"name": "gaussian", "algorithm": "gaussian", **TINY_NETS, **SETTINGS}
+    spec = make_spec(n_agents, (3,) * n_agents, (1,) * n_agents)
+    return make_agent({**config, "compile_update": compile_update}, spec, torch.device("cpu"))
+
+
+def updated(agent, updates: int = 3) -> list[dict]:
+    """Metrics of `updates` updates on one batch, drawing the same random numbers whatever
+    ran them (inductor's own generator would draw others)."""
+    torch.manual_seed(1)
+    data = batch(agent.spec, rows=16)
+    with torch._inductor.config.patch(fallback_random=True):
+        return [agent.update(data) for _ in range(updates)]
+
+
+@needs_compiler
+def test_the_compiled_update_lands_where_the_eager_one_does():
+    compiled, eager = gaussian(True), gaussian(False)
+    compiled_metrics, eager_metrics = updated(compiled), updated(eager)
+    assert set(compiled._compiled_methods) == {
+        "critic_loss",
+        "actor_loss",
+        "step:critic",
+        "step:actor",
+        "step:alpha",
+    }
+    for got, want in zip(compiled_metrics, eager_metrics, strict=True):
+        assert got.keys() == want.keys()
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+    moved = False
+    start = gaussian(False).state_dict()
+    for key, want in eager.state_dict().items():
+        torch.testing.assert_close(compiled.state_dict()[key], want, rtol=1e-5, atol=1e-6)
+        moved |= not torch.equal(want, start[key])
+    assert moved  # the updates changed the parameters, so the comparison says something
+    for name, optimizer in eager.optimizers.items():
+        for want, got in zip(
+            optimizer.state.values(), compiled.optimizers[name].state.values(), strict=True
+        ):
+            torch.testing.assert_close(got["exp_avg"], want["exp_avg"], rtol=1e-5, atol=1e-7)
+
+
+def test_eager_by_default_and_without_a_compiler(monkeypatch):
+    agent = gaussian(False)
+    updated(agent, updates=1)
+    assert agent._compiled_methods == {}
+
+    monkeypatch.setenv("CXX", "")
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.warns(UserWarning, match="C.. compiler"):
+        agent = gaussian(True)
+        updated(agent, updates=1)
+    assert agent._compiled_methods == {}
