@@ -10,6 +10,7 @@ from conftest import TINY_NETS, make_spec
 from test_adam_impl import batch
 
 from marl_diff.agents import make_agent
+from marl_diff.buffer import Batch
 from marl_diff.nn import compiler_available
 
 needs_compiler = pytest.mark.skipif(
@@ -21,25 +22,34 @@ needs_compiler = pytest.mark.skipif(
 SETTINGS = {"others_actions": "policy", "grad_clip": 0.5, "auto_alpha": True}
 
 
-def gaussian(compile_update: bool, n_agents: int = 2):
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+    ),
+]
+
+
+def gaussian(compile_update: bool, device: str = "cpu", n_agents: int = 2):
     torch.manual_seed(0)
     config = {"name": "gaussian", "algorithm": "gaussian", **TINY_NETS, **SETTINGS}
     spec = make_spec(n_agents, (3,) * n_agents, (1,) * n_agents)
-    return make_agent({**config, "compile_update": compile_update}, spec, torch.device("cpu"))
+    return make_agent({**config, "compile_update": compile_update}, spec, torch.device(device))
 
 
 def updated(agent, updates: int = 3) -> list[dict]:
     """Metrics of `updates` updates on one batch, drawing the same random numbers whatever
     ran them (inductor's own generator would draw others)."""
     torch.manual_seed(1)
-    data = batch(agent.spec, rows=16)
+    data = Batch(*(field.to(agent.device) for field in batch(agent.spec, rows=16)))
     with torch._inductor.config.patch(fallback_random=True):
         return [agent.update(data) for _ in range(updates)]
 
 
 @needs_compiler
-def test_the_compiled_update_lands_where_the_eager_one_does():
-    compiled, eager = gaussian(True), gaussian(False)
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_compiled_update_lands_where_the_eager_one_does(device):
+    compiled, eager = gaussian(True, device), gaussian(False, device)
     compiled_metrics, eager_metrics = updated(compiled), updated(eager)
     assert set(compiled._compiled_methods) == {
         "critic_loss",
@@ -53,7 +63,7 @@ def test_the_compiled_update_lands_where_the_eager_one_does():
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
     moved = False
-    start = gaussian(False).state_dict()
+    start = gaussian(False, device).state_dict()
     for key, want in eager.state_dict().items():
         torch.testing.assert_close(compiled.state_dict()[key], want, rtol=1e-5, atol=1e-6)
         moved |= not torch.equal(want, start[key])
