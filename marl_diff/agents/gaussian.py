@@ -9,14 +9,14 @@ fresh actions form one joint action and Q is evaluated once (MASAC's loss, `own_
 `compile_update` (catalog: off) runs the critic's loss, the actor's and temperature's loss
 (`actor_loss`) and the three optimiser steps as compiled graphs (`ActorCriticAgent.compiled`).
 At BenchMARL MASAC's settings on VMAS navigation (batch 128, [256, 256] tanh networks, one
-thread of an AMD EPYC, eager and compiled in two processes side by side) an update took 0.80x
-the eager one with 2 agents and 0.85x with 4 (`bench update`); in whole runs side by side an
-iteration of 6,000 frames took 0.82x and 0.91x, and the first iteration took 31-32 s longer
-(compiling on a cold inductor cache), so 60k-frame runs took longer in total (160 s against
-148 s, 200 against 188). It pays past about 70k frames with 2 agents and 120k with 4
-(results/compile_update/). The catalog leaves it off: short runs (the tests, the tour, the
-peer benchmark) lose by it, and the compiled gradients round differently and draw other
-random numbers, so a seed no longer repeats the committed results.
+thread of an AMD EPYC) an update took 0.80x the eager one with 2 agents and 0.85x with 4
+(`bench update`, two processes side by side). Whole runs, one at a time, tell more: an
+iteration of 6,000 frames took 0.91x and 0.90x, and the first one took about 30 s longer
+(compiling on a cold inductor cache). So 60k-frame runs took longer in total (140-151 s
+against 126-127 s; 178-184 s against 167 s), and the switch pays past about 150k frames with 2
+agents and 110k with 4 (results/compile_update/). The catalog leaves it off: short runs (the
+tests, the tour, the peer benchmark) lose by it, and the compiled gradients round differently
+and draw other random numbers, so a seed no longer repeats the committed results.
 """
 
 from __future__ import annotations
