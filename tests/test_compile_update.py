@@ -20,8 +20,8 @@ needs_compiler = pytest.mark.skipif(
 # MASAC's loss (one Q at the fresh joint action), a clipped gradient and a tuned temperature:
 # every optimiser and both losses of the Gaussian agent.
 SETTINGS = {"others_actions": "policy", "grad_clip": 0.5, "auto_alpha": True}
-
-
+# Triton's kernels on a GPU may sum in another order than cuBLAS and eager: a looser match.
+TOLERANCE = {"cpu": {"rtol": 1e-5, "atol": 1e-6}, "cuda": {"rtol": 1e-4, "atol": 1e-5}}
 DEVICES = [
     "cpu",
     pytest.param(
@@ -61,18 +61,19 @@ def test_the_compiled_update_lands_where_the_eager_one_does(device):
     for got, want in zip(compiled_metrics, eager_metrics, strict=True):
         assert got.keys() == want.keys()
         for key in want:
-            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got[key], want[key], **TOLERANCE[device])
     moved = False
     start = gaussian(False, device).state_dict()
     for key, want in eager.state_dict().items():
-        torch.testing.assert_close(compiled.state_dict()[key], want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(compiled.state_dict()[key], want, **TOLERANCE[device])
         moved |= not torch.equal(want, start[key])
     assert moved  # the updates changed the parameters, so the comparison says something
     for name, optimizer in eager.optimizers.items():
         for want, got in zip(
             optimizer.state.values(), compiled.optimizers[name].state.values(), strict=True
         ):
-            torch.testing.assert_close(got["exp_avg"], want["exp_avg"], rtol=1e-5, atol=1e-7)
+            rtol = TOLERANCE[device]["rtol"]
+            torch.testing.assert_close(got["exp_avg"], want["exp_avg"], rtol=rtol, atol=rtol / 100)
 
 
 def test_eager_by_default_and_without_a_compiler(monkeypatch):
