@@ -465,10 +465,11 @@ def update(args: list[str]) -> str:
         env = make_env(OmegaConf.to_container(cfg.scenario, resolve=True), 1, device, seed=0)
         spec = env.spec
         env.close()
-        for value in variants:
+        # like the `agent.*` overrides, `vary` applies to the agents that have the key
+        for value in variants if varied in keys else [""]:
             agent_cfg = OmegaConf.to_container(cfg.agent, resolve=True)
             row = name
-            if varied:
+            if value:
                 agent_cfg[varied] = yaml.safe_load(value)
                 row = f"{name}, {varied}={value}"
             agents[row] = make_agent(agent_cfg, spec, device)

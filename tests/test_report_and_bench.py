@@ -248,6 +248,23 @@ def test_update_benchmark_times_each_value_of_a_varied_key(tmp_path):
         "| gaussian, adam_impl=fused",
     ]
     assert "adam_impl=fused, compile_update=False |" in rows[1]
+    # an agent without the key gets one row, at its catalog's settings
+    text = bench.update(
+        [
+            *args[:1],
+            "agents=gaussian,diffusion_bc",
+            *args[2:],
+            "vary=others_actions:replay,policy",
+            "agent.actor_hidden=[16,16]",
+            f"out={tmp_path / 'bc'}",
+        ]
+    )
+    rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ")][1:]
+    assert rows == [
+        "| gaussian, others_actions=replay",
+        "| gaussian, others_actions=policy",
+        "| diffusion_bc",
+    ]
     with pytest.raises(ConfigError, match="adam_impl must be one of auto, for_loop"):
         bench.update([*args, "vary=adam_impl:apex", f"out={tmp_path / 'v'}"])
     with pytest.raises(ConfigError, match="unknown key 'agent.adam_impls'"):
