@@ -1,12 +1,13 @@
-"""`agent.compile_update`: the critic's and the actor's losses and the optimiser steps run as
-torch.compile graphs. The same update rule, so from one state, batch and random draws the
-compiled update lands where the eager one does, to float rounding."""
+"""`agent.compile_update`: each loss with its gradients, clips and Adam steps as one
+torch.compile graph, and every other optimiser step as a graph of its own. The same update
+rule, so from one state, batch and random draws the compiled update lands where the eager one
+does, to float rounding."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_NETS, make_spec
+from conftest import TINY_AGENTS, TINY_NETS, make_spec
 from test_adam_impl import batch
 
 from marl_diff.agents import make_agent
@@ -30,9 +31,10 @@ DEVICES = [
 ]
 
 
-def gaussian(compile_update: bool, device: str = "cpu", n_agents: int = 2):
+def gaussian(compile_update: bool, device: str = "cpu", n_agents: int = 2, algorithm="gaussian"):
     torch.manual_seed(0)
-    config = {"name": "gaussian", "algorithm": "gaussian", **TINY_NETS, **SETTINGS}
+    config = {"name": algorithm, "algorithm": algorithm, **TINY_NETS, **SETTINGS}
+    config.update(TINY_AGENTS[algorithm])
     spec = make_spec(n_agents, (3,) * n_agents, (1,) * n_agents)
     return make_agent({**config, "compile_update": compile_update}, spec, torch.device(device))
 
@@ -46,24 +48,27 @@ def updated(agent, updates: int = 3) -> list[dict]:
         return [agent.update(data) for _ in range(updates)]
 
 
+# What each agent compiles: the Gaussian's two losses, each with its steps; ddpl's critic loss
+# with its step, and its actor's, temperature's and jitter's steps after its own backward passes.
+COMPILED = {
+    "gaussian": {"critic_loss", "actor_loss"},
+    "ddpl": {"critic_loss", "step:actor", "step:alpha", "step:jitter"},
+}
+
+
 @needs_compiler
+@pytest.mark.parametrize("algorithm", sorted(COMPILED))
 @pytest.mark.parametrize("device", DEVICES)
-def test_the_compiled_update_lands_where_the_eager_one_does(device):
-    compiled, eager = gaussian(True, device), gaussian(False, device)
+def test_the_compiled_update_lands_where_the_eager_one_does(device, algorithm):
+    compiled, eager = (gaussian(flag, device, algorithm=algorithm) for flag in (True, False))
     compiled_metrics, eager_metrics = updated(compiled), updated(eager)
-    assert set(compiled._compiled_methods) == {
-        "critic_loss",
-        "actor_loss",
-        "step:critic",
-        "step:actor",
-        "step:alpha",
-    }
+    assert set(compiled._compiled_functions) == COMPILED[algorithm]
     for got, want in zip(compiled_metrics, eager_metrics, strict=True):
         assert got.keys() == want.keys()
         for key in want:
             torch.testing.assert_close(got[key], want[key], **TOLERANCE[device])
     moved = False
-    start = gaussian(False, device).state_dict()
+    start = gaussian(False, device, algorithm=algorithm).state_dict()
     for key, want in eager.state_dict().items():
         torch.testing.assert_close(compiled.state_dict()[key], want, **TOLERANCE[device])
         moved |= not torch.equal(want, start[key])
@@ -79,11 +84,11 @@ def test_the_compiled_update_lands_where_the_eager_one_does(device):
 def test_eager_by_default_and_without_a_compiler(monkeypatch):
     agent = gaussian(False)
     updated(agent, updates=1)
-    assert agent._compiled_methods == {}
+    assert agent._compiled_functions == {}
 
     monkeypatch.setenv("CXX", "")
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.warns(UserWarning, match="C.. compiler"):
         agent = gaussian(True)
         updated(agent, updates=1)
-    assert agent._compiled_methods == {}
+    assert agent._compiled_functions == {}

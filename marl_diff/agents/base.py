@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.optim.adam import adam as functional_adam
 
 from marl_diff.agents.networks import CRITIC_REDUCTIONS, CentralCritic, substitute_each_agent
 from marl_diff.buffer import Batch, ReplayBuffer
@@ -189,10 +190,10 @@ class ActorCriticConfig(AgentConfig):
     others_actions: str = "replay"
     policy_delay: int = 1  # actor updates once every `policy_delay` critic updates
     grad_clip: float = 0.0  # 0 = no clipping
-    # torch.compile, each with its backward (`ActorCriticAgent.compiled`): every optimiser step
-    # (clip and Adam), the critic's loss with its target actions where the agent's critic
-    # update is `critic_loss` (all but DTQL's and DDiffPG's), and the actor's loss where the
-    # agent defines one (`actor_loss`: the Gaussian).
+    # torch.compile (`ActorCriticAgent.minimize`): the critic's loss with its gradients, clip and
+    # Adam step as one graph where the agent's critic update is `critic_loss` (all but DTQL's
+    # and DDiffPG's), the same for the actor's loss where the agent defines one (`actor_loss`:
+    # the Gaussian), and every other optimiser step as a graph of its own (`clip_and_step`).
     compile_update: bool = False
 
 
@@ -298,38 +299,80 @@ class ActorCriticAgent(Agent):
         super().load_training_state({**state, "modules": modules})
         self.updates = int(state["updates"] if "updates" in state else legacy)
 
-    def compiled(self, method: str) -> Callable:
-        """The bound method `method` (a loss), or with `compile_update` its compiled copy, built
-        at the first call (seconds per graph: 30-50 s for a Gaussian update on a cold inductor
-        cache).
+    def minimize(self, loss: str, batch: Batch, *optimizers: str) -> dict[str, torch.Tensor]:
+        """One step of the named optimisers on the loss method `loss` (`critic_loss`,
+        `actor_loss`: batch -> (loss, metrics)); returns its metrics.
 
-        Eagerly, a Gaussian update at BenchMARL MASAC's settings is about a thousand small ops,
-        and on a CPU half its time goes to dispatching them and to passes over memory between
-        the matmuls; compiled, each loss's forward and backward, and each optimiser step, are a
-        few fused kernels around the matmuls. The gradients are the same function rounded
-        differently, and random draws inside a compiled loss come from the compiler's
-        generator: a seed gives another trajectory than eagerly. Without a C++ compiler the
-        methods run eagerly, with a warning.
+        Eagerly: the loss, one backward, and each optimiser's clip and Adam step. With
+        `compile_update` all of it is one graph (`_minimize`), built at the first call (20-30 s
+        for a Gaussian update on a cold inductor cache, 5-8 s on a warm one). Eagerly, a Gaussian
+        update at BenchMARL MASAC's settings is about a thousand small ops, and on a CPU half
+        of its time goes to dispatching them and to passes over memory between the matmuls;
+        compiled, the loss's forward and backward, the clip and the Adam step are a few fused
+        kernels around the matmuls. The gradients are the same function rounded differently,
+        and random draws inside the loss come from the compiler's generator: a seed gives
+        another trajectory than eagerly. Without a C++ compiler it runs eagerly, with a warning.
         """
-        if not self.compiles_update:
-            return getattr(self, method)
-        if method not in self._compiled_methods:
-            own = compile_own_copy(getattr(type(self), method))
-            self._compiled_methods[method] = functools.partial(own, self)
-        return self._compiled_methods[method]
+        if self.compiles_update:
+            return self._compiled(loss, _minimize)(
+                self, loss, batch, [self._adam_step_inputs(name) for name in optimizers]
+            )
+        value, metrics = getattr(self, loss)(batch)
+        for name in optimizers:
+            self.optimizers[name].zero_grad(set_to_none=True)
+        value.backward()
+        for name in optimizers:
+            self.clip_and_step(name)
+        return metrics
 
     @functools.cached_property
     def compiles_update(self) -> bool:
         return self.config.compile_update and compiler_available()
 
     @functools.cached_property
-    def _compiled_methods(self) -> dict[str, Callable]:
+    def _compiled_functions(self) -> dict[str, Callable]:
         return {}
 
+    def _compiled(self, key: str, function: Callable) -> Callable:
+        """This agent's compiled copy of `function` for `key`, built at its first call: a copy
+        per key keeps each graph, and Dynamo's limit of graphs per function, its own."""
+        if key not in self._compiled_functions:
+            compiled = compile_own_copy(function)
+            # Dynamo traces `torch.autograd.grad` into the graph only with this option
+            self._compiled_functions[key] = torch._dynamo.config.patch(trace_autograd_ops=True)(
+                compiled
+            )
+        return self._compiled_functions[key]
+
+    def _adam_step_inputs(self, name: str) -> tuple:
+        """What the compiled step of optimiser `name` reads and updates: its parameters, its
+        Adam state (created where missing as torch's Adam creates it at its first step;
+        `capturable`'s layout, the step count on the parameters' device, off the CPU), its
+        hyper-parameters and its gradient clip. Rebuilt at every call: loading a checkpoint
+        replaces the state's tensors."""
+        optimizer = self.optimizers[name]
+        (group,) = optimizer.param_groups
+        params = group["params"]
+        capturable = params[0].device.type != "cpu"
+        for param in params:
+            state = optimizer.state[param]
+            if not state:
+                state["step"] = torch.zeros((), device=param.device if capturable else "cpu")
+                for key in ("exp_avg", "exp_avg_sq"):
+                    state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            elif capturable:
+                state["step"] = state["step"].to(param.device)
+        states = [optimizer.state[param] for param in params]
+        return (
+            params,
+            *([state[key] for state in states] for key in ("exp_avg", "exp_avg_sq", "step")),
+            {key: group[key] for key in ("lr", "betas", "eps", "weight_decay", "maximize")},
+            self.grad_clip_for(name),
+            capturable,
+        )
+
     def update_critic(self, batch: Batch) -> dict[str, torch.Tensor]:
-        loss, metrics = self.compiled("critic_loss")(batch)
-        self.step_optimizer("critic", loss, self.critic.parameters())
-        return metrics
+        return self.minimize("critic_loss", batch, "critic")
 
     def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The TD loss of the critic's members and its metrics."""
@@ -353,21 +396,23 @@ class ActorCriticAgent(Agent):
         """The gradient-norm clip of one optimiser's step (0: none)."""
         return self.config.grad_clip
 
-    def step_optimizer(self, name: str, loss: torch.Tensor, params) -> None:
+    def step_optimizer(self, name: str, loss: torch.Tensor) -> None:
+        """A backward of `loss` and optimiser `name`'s clip and step (`clip_and_step`)."""
         self.optimizers[name].zero_grad(set_to_none=True)
         loss.backward()
-        self.clip_and_step(name, params)
+        self.clip_and_step(name)
 
-    def clip_and_step(self, name: str, params) -> None:
-        """Clip the gradients of `params` (`grad_clip_for(name)`) and step optimiser `name`;
-        with `compile_update` compiled, one function per optimiser."""
-        step = _clip_and_step
+    def clip_and_step(self, name: str) -> None:
+        """Clip the gradients of optimiser `name`'s parameters (`grad_clip_for(name)`) and step
+        it; with `compile_update` as one compiled graph per optimiser (`_clip_and_adam`)."""
         if self.compiles_update:
-            key = f"step:{name}"
-            if key not in self._compiled_methods:
-                self._compiled_methods[key] = compile_own_copy(_clip_and_step)
-            step = self._compiled_methods[key]
-        step(self.optimizers[name], list(params), self.grad_clip_for(name))
+            self._compiled(f"step:{name}", _clip_and_adam)(*self._adam_step_inputs(name))
+            return
+        optimizer = self.optimizers[name]
+        clip = self.grad_clip_for(name)
+        if clip > 0:
+            nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], clip)
+        optimizer.step()
 
     @torch.no_grad()
     def soft_update_target(self) -> None:
@@ -412,10 +457,58 @@ class ActorCriticAgent(Agent):
         return q.diagonal(dim1=-2, dim2=-1) if critic.per_agent else q
 
 
-def _clip_and_step(optimizer: torch.optim.Optimizer, params: list, clip: float) -> None:
+def _minimize(agent: ActorCriticAgent, loss: str, batch: Batch, steps: list[tuple]) -> dict:
+    """`ActorCriticAgent.minimize` as one graph: the loss, its gradients for the optimisers'
+    parameters (None, as after an eager backward, for those it does not reach), and each
+    optimiser's `_clip_and_adam`. torch's `Optimizer.step` breaks a graph on purpose, so the
+    step is torch's functional Adam on the optimiser's own state tensors."""
+    value, metrics = getattr(agent, loss)(batch)
+    params = [param for step in steps for param in step[0]]
+    grads = torch.autograd.grad(value, params, allow_unused=True)
+    for param, grad in zip(params, grads, strict=True):
+        param.grad = grad
+    for step in steps:
+        _clip_and_adam(*step)
+    return metrics
+
+
+def _clip_and_adam(
+    params: list,
+    exp_avgs: list,
+    exp_avg_sqs: list,
+    step_counts: list,
+    hyper: dict,
+    clip: float,
+    capturable: bool,
+) -> None:
+    """Clip `params`' gradients to norm `clip` (0: no clip) and take torch's Adam step from
+    them, skipping parameters without a gradient as `Adam.step` does (the agents' Adam: no
+    amsgrad)."""
+    stepped = [i for i, param in enumerate(params) if param.grad is not None]
+    params, exp_avgs, exp_avg_sqs, step_counts = (
+        [values[i] for i in stepped] for values in (params, exp_avgs, exp_avg_sqs, step_counts)
+    )
     if clip > 0:
         nn.utils.clip_grad_norm_(params, clip)
-    optimizer.step()
+    beta1, beta2 = hyper["betas"]
+    with torch.no_grad():
+        functional_adam(
+            params,
+            [param.grad for param in params],
+            exp_avgs,
+            exp_avg_sqs,
+            [],  # amsgrad's maxima
+            step_counts,
+            foreach=False,
+            capturable=capturable,
+            amsgrad=False,
+            beta1=beta1,
+            beta2=beta2,
+            lr=hyper["lr"],
+            weight_decay=hyper["weight_decay"],
+            eps=hyper["eps"],
+            maximize=hyper["maximize"],
+        )
 
 
 def best_candidate(candidates: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -146,13 +146,5 @@ class GaussianAgent(ActorCriticAgent):
         return actor_loss + alpha_loss, metrics
 
     def update_actor(self, batch: Batch) -> dict[str, torch.Tensor]:
-        loss, metrics = self.compiled("actor_loss")(batch)
-        stepped = {"actor": self.policy.parameters()}
-        if self.config.auto_alpha:
-            stepped["alpha"] = [self.log_alpha]
-        for name in stepped:
-            self.optimizers[name].zero_grad(set_to_none=True)
-        loss.backward()
-        for name, params in stepped.items():
-            self.clip_and_step(name, params)
-        return metrics
+        stepped = ("actor", "alpha") if self.config.auto_alpha else ("actor",)
+        return self.minimize("actor_loss", batch, *stepped)
