@@ -304,14 +304,16 @@ class ActorCriticAgent(Agent):
         `actor_loss`: batch -> (loss, metrics)); returns its metrics.
 
         Eagerly: the loss, one backward, and each optimiser's clip and Adam step. With
-        `compile_update` all of it is one graph (`_minimize`), built at the first call (20-30 s
-        for a Gaussian update on a cold inductor cache, 5-8 s on a warm one). Eagerly, a Gaussian
-        update at BenchMARL MASAC's settings is about a thousand small ops, and on a CPU half
-        of its time goes to dispatching them and to passes over memory between the matmuls;
-        compiled, the loss's forward and backward, the clip and the Adam step are a few fused
-        kernels around the matmuls. The gradients are the same function rounded differently,
-        and random draws inside the loss come from the compiler's generator: a seed gives
-        another trajectory than eagerly. Without a C++ compiler it runs eagerly, with a warning.
+        `compile_update` all of it is one compiled function (`_minimize`), one graph where the
+        loss traces whole (the Gaussian's two; a diffusion policy's sampled chain splits its
+        critic's), built at the first call: about 20 s for a Gaussian update on a cold inductor
+        cache, about 8 s on a warm one. Eagerly, a Gaussian update at BenchMARL MASAC's
+        settings is about a thousand small ops, and on a CPU half of its time goes to
+        dispatching them and to passes over memory between the matmuls; compiled, the loss's
+        forward and backward, the clip and the Adam step are a few fused kernels around the
+        matmuls. The gradients are the same function rounded differently, and random draws
+        inside the loss come from the compiler's generator: a seed gives another trajectory
+        than eagerly. Without a C++ compiler it runs eagerly, with a warning.
         """
         if self.compiles_update:
             return self._compiled(loss, _minimize)(

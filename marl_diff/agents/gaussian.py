@@ -6,19 +6,21 @@ order as HASAC does; with `others_actions=replay` each agent's Q_i uses the othe
 replayed actions, which is the HASAC objective for one agent at a time; with `policy` all agents'
 fresh actions form one joint action and Q is evaluated once (MASAC's loss, `own_q_sum`).
 
-`compile_update` (catalog: off) runs the critic's loss, the actor's and temperature's loss
-(`actor_loss`) and the three optimiser steps as compiled graphs (`ActorCriticAgent.compiled`).
-At BenchMARL MASAC's settings on VMAS navigation (batch 128, [256, 256] tanh networks, one
-thread of an AMD EPYC) an update took 0.80x the eager one with 2 agents and 0.85x with 4
-(`bench update`, two processes side by side). Whole runs, one at a time, tell more: an
-iteration of 6,000 frames took 0.91x and 0.90x, and the first one took about 30 s longer
-(compiling on a cold inductor cache). So 60k-frame runs took longer in total (140-151 s
-against 126-127 s; 178-184 s against 167 s), and the switch pays past about 150k frames with 2
-agents and 110k with 4. It learned as eagerly at the study's settings on BenchMARL's task (3
-seeds, best evaluations 0.88 against 0.89; results/compile_update/). The catalog leaves it
-off: short runs (the tests, the tour, the peer benchmark) lose by it, and the compiled
-gradients round differently and draw other random numbers, so a seed no longer repeats the
-committed results.
+`compile_update` (catalog: off) makes each of its two losses (the critic's; the actor's and
+temperature's, `actor_loss`), with its gradients, clips and Adam steps, one compiled graph
+(`ActorCriticAgent.minimize`). At BenchMARL MASAC's settings on VMAS navigation (batch 128,
+[256, 256] tanh networks, one thread of an AMD EPYC) an update took 0.63x the eager one with 2
+agents and 0.67x with 4 (`bench update`, interleaved). In whole 60k-frame runs an iteration
+of 6,000 frames took 0.75-0.78x the eager one, and the first one 20-26 s longer on a cold
+inductor cache (about 8 s on a warm one), so the runs ended at or before eager ones: 112 and
+129 s against 122 and 140 s with 2 agents, 172 and 175 s against 203 and 174 s with 4 (alone,
+in the order eager, compiled, compiled, eager). The peer benchmark with the switch
+read 1.75x MASAC's frames/s (2 agents) and 1.61x (4) on a cold cache, 2.03x and 1.94x on a
+warm one (results/compile_update/). At the study's settings on BenchMARL's task (3 seeds) its
+final evaluations, 0.76-0.85, fell within the eager runs' 0.78-0.88. The catalog leaves it
+off: the compiled gradients round differently and draw other random numbers, so a seed no
+longer repeats the committed results, and the tests' and the tour's short runs would spend
+more on compiling than they save.
 """
 
 from __future__ import annotations
