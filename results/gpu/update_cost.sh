@@ -12,8 +12,8 @@
 #   compiled_denoiser      agent.compile_denoiser=true
 #   eager                  agent.compile_chains=false agent.compile_denoiser=false
 #                          agent.graph_chains=false
-#   compile_update         agent.compile_update=true (the losses and optimiser steps
-#                          compiled; last, being the least tried on a GPU)
+#   compile_update         agent.compile_update=true (each loss with its steps one compiled
+#                          graph; last, being the least tried on a GPU)
 # usage: bash results/gpu/update_cost.sh [OUT_DIR]   (default results/gpu)
 # DEVICE, UPDATES and REPEATS override cuda, 10 and 7 (DEVICE=cpu UPDATES=1 REPEATS=1 runs the
 # script itself through on a CPU in a few minutes).
