@@ -5,6 +5,8 @@ does, to float rounding."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import TINY_AGENTS, TINY_NETS, make_spec
@@ -92,3 +94,23 @@ def test_eager_by_default_and_without_a_compiler(monkeypatch):
         agent = gaussian(True)
         updated(agent, updates=1)
     assert agent._compiled_functions == {}
+
+
+@needs_compiler
+def test_a_compiled_agent_resumes_an_eager_checkpoint_where_eager_goes_on():
+    """The compiled steps read the optimisers' loaded state (moments and step counts), so a
+    run resumed with the switch continues as the eager run does."""
+    eager = gaussian(False)
+    updated(eager, updates=2)
+    resumed = gaussian(True)
+    # a copy, as a checkpoint on disk is: Adam's load_state_dict keeps the tensors it is given
+    resumed.load_training_state(copy.deepcopy(eager.training_state()))
+    for got, want in zip(updated(resumed, updates=2), updated(eager, updates=2), strict=True):
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], **TOLERANCE["cpu"])
+    for name, optimizer in eager.optimizers.items():
+        for want, got in zip(
+            optimizer.state.values(), resumed.optimizers[name].state.values(), strict=True
+        ):
+            assert got["step"].item() == want["step"].item() == 4
+            torch.testing.assert_close(got["exp_avg_sq"], want["exp_avg_sq"], rtol=1e-5, atol=0)
