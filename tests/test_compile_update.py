@@ -21,7 +21,7 @@ needs_compiler = pytest.mark.skipif(
 )
 
 # MASAC's loss (one Q at the fresh joint action), a clipped gradient and a tuned temperature:
-# every optimiser and both losses of the Gaussian agent.
+# every optimiser and both losses of the Gaussian agent (ddpl: its temperature and jitter too).
 SETTINGS = {"others_actions": "policy", "grad_clip": 0.5, "auto_alpha": True}
 # Triton's kernels on a GPU may sum in another order than cuBLAS and eager: a looser match.
 TOLERANCE = {"cpu": {"rtol": 1e-5, "atol": 1e-6}, "cuda": {"rtol": 1e-4, "atol": 1e-5}}
@@ -33,12 +33,13 @@ DEVICES = [
 ]
 
 
-def gaussian(compile_update: bool, device: str = "cpu", n_agents: int = 2, algorithm="gaussian"):
+def tiny_agent(compile_update: bool, device: str = "cpu", algorithm: str = "gaussian"):
+    """Two agents of `algorithm` at the suite's tiny settings with SETTINGS on top."""
     torch.manual_seed(0)
-    config = {"name": algorithm, "algorithm": algorithm, **TINY_NETS, **SETTINGS}
-    config.update(TINY_AGENTS[algorithm])
-    spec = make_spec(n_agents, (3,) * n_agents, (1,) * n_agents)
-    return make_agent({**config, "compile_update": compile_update}, spec, torch.device(device))
+    config = {"name": algorithm, "algorithm": algorithm, **TINY_NETS, **TINY_AGENTS[algorithm]}
+    spec = make_spec(2, (3, 3), (1, 1))
+    settings = {**config, **SETTINGS, "compile_update": compile_update}
+    return make_agent(settings, spec, torch.device(device))
 
 
 def updated(agent, updates: int = 3) -> list[dict]:
@@ -62,7 +63,7 @@ COMPILED = {
 @pytest.mark.parametrize("algorithm", sorted(COMPILED))
 @pytest.mark.parametrize("device", DEVICES)
 def test_the_compiled_update_lands_where_the_eager_one_does(device, algorithm):
-    compiled, eager = (gaussian(flag, device, algorithm=algorithm) for flag in (True, False))
+    compiled, eager = (tiny_agent(flag, device, algorithm=algorithm) for flag in (True, False))
     compiled_metrics, eager_metrics = updated(compiled), updated(eager)
     assert set(compiled._compiled_functions) == COMPILED[algorithm]
     for got, want in zip(compiled_metrics, eager_metrics, strict=True):
@@ -70,7 +71,7 @@ def test_the_compiled_update_lands_where_the_eager_one_does(device, algorithm):
         for key in want:
             torch.testing.assert_close(got[key], want[key], **TOLERANCE[device])
     moved = False
-    start = gaussian(False, device, algorithm=algorithm).state_dict()
+    start = tiny_agent(False, device, algorithm=algorithm).state_dict()
     for key, want in eager.state_dict().items():
         torch.testing.assert_close(compiled.state_dict()[key], want, **TOLERANCE[device])
         moved |= not torch.equal(want, start[key])
@@ -84,14 +85,14 @@ def test_the_compiled_update_lands_where_the_eager_one_does(device, algorithm):
 
 
 def test_eager_by_default_and_without_a_compiler(monkeypatch):
-    agent = gaussian(False)
+    agent = tiny_agent(False)
     updated(agent, updates=1)
     assert agent._compiled_functions == {}
 
     monkeypatch.setenv("CXX", "")
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.warns(UserWarning, match="C.. compiler"):
-        agent = gaussian(True)
+        agent = tiny_agent(True)
         updated(agent, updates=1)
     assert agent._compiled_functions == {}
 
@@ -100,9 +101,9 @@ def test_eager_by_default_and_without_a_compiler(monkeypatch):
 def test_a_compiled_agent_resumes_an_eager_checkpoint_where_eager_goes_on():
     """The compiled steps read the optimisers' loaded state (moments and step counts), so a
     run resumed with the switch continues as the eager run does."""
-    eager = gaussian(False)
+    eager = tiny_agent(False)
     updated(eager, updates=2)
-    resumed = gaussian(True)
+    resumed = tiny_agent(True)
     # a copy, as a checkpoint on disk is: Adam's load_state_dict keeps the tensors it is given
     resumed.load_training_state(copy.deepcopy(eager.training_state()))
     for got, want in zip(updated(resumed, updates=2), updated(eager, updates=2), strict=True):
