@@ -307,7 +307,7 @@ class ActorCriticAgent(Agent):
         `compile_update` all of it is one compiled function (`_minimize`), one graph where the
         loss traces whole (the Gaussian's two; a diffusion policy's sampled chain splits its
         critic's), built at the first call: about 20 s for a Gaussian update on a cold inductor
-        cache, about 8 s on a warm one. Eagerly, a Gaussian update at BenchMARL MASAC's
+        cache, 5-8 s on a warm one. Eagerly, a Gaussian update at BenchMARL MASAC's
         settings is about a thousand small ops, and on a CPU half of its time goes to
         dispatching them and to passes over memory between the matmuls; compiled, the loss's
         forward and backward, the clip and the Adam step are a few fused kernels around the
