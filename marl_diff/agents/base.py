@@ -320,11 +320,7 @@ class ActorCriticAgent(Agent):
                 self, loss, batch, [self._adam_step_inputs(name) for name in optimizers]
             )
         value, metrics = getattr(self, loss)(batch)
-        for name in optimizers:
-            self.optimizers[name].zero_grad(set_to_none=True)
-        value.backward()
-        for name in optimizers:
-            self.clip_and_step(name)
+        self.step_optimizer(value, *optimizers)
         return metrics
 
     @functools.cached_property
@@ -398,11 +394,13 @@ class ActorCriticAgent(Agent):
         """The gradient-norm clip of one optimiser's step (0: none)."""
         return self.config.grad_clip
 
-    def step_optimizer(self, name: str, loss: torch.Tensor) -> None:
-        """A backward of `loss` and optimiser `name`'s clip and step (`clip_and_step`)."""
-        self.optimizers[name].zero_grad(set_to_none=True)
+    def step_optimizer(self, loss: torch.Tensor, *optimizers: str) -> None:
+        """One backward of `loss`, then each named optimiser's clip and step (`clip_and_step`)."""
+        for name in optimizers:
+            self.optimizers[name].zero_grad(set_to_none=True)
         loss.backward()
-        self.clip_and_step(name)
+        for name in optimizers:
+            self.clip_and_step(name)
 
     def clip_and_step(self, name: str) -> None:
         """Clip the gradients of optimiser `name`'s parameters (`grad_clip_for(name)`) and step

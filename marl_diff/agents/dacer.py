@@ -213,7 +213,7 @@ class DACERAgent(DiffusionActorCritic):
         batch = self.actor_batch(batch)
         action = self.policy.sample(batch.obs, grad=True, **self.chain_options())
         loss = -self.own_q_sum(batch, action).mean()
-        self.step_optimizer("actor", loss)
+        self.step_optimizer(loss, "actor")
         return {"loss/actor": loss.detach()}
 
     @torch.no_grad()
@@ -235,6 +235,6 @@ class DACERAgent(DiffusionActorCritic):
         metrics = {"policy/entropy": entropy.mean()}
         if self.config.auto_alpha:
             alpha_loss = -(self.log_alpha * (self.target_entropy - entropy)).sum()
-            self.step_optimizer("alpha", alpha_loss)
+            self.step_optimizer(alpha_loss, "alpha")
             metrics["loss/alpha"] = alpha_loss.detach()
         return metrics

@@ -477,7 +477,7 @@ class DDiffPGAgent(ActorCriticAgent):
         logits = self.critic.grouped_heads(t.state, t.action, per_group)  # [G, K, b, atoms]
         cross_entropy = -(target[:, None] * logits.log_softmax(-1)).sum(-1)
         loss = cross_entropy.mean(-1).sum()
-        self.step_optimizer("critic", loss)
+        self.step_optimizer(loss, "critic")
         q = logits.detach().softmax(-1) @ self.support
         metrics = {"loss/critic": loss.detach(), "q/mean": q.mean().detach()}
         metrics["reward/intrinsic"] = intrinsic.mean().detach()
@@ -494,7 +494,7 @@ class DDiffPGAgent(ActorCriticAgent):
         batch.buffer.extras["improved"][batch.slots, group] = True
         obs = self._with_embedding(t.obs, group)
         loss = self.policy.dsm_loss(targets, obs).mean((0, 1)).sum()
-        self.step_optimizer("actor", loss)
+        self.step_optimizer(loss, "actor")
         moved = (targets - t.action).square().sum((-2, -1)).sqrt().mean()
         return {"loss/actor": loss.detach(), "targets/distance_from_executed": moved.detach()}
 

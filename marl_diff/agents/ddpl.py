@@ -207,7 +207,7 @@ class DDPLAgent(DiffusionActorCritic):
             )
             weights = self.importance_weights(q, inverse_density)
         loss = (weights * self.policy.dsm_loss(candidates, batch.obs)).sum(0).mean(0).sum()
-        self.step_optimizer("actor", loss)
+        self.step_optimizer(loss, "actor")
 
         ess = weights.sum(0).square() / weights.square().sum(0).clamp_min(1e-12)  # [B, N]
         metrics = {
@@ -221,10 +221,10 @@ class DDPLAgent(DiffusionActorCritic):
             shortfall = self.target_entropy - entropy  # > 0: raise alpha and the jitter
             if cfg.auto_alpha:
                 alpha_loss = -(self.log_alpha * shortfall).sum()
-                self.step_optimizer("alpha", alpha_loss)
+                self.step_optimizer(alpha_loss, "alpha")
                 metrics["loss/alpha"] = alpha_loss.detach()
             if cfg.jitter:
-                self.step_optimizer("jitter", -(self.log_jitter * shortfall).sum())
+                self.step_optimizer(-(self.log_jitter * shortfall).sum(), "jitter")
                 metrics["issm/jitter"] = self.log_jitter.exp().mean().detach()
         if cfg.proposal == "lagged" and (self.updates + 1) % cfg.lag_updates == 0:
             self.old_policy.load_state_dict(self.policy.state_dict())

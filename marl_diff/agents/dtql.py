@@ -137,14 +137,14 @@ class DTQLAgent(ActorCriticAgent):
             q_data = self.critic_target.value(batch.state, batch.action)
         v = self.value(batch.state)[0, :, 0]
         value_loss = expectile_loss(q_data - v, cfg.expectile).mean()
-        self.step_optimizer("value", value_loss)
+        self.step_optimizer(value_loss, "value")
         with torch.no_grad():
             next_v = self.value(batch.next_state)[0, :, 0]
             team_reward = batch.reward.mean(-1) * cfg.reward_scale
             target = team_reward + cfg.gamma * (1.0 - batch.terminated) * next_v
         q = self.critic(batch.state, batch.action)  # [K, B]
         loss = (q - target).pow(2).mean(-1).sum()
-        self.step_optimizer("critic", loss)
+        self.step_optimizer(loss, "critic")
         return {
             "loss/critic": loss.detach(),
             "loss/value": value_loss.detach(),
@@ -157,7 +157,7 @@ class DTQLAgent(ActorCriticAgent):
         metrics = {}
         if pretraining or cfg.bc_after_pretrain:
             bc_loss = self.behaviour.dsm_loss(batch.action, batch.obs).mean(0).sum()
-            self.step_optimizer("behaviour", bc_loss)
+            self.step_optimizer(bc_loss, "behaviour")
             metrics["loss/behaviour"] = bc_loss.detach()
         if pretraining:
             return metrics
@@ -170,6 +170,6 @@ class DTQLAgent(ActorCriticAgent):
         if cfg.nll_weight > 0:
             nll = -self.policy.log_prob(batch.obs, batch.action).mean(0).sum()
             loss = loss + cfg.nll_weight * nll
-        self.step_optimizer("actor", loss)
+        self.step_optimizer(loss, "actor")
         metrics.update({"loss/actor": loss.detach(), "loss/trust": trust.detach()})
         return metrics

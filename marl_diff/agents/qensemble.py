@@ -206,7 +206,7 @@ class QEnsembleAgent(ActorCriticAgent):
         cfg = self.config
         terms = self.actor_terms(batch)
         loss = terms["bc"] + cfg.eta * terms["q_loss"] + cfg.entropy_weight * terms["entropy_loss"]
-        self.step_optimizer("actor", loss)
+        self.step_optimizer(loss, "actor")
         metrics = {
             "loss/actor": loss.detach(),
             "loss/bc": terms["bc"].detach(),

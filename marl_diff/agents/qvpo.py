@@ -210,7 +210,7 @@ class QVPOAgent(DiffusionActorCritic):
         actions, weights, metrics = self.training_set(batch)
         dsm = self.policy.dsm_loss(actions, batch.obs)  # [K, B, N]
         loss = (weights * dsm).sum(0).mean(0).sum()
-        self.step_optimizer("actor", loss)
+        self.step_optimizer(loss, "actor")
         metrics["loss/actor"] = loss.detach()
         return metrics
 
