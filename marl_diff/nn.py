@@ -134,6 +134,11 @@ class Tanh(nn.Module):
         self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # Plain operations, the backward left to the compiler: a custom autograd.Function
+            # in a graph keeps AOTAutograd from caching it, so every run would redo that
+            # compile.
+            return x.mul(2.0).sigmoid().mul(2.0).sub(1.0)
         if torch.is_grad_enabled() and x.requires_grad:
             return _TanhFunction.apply(x)
         return _tanh_from_sigmoid(x, self.inplace)

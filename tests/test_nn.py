@@ -56,6 +56,25 @@ def test_tanh_gradient_is_one_minus_output_squared():
     torch.testing.assert_close(grad, 1 - torch.tanh(x32.detach()) ** 2, atol=5e-7, rtol=0)
 
 
+def test_traced_tanh_is_plain_operations_with_the_eager_values_and_gradient():
+    """Under torch.compile, Tanh is traced as ordinary operations: a custom autograd.Function
+    in a graph keeps AOTAutograd's cache from storing it, so a compiled update would be
+    compiled afresh in every run."""
+    graphs = []
+
+    def record(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    x = (torch.randn(3, 50) * 3).requires_grad_(True)
+    traced = torch.compile(Tanh(), backend=record, fullgraph=True)(x)
+    targets = {str(node.target) for graph in graphs for node in graph.graph.nodes}
+    assert not any("autograd_function" in target for target in targets), targets
+    torch.testing.assert_close(traced, Tanh()(x), atol=2.5e-7, rtol=0)
+    (grad,) = torch.autograd.grad(traced.sum(), x)
+    torch.testing.assert_close(grad, 1 - torch.tanh(x.detach()) ** 2, atol=5e-7, rtol=0)
+
+
 def test_mish_by_chunks_is_the_whole_tensor_formula_bit_for_bit():
     """Large tensors are worked a chunk at a time, and the activations of a network in place:
     the numbers must be those of the formula on the whole tensor, across chunk edges and a
