@@ -12,11 +12,11 @@ temperature's, `actor_loss`), with its gradients, clips and Adam steps, one comp
 [256, 256] tanh networks, one thread of an AMD EPYC) an update took 0.63x the eager one with 2
 agents and 0.67x with 4 (`bench update`, interleaved). In whole 60k-frame runs an iteration of
 6,000 frames took 0.75-0.78x the eager one, and the first one 20-26 s longer on a cold inductor
-cache (5-8 s on a warm one), so the runs ended at or before eager ones: 112 and 129 s against
+cache (about 4 s on a warm one), so the runs ended at or before eager ones: 112 and 129 s against
 122 and 140 s with 2 agents, 172 and 175 s against 203 and 174 s with 4 (alone, in the order
 eager, compiled, compiled, eager). The peer benchmark with the switch read 1.75x MASAC's
-frames/s (2 agents) and 1.61x (4) on a cold cache, 2.03-2.12x and 1.83-1.94x on a warm one (two
-runs, both orders; results/compile_update/). At the study's settings on BenchMARL's task (3
+frames/s (2 agents) and 1.61x (4) on a cold cache, 2.03-2.12x and 1.83-1.96x on a warm one (two
+or four runs, both orders; results/compile_update/). At the study's settings on BenchMARL's task (3
 seeds) its final evaluations, 0.76-0.85, fell within the eager runs' 0.78-0.88. The catalog
 leaves it off: the compiled gradients round differently and draw other random numbers, so a
 seed no longer repeats the committed results, and the tests' and the tour's short runs would
