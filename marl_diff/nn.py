@@ -137,7 +137,7 @@ class Tanh(nn.Module):
         if torch.compiler.is_compiling():
             # Plain operations, the backward left to the compiler: a custom autograd.Function
             # in a graph keeps AOTAutograd from caching it, so every run would redo that
-            # compile.
+            # compile. Out of place, unlike `_tanh_from_sigmoid`: the backward reads the sigmoid.
             return x.mul(2.0).sigmoid().mul(2.0).sub(1.0)
         if torch.is_grad_enabled() and x.requires_grad:
             return _TanhFunction.apply(x)
