@@ -127,6 +127,7 @@ def marl_diff_overrides(
         *task_overrides(settings, n_agents),
         f"runner.num_envs={settings['n_envs']}",
         f"runner.utd_ratio={settings['updates_per_iteration'] / frames_per_iter!r}",
+        f"runner.update_every={frames_per_iter}",  # collect an iteration, then its updates
         f"runner.batch_size={settings['minibatch_size']}",
         f"runner.buffer_size={settings['buffer_size']}",
         f"runner.warmup_steps={settings['prefill_frames']}",  # 0: the policy acts from step 0
@@ -633,10 +634,10 @@ def _marl_diff_settings(values, masac, passthrough, run_bm) -> list[str]:
             "frames per iteration), minibatch, buffer, no random prefill "
             "(runner.warmup_steps=0; updates start once the buffer holds one minibatch), "
             "widths, lr, gamma, tau, grad-norm clip, parameter sharing and the evaluation "
-            "episodes. Not mapped: Adam eps (BenchMARL 1e-6, marl_diff torch's 1e-8), "
-            "BenchMARL's std mapping (biased softplus) and its schedule of collecting a whole "
-            "iteration and then doing all its updates (marl_diff interleaves them at the same "
-            "ratio). Equal already: twin Q networks (num_qvalue_nets=2), target entropy "
+            "episodes, and its schedule: a whole iteration collected, then all its updates "
+            "(runner.update_every = frames per iteration). Not mapped: Adam eps (BenchMARL "
+            "1e-6, marl_diff torch's 1e-8) and BenchMARL's std mapping (biased softplus). "
+            "Equal already: twin Q networks (num_qvalue_nets=2), target entropy "
             "-act_dim per agent ('auto'), centralised critic. gaussian takes MASAC's actor "
             "loss: Q once at the joint action sampled afresh for all agents "
             "(`agent.others_actions=policy`, marl_diff's default being HASAC's replayed "

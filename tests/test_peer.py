@@ -124,6 +124,7 @@ def test_masac_settings_map_onto_marl_diff_overrides():
     assert got["scenario.kwargs.lidar_range"] == "0.35"
     assert got["runner.num_envs"] == "10"
     assert float(got["runner.utd_ratio"]) == pytest.approx(1000 / 6000)
+    assert got["runner.update_every"] == "6000"  # collect an iteration, then its updates
     assert got["runner.batch_size"] == "128"
     assert got["runner.buffer_size"] == "1000000"
     assert got["runner.warmup_steps"] == "0"

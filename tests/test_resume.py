@@ -195,13 +195,21 @@ class Killed(Exception):
     """Stands in for the process being killed right after a checkpoint."""
 
 
-@pytest.mark.parametrize("agent_name", sorted(RESUME_AGENTS))
+@pytest.mark.parametrize(
+    "agent_name, runner_args",
+    [
+        *((name, []) for name in sorted(RESUME_AGENTS)),
+        # update phases at env steps 50, 100 and 120: the checkpoint at 60 holds earned updates
+        ("gaussian", ["runner.update_every=50"]),
+    ],
+)
 def test_a_run_killed_and_resumed_equals_the_uninterrupted_run(
-    agent_name, compose_config, tmp_path, monkeypatch
+    agent_name, runner_args, compose_config, tmp_path, monkeypatch
 ):
     settings = RESUME_AGENTS[agent_name]
     args = [
         *EXACT_RESUME_RUN,
+        *runner_args,
         f"agent={agent_name}",
         *(f"agent.{key}={json.dumps(value)}" for key, value in settings.items()),
     ]

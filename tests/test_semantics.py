@@ -606,6 +606,77 @@ def test_utd_half_with_three_envs_carries_the_fractional_credit(tmp_path, monkey
         close(runner)
 
 
+def test_update_every_holds_the_earned_updates_until_a_multiple_of_it_then_runs_them(
+    tmp_path, monkeypatch
+):
+    """utd 1/6 (no binary fraction, as the peer benchmark's) x 1 env, update_every 6: six env
+    steps earn one update, run at the step that reaches the multiple, not lost to rounding."""
+    runner = make_runner(
+        tmp_path,
+        f"runner.utd_ratio={1 / 6!r}",
+        "runner.num_envs=1",
+        "runner.update_every=6",
+        "runner.warmup_steps=0",
+        "runner.batch_size=1",
+    )
+    try:
+        sizes = counted_updates(runner, monkeypatch)
+        returned, credit = collect_and_update(runner, 12)
+        assert returned == [0] * 5 + [1] + [0] * 5 + [1]
+        assert credit[:6] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 0.0], abs=1e-9)
+        assert len(sizes) == runner.updates == 2 and runner.env_steps == 12
+    finally:
+        close(runner)
+
+
+def test_the_end_of_training_runs_the_updates_earned_since_the_last_phase(tmp_path, monkeypatch):
+    """utd 0.5 x 2 envs, update_every 6, 10 env steps in all: 3 updates at env step 6, and the
+    2 earned after it at env step 10, the last, short of the next multiple."""
+    runner = make_runner(
+        tmp_path,
+        "runner.utd_ratio=0.5",
+        "runner.num_envs=2",
+        "runner.update_every=6",
+        "runner.total_steps=10",
+        "runner.warmup_steps=0",
+        "runner.batch_size=2",
+    )
+    try:
+        counted_updates(runner, monkeypatch)
+        returned, credit = collect_and_update(runner, 5)
+        assert returned == [0, 0, 3, 0, 2] and credit == [1.0, 2.0, 0.0, 1.0, 0.0]
+    finally:
+        close(runner)
+
+
+def test_update_every_runs_an_iterations_updates_at_once_where_interleaving_spreads_them(
+    tmp_path, monkeypatch
+):
+    """The same ratio and env steps, with and without phases: the same total, at other steps."""
+    counts = {}
+    for every in (0, 12):
+        runner = make_runner(
+            tmp_path / str(every),
+            "runner.utd_ratio=0.5",
+            "runner.num_envs=3",
+            f"runner.update_every={every}",
+            "runner.warmup_steps=0",
+            "runner.batch_size=3",
+        )
+        try:
+            counted_updates(runner, monkeypatch)
+            counts[every] = collect_and_update(runner, 8)[0]
+        finally:
+            close(runner)
+    assert counts[0] == [1, 2, 1, 2, 1, 2, 1, 2]
+    assert counts[12] == [0, 0, 0, 6, 0, 0, 0, 6]
+
+
+def test_negative_update_every_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="runner.update_every"):
+        make_runner(tmp_path, "runner.update_every=-1")
+
+
 class ScriptedEnv(BatchedMultiAgentEnv):
     """2 agents; env e's episode k at time t observes (e, k, t) (agent i adds 100 i to t) and
     has state (e, k, t, 1). Env 0 terminates after 3 steps, env 1 is truncated after 4.
