@@ -38,8 +38,9 @@ class OffPolicyConfig(RunnerConfig):
     # the count passes a multiple of N, and at the end of training, the schedule of BenchMARL
     # and TorchRL's collectors (collect an iteration, then train; SB3's `train_freq`). The
     # policy then acts for N env steps unchanged. On a CPU the phases run faster back to back:
-    # the Gaussian at BenchMARL MASAC's settings took about 4% less per 6,000-frame iteration
-    # (results/speed.md). Interleaving stays the default: the learning results were made with it.
+    # 60k frames of the compiled Gaussian at BenchMARL MASAC's 4-agent settings took 0.93x the
+    # interleaved time (results/compile_update/). Interleaving stays the default: the learning
+    # results were made with it.
     update_every: int = 0
     save_buffer: bool = False
 
