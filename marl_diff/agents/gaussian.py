@@ -18,7 +18,7 @@ eager, compiled, compiled, eager). The peer benchmark with the switch read 1.75x
 frames/s (2 agents) and 1.61x (4) on a cold cache, 2.03-2.12x and 1.81-1.96x on a warm one
 (two runs with 2 agents, seven with 4; results/compile_update/); with MASAC's schedule of
 collecting an iteration before its updates as well (`runner.update_every`),
-2.13x and 2.37x (2 agents, warm) and 1.86-1.99x (4, six runs). At the study's settings on
+2.13-2.37x (2 agents, warm, five runs) and 1.86-1.99x (4, six runs). At the study's settings on
 BenchMARL's task (3 seeds) its final evaluations, 0.76-0.85, fell within the eager runs'
 0.78-0.88. The catalog leaves it off: the compiled gradients round differently and draw other
 random numbers, so a seed no longer repeats the committed results, and the tests' and the
