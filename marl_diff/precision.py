@@ -2,12 +2,16 @@
 
 torch's own setting (`torch.set_float32_matmul_precision`): "highest" computes them in float32;
 "high" lets a CUDA GPU with tensor cores use TF32 (10-bit mantissa inputs, float32
-accumulation); "medium" also lets the GPU, and a CPU with bfloat16 instructions (AVX512-BF16,
-AMX) through oneDNN, compute them from bfloat16 inputs. Every network in marl_diff is stacked
-matrix products, and the diffusion agents' sampled chains are mostly that, so this is their
-largest precision-for-speed trade. The run's default keeps float32 (the catalog's ddpl and
-qvpo sample their chains in bfloat16, `chain_precision` below): the learning figures in
-`results/` were made with it, and a change of rounding alone gives a seed another trajectory.
+accumulation); "medium" also lets the GPU, and a CPU with AMX through oneDNN, compute them
+from bfloat16 inputs. On the project's AMD EPYC (AVX512-BF16, no AMX) oneDNN's "medium"
+products stay float32-accurate instead: a [512, 256] x [256, 256] product moved by 5e-5 where
+bfloat16 inputs move it by 0.17, a 10-step ddpl chain by 4e-7, at about 0.9x the float32 time;
+products of bfloat16 tensors take 0.47x there (one thread, 2026-12-05). Every network in
+marl_diff is stacked matrix products, and the diffusion agents' sampled chains are mostly that,
+so this is their largest precision-for-speed trade. The run's default keeps float32 (the
+catalog's ddpl and qvpo sample their chains at "medium", `chain_precision` below): the learning
+figures in `results/` were made with it, and a change of rounding alone gives a seed another
+trajectory.
 
 Measured on the project's CPUs (one thread, `bench update`, one precision per process,
 results/speed.md): "medium" takes a ddpl update and a Gaussian one to about 0.9x their float32
@@ -15,7 +19,7 @@ time on Ant and MPE on a CPU with AVX512-BF16 alone, where the headline run did 
 and to 0.67-0.85x (every agent) on an Intel Xeon with AMX; "high" changes nothing on a CPU.
 It also learned less: ddpl's vmas_navigation study setting ended about 0.1 lower in each of
 six seeds. Hence off by default; a GPU's TF32 is not measured. `scoped` applies a mode to a
-block only: the diffusion agents' `chain_precision` gives bfloat16 to their sampled chains
+block only: the diffusion agents' `chain_precision` gives "medium" to their sampled chains
 alone, which learned as float32 did (agents/diffusion_actor.py).
 """
 

@@ -51,8 +51,9 @@ class DiffusionPolicyConfig(AgentConfig):
     graph_chains: bool = False
     # The float32 matrix-product precision (`marl_diff.precision`) of the chains sampled without
     # gradient (acting, candidates, critic-target actions); "run": the run's `matmul_precision`.
-    # "medium" computes them from bfloat16 inputs on a GPU or a CPU with AMX or AVX512-BF16,
-    # while the gradient steps keep the run's precision (DiffusionActorCritic: measured).
+    # "medium" computes them from bfloat16 inputs on a GPU or a CPU with AMX (float32-accurate
+    # on AVX512-BF16 alone, `marl_diff.precision`), while the gradient steps keep the run's
+    # precision (DiffusionActorCritic: measured).
     chain_precision: str = "run"
 
 
@@ -124,7 +125,9 @@ class DiffusionActorCritic(ActorCriticAgent):
     `chain_precision` gives the chains sampled without gradient (acting, candidates,
     critic-target actions) their own matrix-product precision; the gradient steps keep the
     run's `matmul_precision`. With "medium" they take bfloat16 inputs where the hardware has
-    them (a GPU; a CPU with AMX or AVX512-BF16; elsewhere nothing changes). On an Intel Xeon with
+    them (a GPU; a CPU with AMX). On a CPU with AVX512-BF16 alone (the project's AMD EPYC)
+    oneDNN keeps them float32-accurate, to 4e-7 over a 10-step chain, at about 0.9x the
+    float32 products' time; elsewhere nothing changes. On an Intel Xeon with
     AMX (`bench update`, one thread, two runs each; ratio to a float32 Gaussian update), float32
     chains / bfloat16 chains: ddpl 4.61x, 4.55x / 4.14x, 4.25x on Ant and 5.34x, 5.32x / 4.79x,
     4.80x on MPE; qvpo 18.9x, 18.8x / 15.5x, 16.1x and 23.1x, 23.5x / 18.8x, 19.3x; dacer 5.53x,
