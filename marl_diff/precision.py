@@ -33,6 +33,10 @@ import torch
 from marl_diff.errors import ConfigError, choices
 
 MODES = ("highest", "high", "medium")
+# A block's products computed on bfloat16 tensors (torch.autocast): bfloat16 inputs and outputs,
+# on any CPU with bfloat16 instructions, where "medium" may stay float32-accurate (above).
+BFLOAT16 = "bfloat16"
+SCOPED_MODES = (*MODES, BFLOAT16)
 
 
 def configure(mode: str) -> None:
@@ -43,9 +47,17 @@ def configure(mode: str) -> None:
 
 
 @contextlib.contextmanager
-def scoped(mode: str) -> Iterator[None]:
-    """`mode` for the float32 matrix products inside the block, the process's setting again
-    after it (the diffusion policies' no-gradient chains, `chain_precision`)."""
+def scoped(mode: str, device_type: str = "cpu") -> Iterator[None]:
+    """`mode` (one of SCOPED_MODES) for the float32 matrix products inside the block, the
+    process's setting again after it (the diffusion policies' no-gradient chains,
+    `chain_precision`). BFLOAT16 autocasts the block's products on `device_type` to bfloat16:
+    their results come out in bfloat16, one more rounding than "medium"'s float32 outputs."""
+    if mode == BFLOAT16:
+        # Autocast's cache of cast weights stays off on a GPU, where a chain may run inside a
+        # CUDA graph capture (`graph_chains`): torch asks for that with graphed callables.
+        with torch.autocast(device_type, torch.bfloat16, cache_enabled=device_type != "cuda"):
+            yield
+        return
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(mode)
     try:

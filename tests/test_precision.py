@@ -98,8 +98,55 @@ def test_chain_precision_applies_to_the_no_gradient_chains_only():
     seen.clear()
     policy.dsm_loss(torch.zeros(4, 2, 1), obs).mean().backward()
     assert seen == ["highest"]
-    with pytest.raises(ValueError, match="chain_precision must be one of highest, high, medium"):
+    with pytest.raises(
+        ValueError, match="chain_precision must be one of highest, high, medium, bfloat16"
+    ):
         DiffusionPolicy(2, 3, 1, hidden=[8], chain_precision="bf16")
+
+
+def test_bfloat16_chains_take_bfloat16_products_and_give_float32_actions():
+    """`chain_precision=bfloat16` autocasts the no-gradient chains' products (bfloat16 results,
+    not "medium"'s float32 ones); the chain's state and actions stay float32, close to a
+    float32 chain's, and the gradient chain and the loss keep float32."""
+    from marl_diff.diffusion import DiffusionPolicy
+
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(2, 3, 1, hidden=[16], chain_precision="bfloat16")
+    reference = DiffusionPolicy(2, 3, 1, hidden=[16])
+    reference.load_state_dict(policy.state_dict())
+    dtypes = []
+    policy.denoiser.time_mlp.register_forward_hook(lambda *args: dtypes.append(args[2].dtype))
+    obs = torch.randn(64, 2, 3)
+    actions = policy.sample(obs, candidates=2, generator=torch.Generator().manual_seed(1))
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert actions.dtype == torch.float32
+    expected = reference.sample(obs, candidates=2, generator=torch.Generator().manual_seed(1))
+    gap = (actions - expected).abs().max().item()
+    assert 0 < gap < 0.1, gap
+    dtypes.clear()
+    assert policy.sample(obs, grad=True).dtype == torch.float32
+    policy.dsm_loss(torch.zeros(64, 2, 1), obs).mean().backward()
+    assert dtypes and set(dtypes) == {torch.float32}
+
+
+@pytest.mark.parametrize("algorithm", ["ddpl", "dacer", "qvpo", "ddiffpg", "diffusion_bc"])
+def test_every_diffusion_agent_acts_in_float32_with_bfloat16_chains(algorithm):
+    from conftest import make_spec
+
+    from marl_diff.agents import make_agent
+
+    config = {
+        "algorithm": algorithm,
+        "actor_hidden": [8],
+        "chain_precision": "bfloat16",
+        **({"critic_hidden": [8]} if algorithm != "diffusion_bc" else {}),
+        **({"mode_features": [0, 1]} if algorithm == "ddiffpg" else {}),
+    }
+    agent = make_agent(config, make_spec(), "cpu")
+    for explore in (True, False):
+        action = agent.act(torch.randn(5, 2, 3), explore=explore, state=torch.randn(5, 4))
+        assert action.dtype == torch.float32 and action.shape == (5, 2, 1)
+        assert action.abs().max() <= 1.0
 
 
 def test_chain_precision_is_an_agent_setting_with_named_choices():

@@ -21,7 +21,7 @@ from marl_diff.diffusion import SCHEDULE_KINDS, DiffusionPolicy, make_schedule
 from marl_diff.envs.base import EnvSpec
 from marl_diff.errors import ConfigError
 
-CHAIN_PRECISIONS = ("run", *precision.MODES)
+CHAIN_PRECISIONS = ("run", *precision.SCOPED_MODES)
 
 
 @dataclass
@@ -139,6 +139,16 @@ class DiffusionActorCritic(ActorCriticAgent):
     Pendulum learning test, seeds 0-5, -367 against -417 (10 episodes each, the spread of seeds
     is wider). The catalog sets "medium" for ddpl and qvpo. dacer keeps "run": with bfloat16
     chains its multigoal_sql check (seed 0) covered 2 goals instead of 3 (64/35/1%).
+    "bfloat16" autocasts those chains' products to bfloat16 tensors, results included (one
+    rounding more than "medium"; the chain's state and actions stay float32), which a CPU with
+    AVX512-BF16 alone computes at about twice float32's rate. On the AMD EPYC (`bench update`,
+    one thread, ratio of each agent's update time to its "medium" one in the same run, two runs
+    on VMAS navigation, one on Ant): ddpl 0.90x, 0.88x and 0.89x; qvpo 0.79x, 0.80x and 0.79x;
+    dacer 0.89x, 0.90x and 0.85x (results/update_time_precision/*_bfloat16_chains_epyc_*).
+    Learning: ddpl's vmas_navigation study setting, seeds 0-5, its final policies on 256
+    episodes, 1.386 with bfloat16 chains against 1.330 with "medium" (higher in 4 of 6 seeds).
+    Not in the catalog: measured on one CPU, for one agent's learning; on a GPU its casts are
+    extra kernels in a launch-bound chain, not measured.
     `graph_chains` replays those chains from CUDA graphs on a GPU, where a chain at these batch
     sizes is a few hundred small kernels, bound by launches and the Python issuing them. The
     replayed chain samples what the eager one does from the same generator state

@@ -34,8 +34,9 @@ class DiffusionPolicy(nn.Module):
     """N agents' DDPM policies with eps-prediction, over a shared `NoiseSchedule`.
 
     `act_mask` [N, A] bool marks real action entries (default: all real). `chain_precision`
-    (a `marl_diff.precision` mode) is the float32 matrix-product precision of the chains sampled
-    without gradient (None: the process's). `compile_chains`: those chains run with the
+    (a `marl_diff.precision` mode, or "bfloat16": products of bfloat16 tensors) is the float32
+    matrix-product precision of the chains sampled without gradient (None: the process's); the
+    chain's own state and its output stay float32. `compile_chains`: those chains run with the
     denoiser's hidden layers compiled (`compiling`). Without gradient the compiled layers
     compute what the eager ones do, in the same order: on a CPU the numbers are the same bit for
     bit with mish, relu, tanh or silu layers (tests/test_diffusion.py, tests/test_nn.py; ELU to
@@ -63,9 +64,9 @@ class DiffusionPolicy(nn.Module):
         **denoiser_kwargs,
     ):
         super().__init__()
-        if chain_precision is not None and chain_precision not in precision.MODES:
+        if chain_precision is not None and chain_precision not in precision.SCOPED_MODES:
             raise ValueError(
-                f"chain_precision must be one of {', '.join(precision.MODES)} or None, "
+                f"chain_precision must be one of {', '.join(precision.SCOPED_MODES)} or None, "
                 f"got {chain_precision!r}"
             )
         self.chain_precision = chain_precision
@@ -104,7 +105,7 @@ class DiffusionPolicy(nn.Module):
         context = contextlib.ExitStack()
         context.enter_context(torch.no_grad())
         if self.chain_precision is not None:
-            context.enter_context(precision.scoped(self.chain_precision))
+            context.enter_context(precision.scoped(self.chain_precision, self.act_mask.device.type))
         if self.compile_chains:
             context.enter_context(self.compiling())
         return context
