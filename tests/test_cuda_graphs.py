@@ -81,10 +81,11 @@ def test_a_failed_capture_names_the_switch_that_avoids_it(monkeypatch):
 
 
 @needs_cuda
-def test_a_replayed_chain_samples_what_the_eager_chain_does():
+@pytest.mark.parametrize("chain_precision", [None, "bfloat16"])
+def test_a_replayed_chain_samples_what_the_eager_chain_does(chain_precision):
     """Same default-generator seed, same numbers: the graph records the eager kernels and draws
-    its noise from the generator's state at each replay."""
-    made = policy("cuda", graph_chains=True)
+    its noise from the generator's state at each replay (bfloat16 chains: their casts too)."""
+    made = policy("cuda", graph_chains=True, chain_precision=chain_precision)
     obs = torch.randn(16, N, OBS, device="cuda")
     for options in OPTIONS:
         made.sample(obs, **options)  # captures
@@ -99,8 +100,10 @@ def test_a_replayed_chain_samples_what_the_eager_chain_does():
 
 
 @needs_cuda
-def test_replays_see_new_inputs_new_parameters_and_keep_earlier_outputs():
-    made = policy("cuda", graph_chains=True)
+@pytest.mark.parametrize("chain_precision", [None, "bfloat16"])
+def test_replays_see_new_inputs_new_parameters_and_keep_earlier_outputs(chain_precision):
+    """bfloat16 chains: the weights are cast inside the graph at every replay, not cached."""
+    made = policy("cuda", graph_chains=True, chain_precision=chain_precision)
     obs = torch.randn(16, N, OBS, device="cuda")
     first = made.sample(obs, deterministic=True)
     kept = first.clone()

@@ -9,8 +9,9 @@
 #   2. the Gaussian's update at MASAC's settings, eager and with `agent.compile_update=true`
 #      (the gaussian's 2x MASAC target: on a GPU its update is launch-bound);
 #   3. the update-cost tables of update_cost.sh, eager first (no compile time), then the
-#      catalog's defaults (chains compiled and replayed from CUDA graphs), VMAS navigation
-#      before MaMuJoCo Ant.
+#      catalog's defaults (chains compiled and replayed from CUDA graphs), then those with
+#      bfloat16 chains (`agent.chain_precision=bfloat16`, not measured on a GPU yet), VMAS
+#      navigation before MaMuJoCo Ant.
 # usage: bash results/gpu/lent_gpu.sh OUT_DIR PEER_VENV
 #   PEER_VENV: a venv whose bin/python imports benchmarl 1.5.2 (`bench peer venv=`).
 # FRAMES (12000: 2 BenchMARL iterations) sets the peer budget; PEER_S, COMPILE_S and TABLE_S
@@ -39,6 +40,7 @@ bench=(python -m marl_diff.bench update device=cuda updates=10 repeats=7
 variants=(
   "eager|agent.compile_chains=false agent.compile_denoiser=false agent.graph_chains=false"
   "defaults|"
+  "bfloat16_chains|agent.chain_precision=bfloat16"
 )
 for variant in "${variants[@]}"; do
   for scenario in "vmas_navigation scenario.n_agents=2" mamujoco_ant_2x4; do
