@@ -146,7 +146,9 @@ class DiffusionActorCritic(ActorCriticAgent):
     on VMAS navigation, one on Ant): ddpl 0.90x, 0.88x and 0.89x; qvpo 0.79x, 0.80x and 0.79x;
     dacer 0.89x, 0.90x and 0.85x (results/update_time_precision/*_bfloat16_chains_epyc_*).
     Learning: ddpl's vmas_navigation study setting, seeds 0-5, its final policies on 256
-    episodes, 1.386 with bfloat16 chains against 1.330 with "medium" (higher in 4 of 6 seeds).
+    episodes, 1.386 with bfloat16 chains against 1.330 with "medium" (higher in 4 of 6 seeds);
+    qvpo's Pendulum learning test, seeds 0-5, -425 against -420 (10 episodes each, the spread
+    of seeds far wider).
     Not in the catalog: measured on one CPU, for one agent's learning; on a GPU its casts are
     extra kernels in a launch-bound chain, not measured.
     `graph_chains` replays those chains from CUDA graphs on a GPU, where a chain at these batch
