@@ -47,11 +47,12 @@ def configure(mode: str) -> None:
 
 
 @contextlib.contextmanager
-def scoped(mode: str, device_type: str = "cpu") -> Iterator[None]:
+def scoped(mode: str, device_type: str) -> Iterator[None]:
     """`mode` (one of SCOPED_MODES) for the float32 matrix products inside the block, the
     process's setting again after it (the diffusion policies' no-gradient chains,
-    `chain_precision`). BFLOAT16 autocasts the block's products on `device_type` to bfloat16:
-    their results come out in bfloat16, one more rounding than "medium"'s float32 outputs."""
+    `chain_precision`). BFLOAT16 autocasts the block's products on `device_type` ("cpu",
+    "cuda": autocast is per device type) to bfloat16: their results come out in bfloat16, one
+    more rounding than "medium"'s float32 outputs."""
     if mode == BFLOAT16:
         # Autocast's cache of cast weights stays off on a GPU, where a chain may run inside a
         # CUDA graph capture (`graph_chains`): torch asks for that with graphed callables.
