@@ -143,8 +143,9 @@ class DiffusionActorCritic(ActorCriticAgent):
     rounding more than "medium"; the chain's state and actions stay float32), which a CPU with
     AVX512-BF16 alone computes at about twice float32's rate. On the AMD EPYC (`bench update`,
     one thread, ratio of each agent's update time to its "medium" one in the same run, two runs
-    on VMAS navigation, one on Ant): ddpl 0.90x, 0.88x and 0.89x; qvpo 0.79x, 0.80x and 0.79x;
-    dacer 0.89x, 0.90x and 0.85x (results/update_time_precision/*_bfloat16_chains_epyc_*).
+    each on VMAS navigation and on Ant): ddpl 0.90x, 0.88x and 0.89x, 0.93x; qvpo 0.79x, 0.80x
+    and 0.79x, 0.81x; dacer 0.89x, 0.90x and 0.85x, 0.80x
+    (results/update_time_precision/*_bfloat16_chains_epyc_*).
     Learning: ddpl's vmas_navigation study setting, seeds 0-5, its final policies on 256
     episodes, 1.386 with bfloat16 chains against 1.330 with "medium" (higher in 4 of 6 seeds);
     qvpo's Pendulum learning test, seeds 0-5, -425 against -420 (10 episodes each, the spread
