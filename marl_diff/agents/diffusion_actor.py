@@ -150,8 +150,8 @@ class DiffusionActorCritic(ActorCriticAgent):
     episodes, 1.386 with bfloat16 chains against 1.330 with "medium" (higher in 4 of 6 seeds);
     qvpo's Pendulum learning test, seeds 0-5, -425 against -420 (10 episodes each, the spread
     of seeds far wider).
-    Not in the catalog: measured on one CPU, for one agent's learning; on a GPU its casts are
-    extra kernels in a launch-bound chain, not measured.
+    Not in the catalog: measured on one CPU, its learning on one task each for ddpl and qvpo;
+    on a GPU its casts are extra kernels in a launch-bound chain, not measured.
     `graph_chains` replays those chains from CUDA graphs on a GPU, where a chain at these batch
     sizes is a few hundred small kernels, bound by launches and the Python issuing them. The
     replayed chain samples what the eager one does from the same generator state
