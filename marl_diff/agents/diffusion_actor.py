@@ -149,8 +149,9 @@ class DiffusionActorCritic(ActorCriticAgent):
     Learning: ddpl's vmas_navigation study setting, seeds 0-5, its final policies on 256
     episodes, 1.386 with bfloat16 chains against 1.330 with "medium" (higher in 4 of 6 seeds);
     qvpo's Pendulum learning test, seeds 0-5, -425 against -420 (10 episodes each, the spread
-    of seeds far wider). dacer's multigoal_sql check (seed 0) covered 2 goals (6/54/34/6%)
-    against 4 (41/25/12/22%) with its catalog chains, as "medium" chains had cost it a goal.
+    of seeds far wider). dacer's multigoal_sql check covered 2 goals (6/54/34/6%) against 4
+    (41/25/12/22%) with its catalog chains at seed 0, as "medium" chains had cost it a goal,
+    and 2 against 2 at seed 1.
     Not in the catalog: measured on one CPU, its learning on one task each; on a GPU its casts
     are extra kernels in a launch-bound chain, not measured.
     `graph_chains` replays those chains from CUDA graphs on a GPU, where a chain at these batch
