@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 import marl_diff.experiment as experiment
@@ -47,3 +48,18 @@ def test_single_instance_simulators_are_evaluated_on_the_training_env(tmp_path, 
     assert torch.isfinite(
         torch.tensor([r["eval/return"] for r in records if "eval/return" in r])
     ).all()
+
+
+def test_the_log_window_sums_bfloat16_metrics_in_float32():
+    """A bfloat16 loss's metric (`update_precision=bfloat16`) summed in its own dtype stops
+    growing once the sum's last digit outweighs it; the window sums in float32."""
+    from types import SimpleNamespace
+
+    from marl_diff.runners.base import Runner
+
+    window = SimpleNamespace(metric_sums={}, metric_counts={})
+    for _ in range(1000):
+        Runner.record(window, {"loss/critic": torch.tensor(1.01, dtype=torch.bfloat16)})
+    total = window.metric_sums["loss/critic"]
+    assert total.dtype == torch.float32
+    assert total.item() / window.metric_counts["loss/critic"] == pytest.approx(1.0078125)

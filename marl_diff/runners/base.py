@@ -178,10 +178,11 @@ class Runner(ABC):
             self.parts.close()
 
     def record(self, metrics: dict[str, torch.Tensor]) -> None:
-        """Add one update's metrics to the log window (device tensors, no host read)."""
+        """Add one update's metrics to the log window (device tensors, no host read), summed in
+        float32: a metric of a bfloat16 loss (`update_precision`) would lose its sum's digits."""
         sums, counts = self.metric_sums, self.metric_counts
         for key, value in metrics.items():
-            sums[key] = sums[key] + value if key in sums else value
+            sums[key] = sums[key] + value if key in sums else value.float()
             counts[key] = counts.get(key, 0) + 1
 
     def postfix(self, scalars: dict[str, float]) -> dict[str, str]:
