@@ -115,3 +115,31 @@ def test_a_compiled_agent_resumes_an_eager_checkpoint_where_eager_goes_on():
         ):
             assert got["step"].item() == want["step"].item() == 4
             torch.testing.assert_close(got["exp_avg_sq"], want["exp_avg_sq"], rtol=1e-5, atol=0)
+
+
+def _rounded_to_bfloat16(value: torch.Tensor) -> bool:
+    return bool(value.to(torch.bfloat16).float() == value.float())
+
+
+@needs_compiler
+def test_a_compiled_bfloat16_update_computes_in_bfloat16_as_the_eager_one():
+    """`update_precision=bfloat16` inside the compiled graph: the critic's Q values come out
+    in bfloat16 there as eagerly, so their mean ("q/mean") is a bfloat16 number, which a
+    float32 update's almost never is. The losses land near the eager ones (inductor rounds a
+    bfloat16 graph's fused elementwise work once, eager at each op: a looser match than
+    float32's)."""
+    SETTINGS["update_precision"] = "bfloat16"
+    try:
+        compiled, eager = (tiny_agent(flag) for flag in (True, False))
+    finally:
+        del SETTINGS["update_precision"]
+    runs = {
+        "compiled": updated(compiled),
+        "eager": updated(eager),
+        "float32": updated(tiny_agent(False)),
+    }
+    for name, metrics in runs.items():
+        rounded = [_rounded_to_bfloat16(m["q/mean"]) for m in metrics]
+        assert rounded == [name != "float32"] * len(metrics), (name, rounded)
+    got, want = (torch.stack([m["loss/critic"] for m in runs[k]]) for k in ("compiled", "eager"))
+    torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-4)

@@ -16,9 +16,12 @@ SMALL_NETS = {
 
 
 @pytest.mark.learning(seconds=30)
-def test_gaussian_learns_pendulum(tmp_path):
+@pytest.mark.parametrize("update_precision", ["run", "bfloat16"])
+def test_gaussian_learns_pendulum(tmp_path, update_precision):
     # a uniform-random / untrained policy scores about -1200 on Pendulum; solved is about -150
     overrides = {
+        f"agent.update_precision={update_precision}": "float32, and mixed precision (bfloat16 "
+        "losses): the same threshold",
         "runner.total_steps=4500": "budget (catalog: 20000); reached -209",
         "runner.batch_size=128": "budget (catalog: 256)",
         "runner.eval_every=0": "budget: only the final evaluation",

@@ -162,3 +162,71 @@ def test_chain_precision_is_an_agent_setting_with_named_choices():
     assert make_agent(tiny, make_spec(), "cpu").policy.chain_precision is None  # "run"
     with pytest.raises(ConfigError, match="chain_precision must be one of run, highest, high"):
         make_agent({**tiny, "chain_precision": "bf16"}, make_spec(), "cpu")
+
+
+def _tiny_actor_critic(algorithm: str, **settings):
+    from conftest import TINY_AGENTS, TINY_NETS, make_spec
+
+    from marl_diff.agents import make_agent
+
+    torch.manual_seed(0)
+    tiny = TINY_AGENTS.get(algorithm, {})
+    config = {"name": algorithm, "algorithm": algorithm, **TINY_NETS, **tiny, **settings}
+    return make_agent(config, make_spec(2, (3, 3), (1, 1)), "cpu")
+
+
+def _product_dtypes(agent) -> list[tuple[bool, torch.dtype]]:
+    """(grad enabled, output dtype) of every call of the agent's stacked linear layers."""
+    from marl_diff.nn import StackedLinear
+
+    seen = []
+    for module in agent.modules():
+        if isinstance(module, StackedLinear):
+            module.register_forward_hook(
+                lambda _m, _i, out: seen.append((torch.is_grad_enabled(), out.dtype))
+            )
+    return seen
+
+
+@pytest.mark.parametrize("algorithm", ["gaussian", "ddpl", "qvpo"])
+def test_bfloat16_updates_autocast_the_losses_and_keep_float32_state(algorithm):
+    """`update_precision=bfloat16` is mixed precision: the products of the losses' forward
+    passes (the critic's TD loss, the policy's loss) come out in bfloat16, while the
+    parameters, their gradients and Adam's moments stay float32, and an update lands near the
+    float32 one. Outside the update nothing changes: acting stays float32."""
+    from test_adam_impl import batch
+
+    settings = {"policy_delay": 1}  # every update trains the policy too
+    agents = {
+        mode: _tiny_actor_critic(algorithm, update_precision=mode, **settings)
+        for mode in ("run", "bfloat16")
+    }
+    losses = {}
+    for mode, agent in agents.items():
+        seen = _product_dtypes(agent)
+        data = batch(agent.spec, rows=32)
+        torch.manual_seed(1)
+        metrics = [agent.update(data) for _ in range(3)]
+        losses[mode] = torch.stack([m["loss/critic"] for m in metrics])
+        with_grad = {dtype for grad, dtype in seen if grad}
+        assert with_grad == ({torch.bfloat16} if mode == "bfloat16" else {torch.float32})
+        assert not torch.is_autocast_enabled("cpu")
+        for param in agent.parameters():
+            assert param.dtype == torch.float32
+            assert param.grad is None or param.grad.dtype == torch.float32
+        for optimizer in agent.optimizers.values():
+            for state in optimizer.state.values():
+                assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == torch.float32
+        seen.clear()
+        action = agent.act(torch.randn(5, 2, 3), explore=True, state=torch.randn(5, 4))
+        assert action.dtype == torch.float32 and {dtype for _, dtype in seen} == {torch.float32}
+    assert not torch.equal(losses["bfloat16"], losses["run"])
+    torch.testing.assert_close(losses["bfloat16"], losses["run"], rtol=0.05, atol=1e-3)
+
+
+@pytest.mark.parametrize("algorithm", ["dacer", "ddiffpg", "dtql", "qensemble"])
+def test_agents_with_their_own_losses_refuse_bfloat16_updates(algorithm):
+    with pytest.raises(ConfigError, match="update_precision must be one of run, not 'bfloat16'"):
+        _tiny_actor_critic(algorithm, update_precision="bfloat16")
+    with pytest.raises(ConfigError, match="update_precision must be one of run, bfloat16"):
+        _tiny_actor_critic("gaussian", update_precision="medium")

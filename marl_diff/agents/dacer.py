@@ -111,6 +111,9 @@ class DACERAgent(DiffusionActorCritic):
     Config = DACERConfig
     critic_class = DistributionalCritic
     CRITIC_REWARDS = ("team",)  # the distributional critic's update learns the team reward
+    # bfloat16 losses unmeasured for its distributional critic (a log of the learned std) and
+    # its actor loss through the differentiable chain
+    UPDATE_PRECISIONS = ("run",)
 
     def __init__(self, config: DACERConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)

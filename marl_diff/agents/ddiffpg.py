@@ -146,6 +146,7 @@ class Trajectory:
 class DDiffPGAgent(ActorCriticAgent):
     Config = DDiffPGConfig
     CRITIC_REWARDS = ("team",)  # a distributional twin per mode, of the team reward
+    UPDATE_PRECISIONS = ("run",)  # its critic and actor updates are its own (no loss_precision)
 
     def __init__(self, config: DDiffPGConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)

@@ -90,6 +90,14 @@ is learned; each is a setting, and the old behaviour is one override away:
   in the vmas_navigation study (eval return at 24k steps, results/speed.md, before the VMAS
   stream fix): these defaults 1.48 (5 seeds), 128 of the 256 states 1.16 (6 seeds),
   `policy_delay` 3 1.20 (3 seeds).
+- `update_precision` stays "run". "bfloat16" (mixed precision, `loss_precision`: the critic's
+  loss with its target actions and the score-matching loss on bfloat16 tensors) took an update
+  to 0.82x (VMAS) and 0.83x (Ant) its time at these defaults on an AMD EPYC (`bench update`,
+  results/update_time_precision/*_bfloat16_updates_epyc.md). In the vmas_navigation study
+  setting (seeds 0-5, final policies on 256 episodes) it returned 1.22, 1.18, 1.56, 1.31, 1.24,
+  1.40 (mean 1.32) against 1.37, 1.35, 1.44, 1.38, 1.30, 1.13 (1.33): lower in 4 of 6 seeds,
+  within their spread. Not in the catalog: one rounding more in every update, for a gain that
+  a whole run at MASAC's peer settings did not show (results/speed.md).
 `python -m marl_diff.bench update` measures the ratio per family (results/update_time_*.md).
 """
 
@@ -206,7 +214,9 @@ class DDPLAgent(DiffusionActorCritic):
                 self.act_dims * knn_log_distances(candidates) if cfg.target == "soft" else None
             )
             weights = self.importance_weights(q, inverse_density)
-        loss = (weights * self.policy.dsm_loss(candidates, batch.obs)).sum(0).mean(0).sum()
+        with self.loss_precision():
+            dsm = self.policy.dsm_loss(candidates, batch.obs)  # [M, B, N]
+        loss = (weights * dsm).sum(0).mean(0).sum()
         self.step_optimizer(loss, "actor")
 
         ess = weights.sum(0).square() / weights.square().sum(0).clamp_min(1e-12)  # [B, N]

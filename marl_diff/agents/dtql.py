@@ -82,6 +82,7 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
 class DTQLAgent(ActorCriticAgent):
     Config = DTQLConfig
     CRITIC_REWARDS = ("team",)  # IQL's Q and V of the team reward
+    UPDATE_PRECISIONS = ("run",)  # its IQL and actor losses are its own (no loss_precision)
     regime = "offline"
 
     def __init__(self, config: DTQLConfig, spec: EnvSpec, device: torch.device):

@@ -98,6 +98,7 @@ class QEnsembleConfig(ActorCriticConfig):
 class QEnsembleAgent(ActorCriticAgent):
     Config = QEnsembleConfig
     CRITIC_REWARDS = ("team",)  # its actor loss reads the team Q's members directly
+    UPDATE_PRECISIONS = ("run",)  # its actor loss is its own (no loss_precision)
     regime = "offline"
 
     def __init__(self, config: QEnsembleConfig, spec: EnvSpec, device: torch.device):

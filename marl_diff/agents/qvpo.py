@@ -208,7 +208,8 @@ class QVPOAgent(DiffusionActorCritic):
     def update_actor(self, batch: Batch) -> dict[str, torch.Tensor]:
         batch = self.actor_batch(batch)
         actions, weights, metrics = self.training_set(batch)
-        dsm = self.policy.dsm_loss(actions, batch.obs)  # [K, B, N]
+        with self.loss_precision():
+            dsm = self.policy.dsm_loss(actions, batch.obs)  # [K, B, N]
         loss = (weights * dsm).sum(0).mean(0).sum()
         self.step_optimizer(loss, "actor")
         metrics["loss/actor"] = loss.detach()
