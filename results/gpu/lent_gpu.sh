@@ -7,7 +7,8 @@
 #      navigation with 2 agents, MASAC's settings, both sides on the GPU): the target
 #      "ddpl at least 1x MASAC's frames/s" is a GPU target (results/speed.md);
 #   2. the Gaussian's update at MASAC's settings, eager and with `agent.compile_update=true`
-#      (the gaussian's 2x MASAC target: on a GPU its update is launch-bound);
+#      (the gaussian's 2x MASAC target: on a GPU its update is launch-bound), then compiled in
+#      float32 and in mixed precision (`agent.update_precision=bfloat16`);
 #   3. the update-cost tables of update_cost.sh, eager first (no compile time), then the
 #      catalog's defaults (chains compiled and replayed from CUDA graphs), then those with
 #      bfloat16 chains (`agent.chain_precision=bfloat16`, not measured on a GPU yet), VMAS
@@ -35,6 +36,11 @@ timeout "${COMPILE_S:-180}" python -m marl_diff.bench update device=cuda updates
   agents=gaussian scenario=vmas_navigation scenario.n_agents=2 "${masac_nets[@]}" \
   vary=compile_update:false,true "out=$out/vmas_navigation_gaussian_compile_update.md" \
   >/dev/null || echo "gaussian compile_update: exit $?"
+timeout "${COMPILE_S:-180}" python -m marl_diff.bench update device=cuda updates=50 repeats=7 \
+  agents=gaussian scenario=vmas_navigation scenario.n_agents=2 "${masac_nets[@]}" \
+  agent.compile_update=true vary=update_precision:run,bfloat16 \
+  "out=$out/vmas_navigation_gaussian_bfloat16_updates.md" \
+  >/dev/null || echo "gaussian update_precision: exit $?"
 bench=(python -m marl_diff.bench update device=cuda updates=10 repeats=7
        agents=gaussian,ddpl,dacer,qvpo)
 variants=(
