@@ -33,12 +33,13 @@ DEVICES = [
 ]
 
 
-def tiny_agent(compile_update: bool, device: str = "cpu", algorithm: str = "gaussian"):
-    """Two agents of `algorithm` at the suite's tiny settings with SETTINGS on top."""
+def tiny_agent(compile_update: bool, device: str = "cpu", algorithm: str = "gaussian", **overrides):
+    """Two agents of `algorithm` at the suite's tiny settings with SETTINGS and `overrides` on
+    top."""
     torch.manual_seed(0)
     config = {"name": algorithm, "algorithm": algorithm, **TINY_NETS, **TINY_AGENTS[algorithm]}
     spec = make_spec(2, (3, 3), (1, 1))
-    settings = {**config, **SETTINGS, "compile_update": compile_update}
+    settings = {**config, **SETTINGS, "compile_update": compile_update, **overrides}
     return make_agent(settings, spec, torch.device(device))
 
 
@@ -122,21 +123,20 @@ def _rounded_to_bfloat16(value: torch.Tensor) -> bool:
 
 
 @needs_compiler
-def test_a_compiled_bfloat16_update_computes_in_bfloat16_as_the_eager_one():
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_compiled_bfloat16_update_computes_in_bfloat16_as_the_eager_one(device):
     """`update_precision=bfloat16` inside the compiled graph: the critic's Q values come out
     in bfloat16 there as eagerly, so their mean ("q/mean") is a bfloat16 number, which a
     float32 update's almost never is. The losses land near the eager ones (inductor rounds a
     bfloat16 graph's fused elementwise work once, eager at each op: a looser match than
     float32's)."""
-    SETTINGS["update_precision"] = "bfloat16"
-    try:
-        compiled, eager = (tiny_agent(flag) for flag in (True, False))
-    finally:
-        del SETTINGS["update_precision"]
+    compiled, eager = (
+        tiny_agent(flag, device, update_precision="bfloat16") for flag in (True, False)
+    )
     runs = {
         "compiled": updated(compiled),
         "eager": updated(eager),
-        "float32": updated(tiny_agent(False)),
+        "float32": updated(tiny_agent(False, device)),
     }
     for name, metrics in runs.items():
         rounded = [_rounded_to_bfloat16(m["q/mean"]) for m in metrics]
