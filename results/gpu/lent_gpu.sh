@@ -2,7 +2,8 @@
 # What to measure when a GPU is lent for minutes, most wanted first, each step under its own
 # time limit so that a short lease still brings back the steps that finished:
 #   0. the tests that need a GPU (tests/test_cuda_graphs.py: replayed chains against eager;
-#      tests/test_compile_update.py: the compiled Gaussian and ddpl updates against eager);
+#      tests/test_compile_update.py: the compiled Gaussian and ddpl updates against eager, in
+#      float32 and with bfloat16 losses);
 #   1. the peer benchmark on the GPU (BenchMARL's MASAC, marl_diff's gaussian and ddpl on VMAS
 #      navigation with 2 agents, MASAC's settings, both sides on the GPU): the target
 #      "ddpl at least 1x MASAC's frames/s" is a GPU target (results/speed.md);
