@@ -29,11 +29,12 @@ passes autocast their products to bfloat16 (`ActorCriticAgent.loss_precision`). 
 settings on the AMD EPYC an update took 0.74x (2 agents) and 0.69x (4) the float32 time
 compiled, 0.93x and 0.81x eagerly (`bench update`, results/update_time_precision/), and with
 `compile_update` the peer benchmark's gaussian made 2.20-2.55x MASAC's frames/s with 4 agents
-(six runs; 1.86-1.99x in float32) and 2.49-2.93x with 2 (three). At the study's settings on BenchMARL's task (compiled,
-seeds 0-4, 60k frames) it learned as float32 did: best evaluations 0.874 against 0.873 on
-average, final ones 0.830 against 0.844; the Pendulum learning test passes with it. The
-catalog leaves it off: it rounds every update differently, MASAC computes in float32 (so those
-ratios are not like for like), and at the study's small widths it saves nothing.
+(six runs; 1.86-1.99x in float32) and 2.49-2.93x with 2 (three). At the study's settings on
+BenchMARL's task (compiled, seeds 0-4, 60k frames) it learned as float32 did: best evaluations
+0.874 against 0.873 on average, final ones 0.830 against 0.844; the Pendulum learning test
+passes with it. The catalog leaves it off: it rounds every update differently, MASAC computes
+in float32 (so those ratios are not like for like), and at the study's small widths it saves
+nothing.
 """
 
 from __future__ import annotations
