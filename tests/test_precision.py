@@ -228,5 +228,8 @@ def test_bfloat16_updates_autocast_the_losses_and_keep_float32_state(algorithm):
 def test_agents_with_their_own_losses_refuse_bfloat16_updates(algorithm):
     with pytest.raises(ConfigError, match="update_precision must be one of run, not 'bfloat16'"):
         _tiny_actor_critic(algorithm, update_precision="bfloat16")
+
+
+def test_an_unknown_update_precision_names_the_choices():
     with pytest.raises(ConfigError, match="update_precision must be one of run, bfloat16"):
         _tiny_actor_critic("gaussian", update_precision="medium")
