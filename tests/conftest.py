@@ -80,6 +80,19 @@ TINY_AGENTS = {
         "critic_atoms": 11,
     },
 }
+
+
+def make_tiny_agent(algorithm: str, device: str = "cpu", seed: int = 0, **overrides):
+    """`algorithm` for make_spec()'s two agents at the suite's tiny settings (TINY_NETS,
+    TINY_AGENTS) with `overrides` on top, built after `torch.manual_seed(seed)`."""
+    from marl_diff.agents import make_agent
+
+    torch.manual_seed(seed)
+    config = {"name": algorithm, "algorithm": algorithm, **TINY_NETS}
+    config.update(TINY_AGENTS.get(algorithm, {}), **overrides)
+    return make_agent(config, make_spec(), torch.device(device))
+
+
 # A training run that takes about a second on one CPU core: 300 pendulum steps, updates from
 # step 100, tiny networks, 2 short evaluations.
 TINY_ARGS = [

@@ -7,9 +7,8 @@ import copy
 
 import pytest
 import torch
-from conftest import TINY_AGENTS, TINY_NETS, make_spec
+from conftest import make_tiny_agent
 
-from marl_diff.agents import make_agent
 from marl_diff.agents.base import ADAM_IMPLS
 from marl_diff.buffer import Batch
 from marl_diff.errors import ConfigError
@@ -23,9 +22,7 @@ FLAGS = {  # impl -> (foreach, fused) as torch's param groups hold them
 
 
 def agent(name: str, impl: str, seed: int = 0):
-    torch.manual_seed(seed)
-    config = {"name": name, "algorithm": name, **TINY_NETS, **TINY_AGENTS[name]}
-    return make_agent({**config, "adam_impl": impl}, make_spec(), torch.device("cpu"))
+    return make_tiny_agent(name, seed=seed, adam_impl=impl)
 
 
 def batch(spec, rows: int = 8) -> Batch:

@@ -9,10 +9,9 @@ import copy
 
 import pytest
 import torch
-from conftest import TINY_AGENTS, TINY_NETS, make_spec
+from conftest import make_tiny_agent
 from test_adam_impl import batch
 
-from marl_diff.agents import make_agent
 from marl_diff.buffer import Batch
 from marl_diff.nn import compiler_available
 
@@ -36,11 +35,8 @@ DEVICES = [
 def tiny_agent(compile_update: bool, device: str = "cpu", algorithm: str = "gaussian", **overrides):
     """Two agents of `algorithm` at the suite's tiny settings with SETTINGS and `overrides` on
     top."""
-    torch.manual_seed(0)
-    config = {"name": algorithm, "algorithm": algorithm, **TINY_NETS, **TINY_AGENTS[algorithm]}
-    spec = make_spec(2, (3, 3), (1, 1))
-    settings = {**config, **SETTINGS, "compile_update": compile_update, **overrides}
-    return make_agent(settings, spec, torch.device(device))
+    settings = {**SETTINGS, "compile_update": compile_update, **overrides}
+    return make_tiny_agent(algorithm, device, **settings)
 
 
 def updated(agent, updates: int = 3) -> list[dict]:

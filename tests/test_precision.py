@@ -3,6 +3,7 @@ and the update benchmark."""
 
 import pytest
 import torch
+from conftest import make_tiny_agent
 
 from marl_diff import bench, precision
 from marl_diff.errors import ConfigError
@@ -164,17 +165,6 @@ def test_chain_precision_is_an_agent_setting_with_named_choices():
         make_agent({**tiny, "chain_precision": "bf16"}, make_spec(), "cpu")
 
 
-def _tiny_actor_critic(algorithm: str, **settings):
-    from conftest import TINY_AGENTS, TINY_NETS, make_spec
-
-    from marl_diff.agents import make_agent
-
-    torch.manual_seed(0)
-    tiny = TINY_AGENTS.get(algorithm, {})
-    config = {"name": algorithm, "algorithm": algorithm, **TINY_NETS, **tiny, **settings}
-    return make_agent(config, make_spec(2, (3, 3), (1, 1)), "cpu")
-
-
 def _product_dtypes(agent) -> list[tuple[bool, torch.dtype]]:
     """(grad enabled, output dtype) of every call of the agent's stacked linear layers."""
     from marl_diff.nn import StackedLinear
@@ -198,7 +188,7 @@ def test_bfloat16_updates_autocast_the_losses_and_keep_float32_state(algorithm):
 
     settings = {"policy_delay": 1}  # every update trains the policy too
     agents = {
-        mode: _tiny_actor_critic(algorithm, update_precision=mode, **settings)
+        mode: make_tiny_agent(algorithm, update_precision=mode, **settings)
         for mode in ("run", "bfloat16")
     }
     losses = {}
@@ -227,9 +217,9 @@ def test_bfloat16_updates_autocast_the_losses_and_keep_float32_state(algorithm):
 @pytest.mark.parametrize("algorithm", ["dacer", "ddiffpg", "dtql", "qensemble"])
 def test_agents_with_their_own_losses_refuse_bfloat16_updates(algorithm):
     with pytest.raises(ConfigError, match="update_precision must be one of run, not 'bfloat16'"):
-        _tiny_actor_critic(algorithm, update_precision="bfloat16")
+        make_tiny_agent(algorithm, update_precision="bfloat16")
 
 
 def test_an_unknown_update_precision_names_the_choices():
     with pytest.raises(ConfigError, match="update_precision must be one of run, bfloat16"):
-        _tiny_actor_critic("gaussian", update_precision="medium")
+        make_tiny_agent("gaussian", update_precision="medium")
