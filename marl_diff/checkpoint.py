@@ -35,6 +35,19 @@ def atomic_save(path: Path, payload: dict) -> Path:
     return path
 
 
+def claim_new_dir(base: Path) -> Path:
+    """A directory no other run uses: `base`, or `base-1`, `base-2`, ... where that is taken,
+    created here by an atomic mkdir, so two runs started in the same second (timestamped
+    names) never share one."""
+    candidate, k = base, 1
+    while True:
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            candidate, k = base.with_name(f"{base.name}-{k}"), k + 1
+
+
 def load_file(path: Path, map_location: torch.device | str = "cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)

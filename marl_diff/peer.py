@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 
 from marl_diff.bench import _header, _split, _write, agent_catalogs
+from marl_diff.checkpoint import claim_new_dir
 from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
 
 PEER_SETTINGS = {
@@ -467,8 +468,7 @@ def _run_marl_diff(
 def peer(args: list[str]) -> str:
     values, passthrough = _parse(args)
     methods, agents, frames = values["methods"], values["agents"], values["frames"]
-    runs = Path(values["runs"]) / time.strftime("%Y%m%d-%H%M%S")
-    runs.mkdir(parents=True, exist_ok=True)
+    runs = claim_new_dir(Path(values["runs"]) / time.strftime("%Y%m%d-%H%M%S"))
 
     python = ensure_venv(Path(values["venv"]), runs)
     settings = {

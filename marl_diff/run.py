@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from marl_diff import catalog, experiment, host_memory, precision
 from marl_diff.agents import ALGORITHMS, agent_class
+from marl_diff.checkpoint import claim_new_dir
 from marl_diff.envs import BACKENDS, backend_class
 from marl_diff.errors import (
     BackendMissing,
@@ -172,12 +173,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def default_run_dir(cfg: DictConfig) -> Path:
+    """A new run folder under results/runs/<scenario>/<agent>/, named by the time, created
+    here (`claim_new_dir`): runs started side by side in the same second get their own."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path("results/runs") / str(cfg.scenario.name) / str(cfg.agent.name) / stamp
-    candidate, k = base, 1
-    while candidate.exists():
-        candidate, k = base.with_name(f"{stamp}-{k}"), k + 1
-    return candidate
+    return claim_new_dir(Path("results/runs", str(cfg.scenario.name), str(cfg.agent.name), stamp))
 
 
 def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConfig, Path]:
@@ -312,14 +311,21 @@ def launch(cfg: DictConfig, user_overrides: list[str]) -> dict:
     if cfg.resume:
         cfg, run_dir = resumed_config(cfg, user_overrides)
     else:
-        run_dir = Path(str(cfg.run_dir)) if cfg.run_dir else default_run_dir(cfg)
-    device = resolve_device(str(cfg.device))
-    if not cfg.resume and (run_dir / "checkpoints").exists():
+        run_dir = Path(str(cfg.run_dir)) if cfg.run_dir else None
+    if run_dir is not None and not cfg.resume and (run_dir / "checkpoints").exists():
         raise MarlDiffError(
             f"run_dir '{run_dir}' already holds a run; pass resume={run_dir} "
             "to continue it, or choose another run_dir"
         )
-    runner = experiment.make_runner(cfg, run_dir, device)  # validates the config
+    device = resolve_device(str(cfg.device))
+    claimed = run_dir is None
+    run_dir = default_run_dir(cfg) if claimed else run_dir
+    try:
+        runner = experiment.make_runner(cfg, run_dir, device)  # validates the config
+    except BaseException:
+        if claimed and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a config refused leaves no folder behind
+        raise
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     print(f"marl_diff: {cfg.scenario.name} / {cfg.agent.name} on {device} -> {run_dir}")

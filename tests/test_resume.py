@@ -12,7 +12,7 @@ import torch
 from conftest import TINY_AGENTS, TINY_NETS
 
 from marl_diff.agents.gaussian import GaussianAgent
-from marl_diff.checkpoint import checkpoint_paths, load_latest, save_checkpoint
+from marl_diff.checkpoint import checkpoint_paths, claim_new_dir, load_latest, save_checkpoint
 from marl_diff.errors import MarlDiffError, TrainingDiverged
 from marl_diff.experiment import make_runner
 from marl_diff.run import launch, resumed_config
@@ -80,6 +80,20 @@ def test_save_checkpoint_keeps_last_k_and_ignores_partial_files(tmp_path):
     assert state["env_steps"] == 400 and torch.equal(state["w"], torch.full((2,), 400))
     save_checkpoint(folder, 700, {"env_steps": 700}, keep=0)  # keep=0: keep everything
     assert len(checkpoint_paths(folder)) == 3
+
+
+def test_claim_new_dir_never_hands_out_a_taken_folder(tmp_path):
+    """Two runs started in the same second ask for the same timestamped name: each gets a
+    folder of its own, created at once, and what an earlier run wrote is left alone."""
+    base = tmp_path / "runs" / "20261205-070037"
+    first = claim_new_dir(base)
+    (first / "metrics.jsonl").write_text("{}\n")
+    second, third = claim_new_dir(base), claim_new_dir(base)
+    assert (first.name, second.name, third.name) == tuple(
+        base.name + suffix for suffix in ("", "-1", "-2")
+    )
+    assert all(path.is_dir() for path in (second, third))
+    assert (first / "metrics.jsonl").read_text() == "{}\n"
 
 
 def test_load_latest_errors_are_clean(tmp_path):
