@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from marl_diff.buffer import Batch, ReplayBuffer
+from marl_diff.buffer import TRANSITION_FIELDS, Batch, ReplayBuffer
 from marl_diff.envs.base import BatchedMultiAgentEnv, EnvSpec, StepResult
 from marl_diff.errors import BackendMissing, ConfigError, MarlDiffError
 
@@ -61,7 +61,7 @@ class Transitions:
     def to_buffer(self, spec: EnvSpec, device: torch.device) -> ReplayBuffer:
         """A replay buffer holding exactly these transitions (offline runs sample from it)."""
         buffer = ReplayBuffer(len(self), spec, device)
-        buffer.add(Batch(*(field.to(device) for field in self.batch)))
+        buffer.add(self.batch.map(lambda field: field.to(device)))
         return buffer
 
 
@@ -163,7 +163,7 @@ def _from_minari(dataset, spec: EnvSpec) -> Transitions:
         _check("observation size is", obs_space.shape[0], spec.obs_dims[0])
         _check("action size is", act_space.shape[0], spec.act_dims[0])
         bounds = [_box_bounds(act_space)]
-    fields: dict[str, list[np.ndarray]] = {k: [] for k in Batch._fields}
+    fields: dict[str, list[np.ndarray]] = {k: [] for k in TRANSITION_FIELDS}
     returns = []
     for episode in dataset.iterate_episodes():
         obs = [episode.observations[a] for a in names] if multi else [episode.observations]
@@ -210,7 +210,7 @@ def _batch(fields: dict[str, list[np.ndarray]]) -> Batch:
     return Batch(
         *(
             torch.as_tensor(np.concatenate(fields[name]), dtype=torch.float32)
-            for name in Batch._fields
+            for name in TRANSITION_FIELDS
         )
     )
 

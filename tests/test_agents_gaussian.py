@@ -11,7 +11,7 @@ from torch.distributions import Normal, TanhTransform, TransformedDistribution
 from marl_diff.agents import make_agent
 from marl_diff.agents.gaussian import LOG_STD_MAX, LOG_STD_MIN, GaussianAgent, GaussianConfig
 from marl_diff.agents.networks import CentralCritic, PerAgentMLP, substitute_each_agent
-from marl_diff.buffer import Batch, ReplayBuffer
+from marl_diff.buffer import TRANSITION_FIELDS, Batch, ReplayBuffer
 from marl_diff.envs.base import EnvSpec
 from marl_diff.errors import ConfigError
 from marl_diff.nn import StackedLinear, StackedMLP
@@ -358,7 +358,8 @@ def test_buffer_ring_wraps_around():
     sample = buffer.sample(64, torch.Generator().manual_seed(0))
     assert sample.obs.shape == (64, 3, 4) and sample.state.shape == (64, 5)
     assert set(sample.terminated.tolist()) <= {6.0, 7.0, 8.0, 9.0, 10.0}
-    for field in Batch._fields:  # fields stay aligned
+    assert sample.discount is None  # single steps
+    for field in TRANSITION_FIELDS:  # fields stay aligned
         value = getattr(sample, field)
         assert torch.all(value == sample.terminated.view(-1, *[1] * (value.dim() - 1)))
 
@@ -396,7 +397,7 @@ def test_buffer_sample_only_from_filled_part_and_is_reproducible():
     a = buffer.sample(50, torch.Generator().manual_seed(1))
     b = buffer.sample(50, torch.Generator().manual_seed(1))
     assert set(a.terminated.tolist()) <= {1.0, 2.0, 3.0, 4.0}
-    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert all(torch.equal(getattr(a, name), getattr(b, name)) for name in TRANSITION_FIELDS)
 
 
 def test_buffer_never_reads_slots_it_has_not_written():
@@ -404,11 +405,12 @@ def test_buffer_never_reads_slots_it_has_not_written():
     never reach a sample, a state_dict or an extra field."""
     spec = hetero_spec()
     buffer = ReplayBuffer(10, spec, torch.device("cpu"), {"target": ((2,), torch.float32)})
-    for store in (*buffer.storage, *buffer.extras.values()):
+    stores = [getattr(buffer.storage, name) for name in TRANSITION_FIELDS]
+    for store in (*stores, *buffer.extras.values()):
         store.fill_(float("nan"))
     slots = buffer.add(numbered(spec, 1, 3))
     sample = buffer.sample(256, torch.Generator().manual_seed(0))
-    assert not any(torch.isnan(value).any() for value in sample)
+    assert not any(torch.isnan(getattr(sample, name)).any() for name in TRANSITION_FIELDS)
     assert buffer.extras["target"][slots].abs().sum() == 0
     assert not any(torch.isnan(value).any() for value in buffer.state_dict().values())
 
@@ -419,7 +421,7 @@ def test_buffer_state_dict_round_trip():
     buffer.add(numbered(spec, 0, 4))
     buffer.add(numbered(spec, 4, 3))  # wrapped: holds 2..6, oldest at position 2
     state = buffer.state_dict()
-    assert set(state) == {*Batch._fields, "position"}
+    assert set(state) == {*TRANSITION_FIELDS, "position"}
     assert state["terminated"].tolist() == [2, 3, 4, 5, 6]  # insertion order
     assert state["obs"].shape == (5, 3, 4)
 

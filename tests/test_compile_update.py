@@ -12,7 +12,6 @@ import torch
 from conftest import make_tiny_agent
 from test_adam_impl import batch
 
-from marl_diff.buffer import Batch
 from marl_diff.nn import compiler_available
 
 needs_compiler = pytest.mark.skipif(
@@ -43,7 +42,7 @@ def updated(agent, updates: int = 3) -> list[dict]:
     """Metrics of `updates` updates on one batch, drawing the same random numbers whatever
     ran them (inductor's own generator would draw others)."""
     torch.manual_seed(1)
-    data = Batch(*(field.to(agent.device) for field in batch(agent.spec, rows=16)))
+    data = batch(agent.spec, rows=16).map(lambda field: field.to(agent.device))
     with torch._inductor.config.patch(fallback_random=True):
         return [agent.update(data) for _ in range(updates)]
 

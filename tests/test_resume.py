@@ -215,6 +215,8 @@ class Killed(Exception):
         *((name, []) for name in sorted(RESUME_AGENTS)),
         # update phases at env steps 50, 100 and 120: the checkpoint at 60 holds earned updates
         ("gaussian", ["runner.update_every=50"]),
+        # n-step returns: the links across the checkpoint, the agent's episodes_continue flag
+        ("ddpl", ["agent.n_step=3"]),
     ],
 )
 def test_a_run_killed_and_resumed_equals_the_uninterrupted_run(

@@ -267,8 +267,10 @@ def test_dacer_distributional_critic_loss_by_hand(weighting, monkeypatch):
 def test_dacer_sampled_target_uses_the_std_of_the_smaller_mean_head(monkeypatch):
     """Head 0 has the smaller target mean (1 < 3) but the larger std (2 > 0.1): its std is used."""
     dacer = agent("dacer", gamma=0.5, variance_weighting=False)
-    batch = Batch(*(x[:1] for x in critic_batch()))._replace(
-        reward=torch.zeros(1, 2), terminated=torch.zeros(1)
+    batch = (
+        critic_batch()
+        .map(lambda x: x[:1])
+        ._replace(reward=torch.zeros(1, 2), terminated=torch.zeros(1))
     )
     mean = torch.tensor([[0.5], [0.5]], requires_grad=True)  # = y, so only the NLL pulls
     std = torch.tensor([[2.0], [2.0]], requires_grad=True)  # wide: td_bound 3 does not clip

@@ -17,7 +17,7 @@ from torch.optim.adam import adam as functional_adam
 
 from marl_diff import precision
 from marl_diff.agents.networks import CRITIC_REDUCTIONS, CentralCritic, substitute_each_agent
-from marl_diff.buffer import Batch, ReplayBuffer
+from marl_diff.buffer import LINK_FIELDS, Batch, ReplayBuffer, gather_n_step, link_env_step
 from marl_diff.envs.base import EnvSpec, StepResult
 from marl_diff.errors import ConfigError
 from marl_diff.nn import ACTIVATIONS, compile_own_copy, compiler_available
@@ -191,6 +191,11 @@ class ActorCriticConfig(AgentConfig):
     # "replay" (HASAC-style, the batch's actions) or "policy" (fresh samples of their policies).
     others_actions: str = "replay"
     policy_delay: int = 1  # actor updates once every `policy_delay` critic updates
+    # The critic's TD targets over up to `n_step` env steps of the same episode (n-step
+    # returns, HASAC's `n_step`): the discounted rewards of the steps taken, then gamma^k times
+    # the bootstrapped value of the k-th next state (its soft bonus included), with no
+    # off-policy correction, as HASAC. 1: one-step targets, the catalog's results.
+    n_step: int = 1
     grad_clip: float = 0.0  # 0 = no clipping
     # torch.compile (`ActorCriticAgent.minimize`): the critic's loss with its gradients, clip and
     # Adam step as one graph where the agent's critic update is `critic_loss` (all but DTQL's
@@ -229,6 +234,9 @@ class ActorCriticAgent(Agent):
     CRITIC_REWARDS = ("team", "per_agent")
     # Agents whose losses all run under `loss_precision`; the others narrow this to ("run",).
     UPDATE_PRECISIONS = ("run", precision.BFLOAT16)
+    # Whether `n_step` > 1 is offered: it needs the online runner's episode links and the
+    # shared TD target (`bootstrap_factor`); agents without either set False.
+    N_STEP_RETURNS: ClassVar[bool] = True
     critic_class: type[nn.Module] = CentralCritic  # built from (state, agents, act dims, hidden)
 
     def __init__(self, config: ActorCriticConfig, spec: EnvSpec, device: torch.device):
@@ -244,13 +252,22 @@ class ActorCriticAgent(Agent):
             },
         )
         check_activation("agent.critic_activation", config.critic_activation)
-        check_at_least(config, ("policy_delay",))
+        check_at_least(config, ("policy_delay", "n_step"))
+        if config.n_step > 1 and not self.N_STEP_RETURNS:
+            raise ConfigError(
+                f"agent.n_step must be 1 for agent '{config.algorithm}' (it learns from single "
+                f"steps only), got {config.n_step}"
+            )
         check_at_least(
             config, ("critic_members",), minimum=2 if config.critic_reduction == "lcb" else 1
         )
         self.critic = self.build_critic(config, spec)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.register_buffer("act_mask", spec.act_mask().float())
+        if config.n_step > 1:
+            # whether the training envs' episodes go on from the last observed step (False
+            # after a reset), saved with the agent so a resumed run links as it would have
+            self.register_buffer("episodes_continue", torch.tensor(False))
         # A Python int, not a device tensor: the update schedule (policy delay, refreshes,
         # decays) branches on it every update, and reading a GPU tensor would wait for the GPU.
         self.updates = 0
@@ -397,6 +414,37 @@ class ActorCriticAgent(Agent):
             capturable,
         )
 
+    # ---------------------------------------------------------------- n-step returns
+    def buffer_fields(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        return dict(LINK_FIELDS) if self.config.n_step > 1 else {}
+
+    def observe(self, buffer: ReplayBuffer, slots: torch.Tensor, result: StepResult) -> None:
+        if self.config.n_step > 1:
+            link_env_step(
+                buffer, slots, result.terminated | result.truncated, self.episodes_continue
+            )
+            self.episodes_continue.fill_(True)
+
+    def reset_episodes(self) -> None:
+        if self.config.n_step > 1:
+            self.episodes_continue.fill_(False)
+
+    def sample_batch(
+        self, buffer: ReplayBuffer, batch_size: int, generator: torch.Generator | None = None
+    ) -> Batch:
+        """Uniform transitions; with `n_step` > 1 each extended to its n-step return."""
+        if self.config.n_step == 1:
+            return buffer.sample(batch_size, generator)
+        slots = buffer.sample_slots(batch_size, generator)
+        return gather_n_step(buffer, slots, self.config.n_step, self.config.gamma)
+
+    def bootstrap_factor(self, batch: Batch) -> torch.Tensor:
+        """[B] what multiplies the bootstrapped next value in the TD target: gamma^k (the
+        batch's `discount`, or gamma for single steps) where the episode goes on, 0 where it
+        terminated."""
+        discount = self.config.gamma if batch.discount is None else batch.discount
+        return discount * (1.0 - batch.terminated)
+
     def update_critic(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self.minimize("critic_loss", batch, "critic")
 
@@ -408,12 +456,12 @@ class ActorCriticAgent(Agent):
             next_q = self.critic_target(batch.next_state, next_action)  # [K, B] or [K, B, N]
             if cfg.critic_targets == "reduced":
                 next_q = self.critic_target.reduce(next_q)
-            reward, not_done = batch.reward * cfg.reward_scale, 1.0 - batch.terminated
+            reward, factor = batch.reward * cfg.reward_scale, self.bootstrap_factor(batch)
             if self.critic.per_agent:
-                not_done = not_done[:, None]
+                factor = factor[:, None]
             else:
                 reward, bonus = reward.mean(-1), bonus.sum(-1)
-            target = reward + cfg.gamma * not_done * (next_q + bonus)
+            target = reward + factor * (next_q + bonus)
         q = self.critic(batch.state, batch.action)
         loss = (q - target).pow(2).flatten(1).mean(-1).sum()
         return loss, {"loss/critic": loss.detach(), "q/mean": q.mean().detach()}

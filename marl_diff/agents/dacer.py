@@ -185,7 +185,7 @@ class DACERAgent(DiffusionActorCritic):
             next_mean = next_mean.gather(0, pick)[0]
             next_std = next_std.gather(0, pick)[0]
             team_reward = batch.reward.mean(-1) * cfg.reward_scale
-            discount = cfg.gamma * (1.0 - batch.terminated)
+            discount = self.bootstrap_factor(batch)
             target_mean = team_reward + discount * next_mean  # [B]
             z = torch.randn_like(next_mean).clamp(-bound, bound)
             target_sample = team_reward + discount * (next_mean + next_std * z)

@@ -147,6 +147,7 @@ class DDiffPGAgent(ActorCriticAgent):
     Config = DDiffPGConfig
     CRITIC_REWARDS = ("team",)  # a distributional twin per mode, of the team reward
     UPDATE_PRECISIONS = ("run",)  # its critic and actor updates are its own (no loss_precision)
+    N_STEP_RETURNS = False  # its batches are its own (per mode) and so are its critics' targets
 
     def __init__(self, config: DDiffPGConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)
@@ -441,7 +442,7 @@ class DDiffPGAgent(ActorCriticAgent):
     def _grouped(self, batch: ModeBatch) -> tuple[Batch, torch.Tensor]:
         """The transitions as [G, b, ...] and each row's group [G, b]."""
         groups, rows = batch.slots.shape
-        grouped = Batch(*(x.view(groups, rows, *x.shape[1:]) for x in batch.transitions))
+        grouped = batch.transitions.map(lambda x: x.view(groups, rows, *x.shape[1:]))
         group = torch.arange(groups, device=self.device)[:, None].expand(groups, rows)
         return grouped, group
 

@@ -204,4 +204,4 @@ class DiffusionActorCritic(ActorCriticAgent):
         size = self.config.actor_batch_size
         if size == 0 or size >= batch.obs.shape[0]:
             return batch
-        return Batch(*(field[:size] for field in batch))
+        return batch.map(lambda field: field[:size])
