@@ -16,12 +16,14 @@ SMALL_NETS = {
 
 
 @pytest.mark.learning(seconds=30)
-@pytest.mark.parametrize("update_precision", ["run", "bfloat16"])
-def test_gaussian_learns_pendulum(tmp_path, update_precision):
+@pytest.mark.parametrize("update_precision, n_step", [("run", 1), ("bfloat16", 1), ("run", 3)])
+def test_gaussian_learns_pendulum(tmp_path, update_precision, n_step):
     # a uniform-random / untrained policy scores about -1200 on Pendulum; solved is about -150
     overrides = {
         f"agent.update_precision={update_precision}": "float32, and mixed precision (bfloat16 "
         "losses): the same threshold",
+        f"agent.n_step={n_step}": "one-step targets, and 3-step returns across the episodes' "
+        "truncations: the same threshold",
         "runner.total_steps=4500": "budget (catalog: 20000); reached -209",
         "runner.batch_size=128": "budget (catalog: 256)",
         "runner.eval_every=0": "budget: only the final evaluation",
