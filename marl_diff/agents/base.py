@@ -246,7 +246,7 @@ class ActorCriticAgent(Agent):
     UPDATE_PRECISIONS = ("run", precision.BFLOAT16)
     # Whether `n_step` > 1 is offered: it needs the online runner's episode links and the
     # shared TD target (`bootstrap_factor`); agents without either set False.
-    N_STEP_RETURNS: ClassVar[bool] = True
+    N_STEP_RETURNS = True
     critic_class: type[nn.Module] = CentralCritic  # built from (state, agents, act dims, hidden)
 
     def __init__(self, config: ActorCriticConfig, spec: EnvSpec, device: torch.device):
