@@ -228,10 +228,11 @@ class ActorCriticAgent(Agent):
     side by side), n_step 5 against 1: ddpl's final evaluations 0.77, 0.86, 0.99 against 0.21,
     0.74, 0.80, and none of its early collapses (-1.9, -6.8 and -1.2 at 6k frames against
     0.60, 0.45, 0.11); the gaussian's curves rose sooner to the same plateau (best 0.99, 1.05,
-    1.00 against 0.98, 1.05, 0.98). The cost per update is the same. It is no free gain: on
-    Pendulum at the learning tests' settings (3 seeds) n = 3 took the gaussian's final return
-    from -308 to -195 on average but qvpo's from -319 to -552. The catalog keeps 1: its
-    results were made with it.
+    1.00 against 0.98, 1.05, 0.98). The cost per update is the same. It is no free gain: at
+    ddpl's vmas_navigation study setting (shared reward, team critic) n = 5 ended 0.12 lower
+    (1.21 against 1.33, 6 seeds, 256 episodes each), and on Pendulum at the learning tests'
+    settings (3 seeds) n = 3 took the gaussian's final return from -308 to -195 on average
+    but qvpo's from -319 to -552. The catalog keeps 1.
     Subclasses provide the policy: how to act, how to draw next actions (with any soft-value
     bonus) for the critic target, and the actor update.
     """
