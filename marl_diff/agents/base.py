@@ -230,9 +230,10 @@ class ActorCriticAgent(Agent):
     0.60, 0.45, 0.11); the gaussian's curves rose sooner to the same plateau (best 0.99, 1.05,
     1.00 against 0.98, 1.05, 0.98). The cost per update is the same. It is no free gain: at
     ddpl's vmas_navigation study setting (shared reward, team critic) n = 5 ended 0.12 lower
-    (1.21 against 1.33, 6 seeds, 256 episodes each), and on Pendulum at the learning tests'
-    settings (3 seeds) n = 3 took the gaussian's final return from -308 to -195 on average
-    but qvpo's from -319 to -552. The catalog keeps 1.
+    (1.21 against 1.33, 6 seeds, 256 episodes each) where n = 3 held it (1.32) and still
+    gained on BenchMARL's task (0.88); on Pendulum at the learning tests' settings (3 seeds)
+    n = 3 took the gaussian's final return from -308 to -195 on average but qvpo's from -319
+    to -552. The catalog keeps 1 until more tasks and seeds are measured.
     Subclasses provide the policy: how to act, how to draw next actions (with any soft-value
     bonus) for the critic target, and the actor update.
     """
