@@ -246,8 +246,9 @@ class ActorCriticAgent(Agent):
     CRITIC_REWARDS = ("team", "per_agent")
     # Agents whose losses all run under `loss_precision`; the others narrow this to ("run",).
     UPDATE_PRECISIONS = ("run", precision.BFLOAT16)
-    # Whether `n_step` > 1 is offered: it needs the online runner's episode links and the
-    # shared TD target (`bootstrap_factor`); agents without either set False.
+    # Whether `n_step` > 1 is offered: it needs the online runner's episode links (offline
+    # agents never have them) and the shared TD target (`bootstrap_factor`); online agents
+    # whose batches or targets are their own set False.
     N_STEP_RETURNS = True
     critic_class: type[nn.Module] = CentralCritic  # built from (state, agents, act dims, hidden)
 
@@ -265,7 +266,7 @@ class ActorCriticAgent(Agent):
         )
         check_activation("agent.critic_activation", config.critic_activation)
         check_at_least(config, ("policy_delay", "n_step"))
-        if config.n_step > 1 and not self.N_STEP_RETURNS:
+        if config.n_step > 1 and not (self.N_STEP_RETURNS and self.regime == "online"):
             raise ConfigError(
                 f"agent.n_step must be 1 for agent '{config.algorithm}' (it learns from single "
                 f"steps only), got {config.n_step}"

@@ -83,7 +83,6 @@ class DTQLAgent(ActorCriticAgent):
     Config = DTQLConfig
     CRITIC_REWARDS = ("team",)  # IQL's Q and V of the team reward
     UPDATE_PRECISIONS = ("run",)  # its IQL and actor losses are its own (no loss_precision)
-    N_STEP_RETURNS = False  # offline: its dataset's transitions carry no episode links
     regime = "offline"
 
     def __init__(self, config: DTQLConfig, spec: EnvSpec, device: torch.device):

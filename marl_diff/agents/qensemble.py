@@ -99,7 +99,6 @@ class QEnsembleAgent(ActorCriticAgent):
     Config = QEnsembleConfig
     CRITIC_REWARDS = ("team",)  # its actor loss reads the team Q's members directly
     UPDATE_PRECISIONS = ("run",)  # its actor loss is its own (no loss_precision)
-    N_STEP_RETURNS = False  # offline: its dataset's transitions carry no episode links
     regime = "offline"
 
     def __init__(self, config: QEnsembleConfig, spec: EnvSpec, device: torch.device):
