@@ -1,8 +1,9 @@
 """Peer benchmark: BenchMARL's MASAC and MAPPO against marl_diff agents on VMAS navigation.
 
 `python -m marl_diff.bench peer [agents=2,4] [methods=masac,mappo,gaussian,ddpl]
-[frames=60000] [threshold=1.0] [seeds=0] [settings=masac] [device=cpu] [venv=.peer_venv]
-[runs=results/runs/peer] [out=results/peer.md] [agent.<key>=value ...] [runner.<key>=value ...]`
+[frames=60000] [threshold=1.0] [seeds=0] [settings=masac] [eval_episodes=0] [device=cpu]
+[venv=.peer_venv] [runs=results/runs/peer] [out=results/peer.md] [agent.<key>=value ...]
+[runner.<key>=value ...]`
 
 In one run:
 1. BenchMARL (1.5.2, with vmas) is made available in its own virtualenv `venv=`; when that
@@ -24,6 +25,11 @@ In one run:
    seed): frames/s, final and best evaluation return, seconds until the evaluation return
    first reaches `threshold=`, and frames/s relative to MASAC at the same agent count and seed.
    A second table gathers the time to `threshold=` over the seeds (time to quality).
+
+`eval_episodes=K` (0: BenchMARL's 10) sets the episodes of every evaluation on both sides. A
+mean over 10 episodes of one policy varies by about +-0.3 on this task, so with 10 a run can
+"reach" 1.0 by a lucky draw, or miss it at a policy whose mean is above it; more episodes make
+time to quality a reading of the policy rather than of the draw, for both sides alike.
 
 `device=cuda` runs both sides on a GPU: BenchMARL's sampling, training and replay-buffer devices
 (BenchMARL's advice for VMAS on a GPU) and marl_diff's `device=`, so envs, buffer and updates sit
@@ -65,6 +71,7 @@ PEER_SETTINGS = {
     "threshold": "1.0",
     "seeds": "0",  # comma-separated; time to quality wants several
     "settings": "masac",  # marl_diff's training settings: MASAC's mapped, or `own` (catalog)
+    "eval_episodes": "0",  # episodes per evaluation on both sides; 0: BenchMARL's default
     "device": "cpu",  # both sides' envs, buffers and updates
     "venv": ".peer_venv",
     "runs": "results/runs/peer",
@@ -337,14 +344,19 @@ def _parse(args: list[str]) -> tuple[dict, list[str]]:
         agents = [int(a) for a in values["agents"].split(",") if a]
         seeds = [int(s) for s in values["seeds"].split(",") if s]
         frames = int(values["frames"])
+        eval_episodes = int(values["eval_episodes"])
         threshold = float(values["threshold"])
     except ValueError:
         raise ConfigError(
-            "agents and seeds must be comma-separated lists of integers, frames an integer and "
-            "threshold a number"
+            "agents and seeds must be comma-separated lists of integers, frames and "
+            "eval_episodes integers and threshold a number"
         ) from None
     if not agents or min(agents) < 1 or frames <= 0:
         raise ConfigError("agents must list positive agent counts and frames must be positive")
+    if eval_episodes < 0:
+        raise ConfigError(
+            f"eval_episodes must be 0 (BenchMARL's default) or positive, got {eval_episodes}"
+        )
     if not seeds or len(set(seeds)) < len(seeds):
         raise ConfigError("seeds= must name one or more different integers, e.g. seeds=0,1,2")
     if values["settings"] not in SETTINGS_MODES:
@@ -357,7 +369,13 @@ def _parse(args: list[str]) -> tuple[dict, list[str]]:
     if values["device"] == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda, but torch sees no CUDA GPU here. Valid choices here: cpu")
     parsed = dict(
-        values, methods=methods, agents=agents, frames=frames, seeds=seeds, threshold=threshold
+        values,
+        methods=methods,
+        agents=agents,
+        frames=frames,
+        seeds=seeds,
+        threshold=threshold,
+        eval_episodes=eval_episodes,
     )
     return parsed, passthrough
 
@@ -413,11 +431,17 @@ def _run_benchmarl(
 ) -> dict:
     frames = values["frames"]
     args = ["--algorithm", method, "--n-agents", str(n), "--frames", str(frames)]
-    args += ["--device", values["device"]]
+    args += ["--device", values["device"], *_evaluation_option(values)]
     folder = runs / f"benchmarl_{method}_n{n}_seed{seed}"
     args += ["--seed", str(seed), "--folder", str(folder)]
     what = f"BenchMARL {method}, {n} agents, seed {seed}, {frames:,} frames"
     return _benchmarl_json(python, args, log, what)
+
+
+def _evaluation_option(values: dict) -> list[str]:
+    """benchmarl_run.py's episodes per evaluation, where `eval_episodes=` sets them."""
+    episodes = values["eval_episodes"]
+    return ["--evaluation-episodes", str(episodes)] if episodes > 0 else []
 
 
 def marl_diff_arguments(
@@ -474,7 +498,11 @@ def peer(args: list[str]) -> str:
     settings = {
         method: _benchmarl_json(
             python,
-            ["--settings-only", "--algorithm", method, "--n-agents", str(agents[0])],
+            [
+                "--settings-only",
+                *("--algorithm", method, "--n-agents", str(agents[0])),
+                *_evaluation_option(values),
+            ],
             runs / f"settings_{method}.log",
             f"reading BenchMARL's {method} defaults",
         )
@@ -556,7 +584,12 @@ def _report(args, values, passthrough, versions, settings, results, runs) -> lis
         "algorithm/masac.yaml / mappo.yaml, task/vmas/navigation.yaml, model/layers/mlp.yaml for "
         f"actor and critic), changing only max_n_frames={frames}, "
         f"evaluation_interval={per_iter} (default {masac['evaluation_interval']:,}), "
-        "loggers=[csv] (not wandb) and render=false"
+        + (
+            f"evaluation_episodes={values['eval_episodes']} (default 10), "
+            if values["eval_episodes"]
+            else ""
+        )
+        + "loggers=[csv] (not wandb) and render=false"
         + (
             f", and sampling_device, train_device and buffer_device={values['device']}."
             if values["device"] != "cpu"
@@ -572,7 +605,8 @@ def _report(args, values, passthrough, versions, settings, results, runs) -> lis
         "Both report, per evaluation episode, the sum over its steps of the mean over agents of "
         "each agent's reward (BenchMARL's logger: each agent's rewards summed over the episode, "
         "then averaged over agents; marl_diff: the team reward, mean over agents, summed over "
-        "steps), averaged over the evaluation episodes (10 on both sides). The marl_diff runs "
+        f"steps), averaged over the evaluation episodes ({masac['evaluation_episodes']} on both "
+        "sides). The marl_diff runs "
         "get BenchMARL's task arguments, so the reward is the same function: with "
         "shared_rew=false an agent earns its own progress to its goal, plus a shared 0.01 "
         "when all agents are on their goals and -1 per collision. (marl_diff's own "

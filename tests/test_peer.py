@@ -89,6 +89,8 @@ def test_bad_method_lists_the_valid_ones():
         "seeds=0,0",
         "settings=benchmarl",
         "device=gpu",
+        "eval_episodes=ten",
+        "eval_episodes=-1",
     ],
 )
 def test_bad_values_stop_before_anything_runs(arg, tmp_path):
@@ -382,10 +384,38 @@ def test_cuda_without_a_gpu_stops_before_anything_runs(tmp_path):
 def test_device_reaches_both_sides(monkeypatch, tmp_path):
     """device=cuda puts BenchMARL's sampling, training and buffer on the GPU and marl_diff's
     run there too, so both sides do the same work on the same device."""
-    values = {"frames": 12000, "settings": "masac", "device": "cuda"}
+    values = {"frames": 12000, "settings": "masac", "device": "cuda", "eval_episodes": 0}
     arguments = peer.marl_diff_arguments(MASAC, "ddpl", 2, 0, values, [], tmp_path / "r")
     assert "device=cuda" in arguments and "device=cpu" not in arguments
     seen = []
     monkeypatch.setattr(peer, "_benchmarl_json", lambda python, args, log, what: seen.extend(args))
     peer._run_benchmarl(Path("python"), "masac", 2, values, 0, tmp_path, tmp_path / "m.log")
     assert seen[seen.index("--device") + 1] == "cuda"
+    assert "--evaluation-episodes" not in seen  # 0: BenchMARL's own 10
+
+
+def test_benchmarl_runs_get_the_eval_episodes(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(peer, "_benchmarl_json", lambda python, args, log, what: seen.extend(args))
+    values = {"frames": 6000, "device": "cpu", "eval_episodes": 100}
+    peer._run_benchmarl(Path("python"), "mappo", 2, values, 0, tmp_path, tmp_path / "m.log")
+    assert seen[seen.index("--evaluation-episodes") + 1] == "100"
+
+
+def test_eval_episodes_reach_both_sides(fake_benchmarl, monkeypatch, tmp_path):
+    """eval_episodes=K goes to BenchMARL's settings read and its runs; the marl_diff runs take
+    their evaluation from those settings, so both sides evaluate on K episodes."""
+    seen = []
+    settings_json = peer._benchmarl_json
+    monkeypatch.setattr(
+        peer,
+        "_benchmarl_json",
+        lambda python, args, log, what: seen.append(args) or settings_json(python, args, log, what),
+    )
+    args = ["agents=2", "frames=6000", f"runs={tmp_path}", "out=", "methods=gaussian"]
+    text = peer.peer([*args, "eval_episodes=100", "agent.actor_lr=0.001"])
+    assert len(seen) == 2  # MASAC's and MAPPO's settings, each read with the episodes
+    assert all(a[a.index("--evaluation-episodes") + 1] == "100" for a in seen)
+    assert "evaluation_episodes=100 (default 10)" in text
+    overrides = peer.task_overrides({**MASAC, "evaluation_episodes": 100}, 2)
+    assert "runner.eval_episodes=100" in overrides and "runner.eval_num_envs=100" in overrides
