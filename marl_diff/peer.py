@@ -24,7 +24,8 @@ In one run:
 4. One table, a row per method, agent count and seed (`seeds=0,1,2`: every run once per
    seed): frames/s, final and best evaluation return, seconds until the evaluation return
    first reaches `threshold=`, and frames/s relative to MASAC at the same agent count and seed.
-   A second table gathers the time to `threshold=` over the seeds (time to quality).
+   A second table gathers the time to `threshold=` over the seeds (time to quality);
+   `threshold=0.8,0.9,1.0` gives one such table per value (the results table takes the first).
 
 `eval_episodes=K` (0: BenchMARL's 10) sets the episodes of every evaluation on both sides. A
 mean over 10 episodes of one policy varies by about +-0.3 on this task, so with 10 a run can
@@ -68,7 +69,7 @@ PEER_SETTINGS = {
     # 10 BenchMARL iterations per run. Measured here (2 cores, 1 torch thread each run), the
     # whole default benchmark takes about 2 hours, most of it ddpl: raise it where that is cheap.
     "frames": "60000",
-    "threshold": "1.0",
+    "threshold": "1.0",  # comma-separated: a time-to-quality table per value
     "seeds": "0",  # comma-separated; time to quality wants several
     "settings": "masac",  # marl_diff's training settings: MASAC's mapped, or `own` (catalog)
     "eval_episodes": "0",  # episodes per evaluation on both sides; 0: BenchMARL's default
@@ -345,12 +346,14 @@ def _parse(args: list[str]) -> tuple[dict, list[str]]:
         seeds = [int(s) for s in values["seeds"].split(",") if s]
         frames = int(values["frames"])
         eval_episodes = int(values["eval_episodes"])
-        threshold = float(values["threshold"])
+        thresholds = [float(t) for t in values["threshold"].split(",") if t]
     except ValueError:
         raise ConfigError(
             "agents and seeds must be comma-separated lists of integers, frames and "
-            "eval_episodes integers and threshold a number"
+            "eval_episodes integers and threshold a comma-separated list of numbers"
         ) from None
+    if not thresholds:
+        raise ConfigError("threshold= names no return, e.g. threshold=1.0 or threshold=0.8,1.0")
     if not agents or min(agents) < 1 or frames <= 0:
         raise ConfigError("agents must list positive agent counts and frames must be positive")
     if eval_episodes < 0:
@@ -374,7 +377,7 @@ def _parse(args: list[str]) -> tuple[dict, list[str]]:
         agents=agents,
         frames=frames,
         seeds=seeds,
-        threshold=threshold,
+        thresholds=thresholds,
         eval_episodes=eval_episodes,
     )
     return parsed, passthrough
@@ -547,7 +550,7 @@ def peer(args: list[str]) -> str:
 def _report(args, values, passthrough, versions, settings, results, runs) -> list[str]:
     import vmas
 
-    methods, frames, threshold = values["methods"], values["frames"], values["threshold"]
+    methods, frames, thresholds = values["methods"], values["frames"], values["thresholds"]
     masac = settings["masac"]
     per_iter = masac["frames_per_iteration"]
     run_bm = [m for m in BENCHMARL_METHODS if m in methods]
@@ -567,17 +570,23 @@ def _report(args, values, passthrough, versions, settings, results, runs) -> lis
         "",
         "## Results",
         "",
-        *results_table(results, threshold),
+        *results_table(results, thresholds[0]),
         "",
         "frames/s = frames / training wall-clock seconds, from the start of training (after "
         "building envs and networks) to the end of the last evaluation; both sides' times "
         "include their evaluations. Time to threshold: wall-clock seconds at the first "
         "evaluation whose mean return reaches it.",
         "",
-        f"## Time to an evaluation return of {threshold:g}, over the seeds",
-        "",
-        *time_to_quality_table(results, threshold),
-        "",
+        *(
+            line
+            for threshold in thresholds
+            for line in (
+                f"## Time to an evaluation return of {threshold:g}, over the seeds",
+                "",
+                *time_to_quality_table(results, threshold),
+                "",
+            )
+        ),
         "## Settings",
         "",
         "BenchMARL runs its shipped defaults (experiment/base_experiment.yaml, "

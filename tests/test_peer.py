@@ -81,6 +81,8 @@ def test_bad_method_lists_the_valid_ones():
         "agents=two",
         "frames=1e5",
         "threshold=high",
+        "threshold=",
+        "threshold=0.8,high",
         "agents=0",
         "frames=0",
         "methods=",
@@ -364,6 +366,16 @@ def test_peer_writes_one_row_per_method_agent_count_and_seed(fake_benchmarl, tmp
         ("ddpl", 2, 0),
         ("masac", 2, 1),
     ]
+
+
+def test_each_threshold_gets_its_time_to_quality_table(fake_benchmarl, tmp_path):
+    args = ["agents=2", "frames=6000", f"runs={tmp_path}", "out=", "methods=masac,gaussian"]
+    text = peer.peer([*args, "threshold=0.5,1.0", "agent.actor_lr=0.001"])
+    results, low, high = text.split("## Time to an evaluation return of ")[:3]
+    assert "time to eval return >= 0.5 |" in results  # the results table takes the first
+    assert low.startswith("0.5, over the seeds") and high.startswith("1, over the seeds")
+    gaussian = [line for part in (low, high) for line in part.splitlines() if "| gaussian" in line]
+    assert "| 1 of 1 |" in gaussian[0] and "| 0 of 1 |" in gaussian[1]  # its runs end at 0.5
 
 
 def test_report_says_which_settings_the_marl_diff_runs_had(fake_benchmarl, tmp_path):
