@@ -233,7 +233,9 @@ class ActorCriticAgent(Agent):
     (1.21 against 1.33, 6 seeds, 256 episodes each) where n = 3 held it (1.32) and still
     gained on BenchMARL's task (0.88); on Pendulum at the learning tests' settings (3 seeds)
     n = 3 took the gaussian's final return from -308 to -195 on average but qvpo's from -319
-    to -552. The catalog keeps 1 until more tasks and seeds are measured.
+    to -552. For ddpl, n = 3 kept multigoal's goals (3 and 3 of 4, 2 seeds) and did not help
+    on MaMuJoCo Ant at the study's settings (3 seeds: 721 against 692 at the end, 670 against
+    756 over the curve). So the catalog keeps 1.
     Subclasses provide the policy: how to act, how to draw next actions (with any soft-value
     bonus) for the critic target, and the actor update.
     """
