@@ -32,6 +32,12 @@ w_j ∝ exp(Q_i(s, a^(j)) / alpha). Our reading of the paper, each choice a conf
   from its own reward ("per_agent", for tasks with individual rewards).
 - temperature: fixed, or tuned per agent toward a target entropy. The entropy is estimated
   from the candidates with the Kozachenko-Leonenko estimator (marl_diff.diffusion.entropy).
+  Tuned (the default), alpha rises to about 1.7 on vmas_navigation and the weights stay
+  nearly uniform (ESS fraction about 0.9). A fixed `alpha` 0.5 sharpens them (0.55-0.65) and
+  learned more on BenchMARL's navigation task (final return higher in 4 of 4 seeds), no more
+  at the study setting (mean 1.36 against 1.33 over seeds 0-5, higher in 3), and on multigoal
+  it kept 2 goals in both seeds against 4 and 3: the mirror update's loss of modes above.
+  Hence tuned (results/speed.md).
 - candidate jitter: fitting a diffusion model to its own samples is under-dispersed, so
   without help the policy's entropy collapses within a few thousand updates, whatever the
   weights (measured: the sample std shrinks about 30% per refit of a fixed target). The
@@ -89,7 +95,8 @@ is learned; each is a setting, and the old behaviour is one override away:
   The cheaper settings measured all cut the actor's work per env step, and each learned less
   in the vmas_navigation study (eval return at 24k steps, results/speed.md, before the VMAS
   stream fix): these defaults 1.48 (5 seeds), 128 of the 256 states 1.16 (6 seeds),
-  `policy_delay` 3 1.20 (3 seeds).
+  `policy_delay` 3 1.20 (3 seeds). `n_candidates` 4 took a run to 0.66x its time and returned
+  1.27 against 1.33 (seeds 0-5, final policies on 256 episodes, lower in 4 of 6).
 - `update_precision` stays "run". "bfloat16" (mixed precision, `loss_precision`: the critic's
   loss with its target actions and the score-matching loss on bfloat16 tensors) took an update
   to 0.82x (VMAS) and 0.83x (Ant) its time at these defaults on an AMD EPYC (`bench update`,
