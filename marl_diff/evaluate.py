@@ -13,8 +13,12 @@ runners/evaluation.py).
 episodes once per mode: the report's `per_mode` holds each mode's return, success rate and
 which routes or goals it took, which shows whether asking for a mode gets that behaviour.
 
-The report goes to DIR/evaluations/<sample|default>_episodes<K>_seed<S>[_mode<M>|_modes].json;
-the run's own eval.json is never touched.
+The report goes to
+DIR/evaluations/<sample|default>_episodes<K>_envs<E>_seed<S>_<progress>[_mode<M>|_modes].json,
+<progress> being the checkpoint's `steps<N>` (env steps; offline runs: `updates<N>`). The name
+holds everything that decides the reading: E env copies with one seed play other episodes than
+one copy does, and a resumed run's later checkpoint is another policy, so no reading
+overwrites a different one. The run's own eval.json is never touched.
 """
 
 from __future__ import annotations
@@ -130,7 +134,13 @@ def evaluate_run(
         k: int(loaded.checkpoint[k]) for k in ("env_steps", "updates") if k in loaded.checkpoint
     }
     report.update(progress, seed=seed, num_envs=loaded.env.num_envs)
-    out = run_dir / "evaluations" / f"{mode}_episodes{episodes}_seed{seed}{suffix}.json"
+    at = (
+        f"steps{progress['env_steps']}"
+        if "env_steps" in progress
+        else f"updates{progress.get('updates', 0)}"
+    )
+    name = f"{mode}_episodes{episodes}_envs{loaded.env.num_envs}_seed{seed}_{at}{suffix}.json"
+    out = run_dir / "evaluations" / name
     out.parent.mkdir(exist_ok=True)
     with open(out, "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=1)

@@ -143,7 +143,7 @@ def test_evaluate_cli_repeats_the_runs_final_evaluation(trained, run_cli, tmp_pa
     assert proc.returncode == 0, proc.stderr
     assert (run_dir / "eval.json").read_bytes() == own
     report = json.loads(
-        (run_dir / "evaluations" / "default_episodes2_seed1000003.json").read_text()
+        (run_dir / "evaluations" / "default_episodes2_envs2_seed1000003_steps300.json").read_text()
     )
     assert report["returns"] == json.loads(own)["returns"]
     assert report["env_steps"] == 300 and report["mode"] == "default"
@@ -159,10 +159,33 @@ def test_evaluate_cli_sample_mode_draws_from_the_gaussian(trained, tmp_path):
     default, _ = evaluate_run(run_dir, episodes=3, device="cpu", seed=7)
     sampled, out = evaluate_run(run_dir, episodes=3, device="cpu", seed=7, sample=True)
     again, _ = evaluate_run(run_dir, episodes=3, device="cpu", seed=7, sample=True)
-    assert out.name == "sample_episodes3_seed7.json" and sampled["mode"] == "sample"
+    assert out.name == "sample_episodes3_envs2_seed7_steps300.json" and sampled["mode"] == "sample"
     assert len(sampled["returns"]) == 3
     assert sampled["returns"] != default["returns"]
     assert sampled["returns"] == again["returns"]  # its own seeded random stream
+
+
+def test_evaluations_on_other_env_copies_keep_their_own_files(trained, tmp_path):
+    """The env copies decide which episodes are played, so a reading on 3 copies is another
+    reading than one on 1 copy with the same seed: each keeps its file, and repeating one
+    rewrites the same numbers into its own file only."""
+    from marl_diff.evaluate import evaluate_run
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    one, one_out = evaluate_run(run_dir, episodes=3, device="cpu", seed=7, num_envs=1)
+    three, three_out = evaluate_run(run_dir, episodes=3, device="cpu", seed=7, num_envs=3)
+    assert (one_out.name, three_out.name) == (
+        "default_episodes3_envs1_seed7_steps300.json",
+        "default_episodes3_envs3_seed7_steps300.json",
+    )
+    assert one["returns"] != three["returns"]
+    assert json.loads(one_out.read_text())["returns"] == one["returns"]
+    again, again_out = evaluate_run(run_dir, episodes=3, device="cpu", seed=7, num_envs=1)
+    assert again_out == one_out and again["returns"] == one["returns"]
+    assert sorted(p.name for p in (run_dir / "evaluations").iterdir()) == sorted(
+        [one_out.name, three_out.name]
+    )
 
 
 @pytest.mark.parametrize(

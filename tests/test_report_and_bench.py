@@ -84,9 +84,8 @@ def finished(run_dir, scenario: str, agent: str, seed: int, evaluation: dict, pe
     if per_mode is not None:
         (run_dir / "evaluations").mkdir()
         modes = {"behaviour_modes": len(per_mode), "per_mode": per_mode}
-        (run_dir / "evaluations" / "sample_episodes10_seed9_modes.json").write_text(
-            json.dumps(modes)
-        )
+        name = "sample_episodes10_envs10_seed9_steps4000_modes.json"
+        (run_dir / "evaluations" / name).write_text(json.dumps(modes))
 
 
 def test_modes_report_counts_routes_and_goals_over_seeds(tmp_path):
