@@ -94,6 +94,54 @@ def test_issm_loss_is_the_weighted_dsm_of_the_candidates(monkeypatch):
     )
 
 
+def test_resampling_draws_candidates_in_proportion_to_their_weights():
+    from marl_diff.agents.ddpl import resample
+
+    candidates = torch.tensor([0.1, 0.2, 0.3])[:, None, None, None].expand(3, 1, 2, 1)
+    weights = torch.tensor([[[0.0, 0.25]], [[1.0, 0.0]], [[0.0, 0.75]]])  # [M=3, B=1, N=2]
+    torch.manual_seed(0)
+    drawn = resample(candidates, weights, 4000)
+    assert drawn.shape == (4000, 1, 2, 1)
+    assert torch.all(drawn[:, 0, 0] == 0.2)  # agent 0: all its weight on candidate 1
+    agent1 = drawn[:, 0, 1, 0]
+    assert not torch.any(agent1 == 0.2)  # a weightless candidate is never drawn
+    assert (agent1 == 0.3).float().mean().item() == pytest.approx(0.75, abs=0.03)
+
+
+def test_resampled_issm_loss_is_the_mean_dsm_of_the_drawn_candidates(monkeypatch):
+    ddpl = agent(
+        alpha=1.0,
+        auto_alpha=False,
+        jitter=False,
+        n_candidates=2,
+        weighting="softmax",
+        resampled_candidates=3,
+    )
+    candidates = torch.tensor([[[[0.2], [0.1]]], [[[-0.3], [0.4]]]])  # [M=2, B=1, N=2, A=1]
+    q = torch.tensor([[[0.0, 50.0]], [[50.0, 0.0]]])  # each agent's weight on one candidate
+    fitted = []
+
+    def dsm_loss(actions, obs):
+        fitted.append(actions)
+        return torch.tensor([[[2.0, 4.0]], [[6.0, 8.0]], [[1.0, 0.0]]], requires_grad=True)
+
+    monkeypatch.setattr(ddpl.policy, "sample", lambda obs, **kw: candidates)
+    monkeypatch.setattr(ddpl, "q_each_agent", lambda state, base, own: q)
+    monkeypatch.setattr(ddpl.policy, "dsm_loss", dsm_loss)
+    batch = Batch(
+        *(torch.zeros(shape) for shape in ((1, 2, 3), (1, 4), (1, 2, 1), (1, 2))),
+        torch.zeros(1, 2, 3),
+        torch.zeros(1, 4),
+        torch.zeros(1),
+    )
+    metrics = ddpl.update_actor(batch)
+    assert fitted[0].shape == (3, 1, 2, 1)
+    assert fitted[0][:, 0, 0, 0].tolist() == pytest.approx([-0.3] * 3)
+    assert fitted[0][:, 0, 1, 0].tolist() == pytest.approx([0.1] * 3)
+    # each drawn candidate weighs 1/3: agent 0 (2 + 6 + 1) / 3, agent 1 (4 + 8 + 0) / 3
+    assert metrics["loss/actor"].item() == pytest.approx(7.0)
+
+
 def test_best_of_k_picks_each_agents_highest_q_sample(monkeypatch):
     ddpl = agent(action_selection="best_of_k", best_of_k=3)
     samples = torch.tensor([[[[0.1], [0.9]]], [[[0.5], [0.2]]], [[[0.7], [0.4]]]])  # [K, B, N, A]
@@ -122,6 +170,7 @@ def test_bad_settings_are_config_errors():
         {"n_candidates": 0},
         {"schedule": "sigmoid"},
         {"proposal": "older"},
+        {"resampled_candidates": -1},
     ):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             agent(**bad)

@@ -92,6 +92,15 @@ is learned; each is a setting, and the old behaviour is one override away:
   256 episodes) it returned 1.28, 1.36, 1.05, 1.48, 1.28, 0.98 (mean 1.24) against 1.23,
   1.49, 1.42, 1.58, 1.10, 1.37 (1.37) with the compiled chains alone: lower in 4 of 6 seeds,
   so it stays off.
+- `resampled_candidates` K (0 in the catalog: all M, weighted): the score-matching loss on K of
+  each state's M candidates, drawn with replacement by their weights, each weighing 1/K. That
+  is importance resampling, an unbiased estimate of the weighted loss over all M at K/M of its
+  rows; the candidates' chain and Q values are unchanged. With `policy_delay` 1 it buys the
+  actor an update every critic update for about the catalog's cost: on BenchMARL's navigation
+  task (the README's time-to-quality command) an update took 30.5 ms with K = 2 against
+  42.9 ms with all 8 (`bench update`, one thread) and ddpl first reached 0.8 in 97-190 s
+  (18-30k frames, seeds 0-2, two threads) against 290-320 s (48-54k) at the catalog's
+  `policy_delay` 2 (results/speed.md).
 - `actor_batch_size` stays 0 (ISSM on every state of the batch) and `policy_delay` stays 2.
   The cheaper settings measured all cut the actor's work per env step, and each learned less
   in the vmas_navigation study (eval return at 24k steps, results/speed.md, before the VMAS
@@ -135,6 +144,9 @@ CHOICES = {
 @dataclass
 class DDPLConfig(DiffusionActorConfig):
     n_candidates: int = 16  # M candidates per state and agent
+    # K > 0: the score-matching loss on K of the M candidates per state and agent, drawn with
+    # replacement by their weights (importance resampling), each weighing 1/K; 0: on all M.
+    resampled_candidates: int = 0
     target: str = "mirror"
     weighting: str = "running"
     clip: float = 3.0  # "running" weighting: clip of the standardised Q
@@ -159,6 +171,7 @@ class DDPLAgent(DiffusionActorCritic):
         super().__init__(config, spec, device)
         check_choices(config, CHOICES)
         check_at_least(config, ("n_candidates", "best_of_k", "lag_updates"))
+        check_at_least(config, ("resampled_candidates",), minimum=0)
         if config.alpha <= 0:
             raise ConfigError(f"agent.alpha must be positive, got {config.alpha}")
         if (config.auto_alpha or config.jitter or config.target == "soft") and (
@@ -222,9 +235,14 @@ class DDPLAgent(DiffusionActorCritic):
                 self.act_dims * knn_log_distances(candidates) if cfg.target == "soft" else None
             )
             weights = self.importance_weights(q, inverse_density)
+        fitted = candidates
+        if cfg.resampled_candidates:
+            fitted = resample(candidates, weights, cfg.resampled_candidates)  # [K, B, N, A]
         with self.loss_precision():
-            dsm = self.policy.dsm_loss(candidates, batch.obs)  # [M, B, N]
-        loss = (weights * dsm).sum(0).mean(0).sum()
+            dsm = self.policy.dsm_loss(fitted, batch.obs)  # [M or K, B, N]
+        # resampled, each drawn candidate weighs 1/K
+        per_state = dsm.mean(0) if cfg.resampled_candidates else (weights * dsm).sum(0)
+        loss = per_state.mean(0).sum()
         self.step_optimizer(loss, "actor")
 
         ess = weights.sum(0).square() / weights.square().sum(0).clamp_min(1e-12)  # [B, N]
@@ -271,3 +289,12 @@ class DDPLAgent(DiffusionActorCritic):
         if log_inverse_density is not None:
             logits = logits + log_inverse_density
         return torch.softmax(logits, dim=0)
+
+
+def resample(candidates: torch.Tensor, weights: torch.Tensor, k: int) -> torch.Tensor:
+    """k of each state's and agent's candidates [M, B, N, A], drawn with replacement with
+    probabilities `weights` [M, B, N] -> [k, B, N, A]."""
+    m, *lead = weights.shape
+    rows = weights.reshape(m, -1).T  # [B * N, M]
+    index = torch.multinomial(rows, k, replacement=True).T.reshape(k, *lead)  # [k, B, N]
+    return candidates.gather(0, index.unsqueeze(-1).expand(-1, -1, -1, candidates.shape[-1]))
