@@ -100,7 +100,12 @@ is learned; each is a setting, and the old behaviour is one override away:
   task (the README's time-to-quality command) an update took 30.5 ms with K = 2 against
   42.9 ms with all 8 (`bench update`, one thread) and ddpl first reached 0.8 in 97-190 s
   (18-30k frames, seeds 0-2, two threads) against 290-320 s (48-54k) at the catalog's
-  `policy_delay` 2 (results/speed.md).
+  `policy_delay` 2. At the vmas_navigation study setting (seeds 0-5, 256 episodes) K = 2
+  returned 1.24 against the catalog's 1.33 (lower in 4 of 6 seeds), and with `policy_delay` 1
+  1.35 (higher in 3) at the catalog's run time. Not in the catalog: at the VMAS and MPE
+  families' networks `policy_delay` 1 costs 5.6x a Gaussian update, past the 5x target. On
+  multigoal (32 candidates) K = 2 kept 4 and 3 goals in seeds 0 and 1, as all 32 did
+  (results/speed.md).
 - `actor_batch_size` stays 0 (ISSM on every state of the batch) and `policy_delay` stays 2.
   The cheaper settings measured all cut the actor's work per env step, and each learned less
   in the vmas_navigation study (eval return at 24k steps, results/speed.md, before the VMAS
