@@ -302,4 +302,4 @@ def resample(candidates: torch.Tensor, weights: torch.Tensor, k: int) -> torch.T
     m, *lead = weights.shape
     rows = weights.reshape(m, -1).T  # [B * N, M]
     index = torch.multinomial(rows, k, replacement=True).T.reshape(k, *lead)  # [k, B, N]
-    return candidates.gather(0, index.unsqueeze(-1).expand(-1, -1, -1, candidates.shape[-1]))
+    return candidates.gather(0, index.unsqueeze(-1).expand(*index.shape, candidates.shape[-1]))
