@@ -28,6 +28,19 @@ def agent(**overrides):
     return make_agent({**TINY_DDPL, **overrides}, make_spec(), "cpu")
 
 
+def one_state_batch() -> Batch:
+    """A replay batch of one all-zero transition of `make_spec()`'s two agents."""
+    return Batch(
+        torch.zeros(1, 2, 3),
+        torch.zeros(1, 4),
+        torch.zeros(1, 2, 1),
+        torch.zeros(1, 2),
+        torch.zeros(1, 2, 3),
+        torch.zeros(1, 4),
+        torch.zeros(1),
+    )
+
+
 # ---------------------------------------------------------------------------- ISSM by hand
 def test_softmax_weights_are_exp_q_over_alpha_normalised_per_state():
     ddpl = agent(alpha=0.5, auto_alpha=False, weighting="softmax")
@@ -77,16 +90,7 @@ def test_issm_loss_is_the_weighted_dsm_of_the_candidates(monkeypatch):
     monkeypatch.setattr(ddpl.policy, "sample", lambda obs, **kw: candidates)
     monkeypatch.setattr(ddpl, "q_each_agent", lambda state, base, own: q)
     monkeypatch.setattr(ddpl.policy, "dsm_loss", lambda actions, obs: dsm * 1.0)
-    batch = Batch(
-        torch.zeros(1, 2, 3),
-        torch.zeros(1, 4),
-        torch.zeros(1, 2, 1),
-        torch.zeros(1, 2),
-        torch.zeros(1, 2, 3),
-        torch.zeros(1, 4),
-        torch.zeros(1),
-    )
-    metrics = ddpl.update_actor(batch)
+    metrics = ddpl.update_actor(one_state_batch())
     # agent 0: weights (1/4, 3/4) -> 2/4 + 18/4 = 5; agent 1: equal weights -> 6
     assert metrics["loss/actor"].item() == pytest.approx(11.0)
     assert metrics["issm/ess_fraction"].item() == pytest.approx(
@@ -128,13 +132,7 @@ def test_resampled_issm_loss_is_the_mean_dsm_of_the_drawn_candidates(monkeypatch
     monkeypatch.setattr(ddpl.policy, "sample", lambda obs, **kw: candidates)
     monkeypatch.setattr(ddpl, "q_each_agent", lambda state, base, own: q)
     monkeypatch.setattr(ddpl.policy, "dsm_loss", dsm_loss)
-    batch = Batch(
-        *(torch.zeros(shape) for shape in ((1, 2, 3), (1, 4), (1, 2, 1), (1, 2))),
-        torch.zeros(1, 2, 3),
-        torch.zeros(1, 4),
-        torch.zeros(1),
-    )
-    metrics = ddpl.update_actor(batch)
+    metrics = ddpl.update_actor(one_state_batch())
     assert fitted[0].shape == (3, 1, 2, 1)
     assert fitted[0][:, 0, 0, 0].tolist() == pytest.approx([-0.3] * 3)
     assert fitted[0][:, 0, 1, 0].tolist() == pytest.approx([0.1] * 3)
