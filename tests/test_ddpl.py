@@ -12,6 +12,7 @@ from conftest import MULTIGOAL, make_spec, train_run
 from omegaconf import OmegaConf
 
 from marl_diff.agents import make_agent
+from marl_diff.agents.ddpl import resample
 from marl_diff.buffer import Batch
 
 TINY_DDPL = {
@@ -99,8 +100,6 @@ def test_issm_loss_is_the_weighted_dsm_of_the_candidates(monkeypatch):
 
 
 def test_resampling_draws_candidates_in_proportion_to_their_weights():
-    from marl_diff.agents.ddpl import resample
-
     candidates = torch.tensor([0.1, 0.2, 0.3])[:, None, None, None].expand(3, 1, 2, 1)
     weights = torch.tensor([[[0.0, 0.25]], [[1.0, 0.0]], [[0.0, 0.75]]])  # [M=3, B=1, N=2]
     torch.manual_seed(0)
