@@ -12,7 +12,7 @@ from conftest import MULTIGOAL, make_spec, train_run
 from omegaconf import OmegaConf
 
 from marl_diff.agents import make_agent
-from marl_diff.agents.ddpl import resample
+from marl_diff.agents.base import resample
 from marl_diff.buffer import Batch
 
 TINY_DDPL = {

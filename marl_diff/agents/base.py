@@ -607,3 +607,12 @@ def best_candidate(candidates: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Each state's and agent's highest-Q candidate: [K, B, N, A], q [K, B, N] -> [B, N, A]."""
     best = q.argmax(0)[None, ..., None].expand(1, *candidates.shape[1:])
     return candidates.gather(0, best)[0]
+
+
+def resample(candidates: torch.Tensor, weights: torch.Tensor, k: int) -> torch.Tensor:
+    """k of each state's and agent's candidates [M, B, N, A], drawn with replacement with
+    probabilities `weights` [M, B, N] -> [k, B, N, A]."""
+    m, *lead = weights.shape
+    rows = weights.reshape(m, -1).T  # [B * N, M]
+    index = torch.multinomial(rows, k, replacement=True).T.reshape(k, *lead)  # [k, B, N]
+    return candidates.gather(0, index.unsqueeze(-1).expand(*index.shape, candidates.shape[-1]))

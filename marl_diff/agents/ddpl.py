@@ -131,7 +131,7 @@ from dataclasses import dataclass
 
 import torch
 
-from marl_diff.agents.base import best_candidate, check_at_least, check_choices
+from marl_diff.agents.base import best_candidate, check_at_least, check_choices, resample
 from marl_diff.agents.diffusion_actor import DiffusionActorConfig, DiffusionActorCritic
 from marl_diff.buffer import Batch
 from marl_diff.diffusion.entropy import knn_entropy, knn_log_distances
@@ -294,12 +294,3 @@ class DDPLAgent(DiffusionActorCritic):
         if log_inverse_density is not None:
             logits = logits + log_inverse_density
         return torch.softmax(logits, dim=0)
-
-
-def resample(candidates: torch.Tensor, weights: torch.Tensor, k: int) -> torch.Tensor:
-    """k of each state's and agent's candidates [M, B, N, A], drawn with replacement with
-    probabilities `weights` [M, B, N] -> [k, B, N, A]."""
-    m, *lead = weights.shape
-    rows = weights.reshape(m, -1).T  # [B * N, M]
-    index = torch.multinomial(rows, k, replacement=True).T.reshape(k, *lead)  # [k, B, N]
-    return candidates.gather(0, index.unsqueeze(-1).expand(*index.shape, candidates.shape[-1]))

@@ -36,7 +36,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from marl_diff.agents.base import ActorCriticAgent, ActorCriticConfig, check_activation
+from marl_diff.agents.base import (
+    ActorCriticAgent,
+    ActorCriticConfig,
+    check_activation,
+    resample,
+)
 from marl_diff.agents.gaussian import TanhGaussianPolicy
 from marl_diff.buffer import Batch
 from marl_diff.diffusion.edm import EDMPolicy
@@ -124,8 +129,7 @@ class DTQLAgent(ActorCriticAgent):
         k = self.config.act_samples
         candidates = self.policy(obs.expand(k, *obs.shape), with_log_prob=False)[0]
         q = self.critic_target.value(obs[None, :, 0], candidates)  # [K, B]
-        pick = torch.multinomial(torch.softmax(q, 0).T, 1)[:, 0]  # [B]
-        return candidates[pick, torch.arange(obs.shape[0], device=obs.device)]
+        return resample(candidates, torch.softmax(q, 0)[..., None], 1)[0]
 
     @torch.no_grad()
     def sample_policy(self, obs: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,7 @@ from marl_diff.agents.base import (
     check_activation,
     check_at_least,
     check_choices,
+    resample,
 )
 from marl_diff.agents.networks import substitute_each_agent
 from marl_diff.buffer import Batch
@@ -136,8 +137,7 @@ class QEnsembleAgent(ActorCriticAgent):
             return self.sample_policy(obs)
         candidates = self.policy.sample(obs, candidates=self.config.act_samples)  # [M, B, 1, A]
         q = self.critic_target.value(obs[None, :, 0], candidates)  # [M, B], the LCB
-        pick = torch.multinomial(torch.softmax(q, 0).T, 1)[:, 0]  # [B]
-        return candidates[pick, torch.arange(obs.shape[0], device=obs.device)]
+        return resample(candidates, torch.softmax(q, 0)[..., None], 1)[0]
 
     @torch.no_grad()
     def sample_policy(self, obs: torch.Tensor) -> torch.Tensor:
