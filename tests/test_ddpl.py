@@ -139,6 +139,42 @@ def test_resampled_issm_loss_is_the_mean_dsm_of_the_drawn_candidates(monkeypatch
     assert metrics["loss/actor"].item() == pytest.approx(7.0)
 
 
+def test_next_state_candidates_are_the_critic_targets_and_issms(monkeypatch):
+    """`candidate_states=next`: one draw of M candidates at the batch's next states per actor
+    update; the critic target averages Q' over them, and ISSM weights and fits them there with
+    the other agents at their first candidates. No other chain runs in that update."""
+    ddpl = agent(candidate_states="next", policy_delay=2)
+    g = torch.Generator().manual_seed(0)
+    batch = one_state_batch().map(lambda field: torch.randn(4, *field.shape[1:], generator=g))
+    drawn = torch.rand(3, 4, 2, 1, generator=g) * 2 - 1  # [M, B, N, A]
+    draws, seen = [], {}
+
+    def sample(obs, candidates=None, **kw):
+        draws.append((obs, candidates))
+        return drawn if candidates else drawn[0]
+
+    def target_value(next_state, next_action):
+        seen["target"] = (next_state, next_action)
+        return torch.zeros(4)  # the team critic's [B]
+
+    def q_each_agent(state, base, own):
+        seen["issm"] = (state, base)
+        return torch.zeros(own.shape[:-1])
+
+    monkeypatch.setattr(ddpl.policy, "sample", sample)
+    monkeypatch.setattr(ddpl, "target_value", target_value)
+    monkeypatch.setattr(ddpl, "q_each_agent", q_each_agent)
+    ddpl.update(batch)
+    assert len(draws) == 1 and draws[0][0] is batch.next_obs and draws[0][1] == 3
+    assert seen["target"][0] is batch.next_state and seen["target"][1] is drawn
+    assert seen["issm"][0] is batch.next_state and torch.equal(seen["issm"][1], drawn[0])
+    assert ddpl.next_candidates is None
+    # an update without the actor's step samples the critic target's action as usual
+    ddpl.update(batch)
+    assert len(draws) == 2 and draws[1] == (batch.next_obs, None)
+    assert seen["target"][1].shape == (4, 2, 1)
+
+
 def test_best_of_k_picks_each_agents_highest_q_sample(monkeypatch):
     ddpl = agent(action_selection="best_of_k", best_of_k=3)
     samples = torch.tensor([[[[0.1], [0.9]]], [[[0.5], [0.2]]], [[[0.7], [0.4]]]])  # [K, B, N, A]
@@ -168,9 +204,12 @@ def test_bad_settings_are_config_errors():
         {"schedule": "sigmoid"},
         {"proposal": "older"},
         {"resampled_candidates": -1},
+        {"candidate_states": "replay"},
     ):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             agent(**bad)
+    with pytest.raises(ConfigError, match="candidate_states=next needs agent.proposal=current"):
+        agent(candidate_states="next", proposal="lagged")
 
 
 # ---------------------------------------------------------------------------- learning
@@ -196,7 +235,8 @@ def test_ddpl_covers_more_goals_than_gaussian_on_multigoal_when_both_sample(tmp_
 
 
 @pytest.mark.learning(seconds=165)
-def test_ddpl_learns_vmas_navigation(tmp_path):
+@pytest.mark.parametrize("candidate_states", ["batch", "next"])
+def test_ddpl_learns_vmas_navigation(tmp_path, candidate_states):
     """Two agents, shaped reward = progress toward their goals: an untrained policy scores
     about 0 per episode, reaching both goals about 1 or more. The scenario's ddpl defaults
     (T=10, M=8) stand; the overrides are for the suite's budget.
@@ -222,6 +262,8 @@ def test_ddpl_learns_vmas_navigation(tmp_path):
         "agent.actor_lr=1e-3": "a few hundred updates instead of the catalog's budget",
         "agent.critic_lr=1e-3": "a few hundred updates instead of the catalog's budget",
         "agent.diffusion_steps=5": "budget (scenario default: 10)",
+        f"agent.candidate_states={candidate_states}": "the catalog's, and the candidates drawn "
+        "at the next states, shared with the critic target",
     }
     report, records = train_run(tmp_path, ["scenario=vmas_navigation", "agent=ddpl", *overrides])
     first_train = next(r["train/episode_return"] for r in records if "train/episode_return" in r)

@@ -178,6 +178,28 @@ def test_ddpl_target_is_a_current_policy_sample_with_zero_bonus():
     assert not torch.equal(ddpl.target_action(next_obs, next_state)[0], action)  # stochastic
 
 
+@pytest.mark.parametrize("targets", ["reduced", "own"])
+def test_critic_target_averages_q_over_sampled_next_actions(targets, monkeypatch):
+    """M next actions per state ([M, B, N, A], ddpl's `candidate_states=next`): the members
+    reduce per sample, then the M values average (not the members' means reduced)."""
+    ac = agent("ddpl", critic_targets=targets)
+    next_q = torch.tensor([[[1.0, 0.0], [5.0, 2.0]], [[3.0, 4.0], [-1.0, 2.0]]])  # [K, M, B]
+    next_state, samples = torch.randn(2, 4), torch.rand(2, 2, 2, 1)  # [B, S], [M, B, N, A]
+    seen = {}
+
+    def target_critic(state, joint_action):
+        seen["state"], seen["action"] = state, joint_action
+        return next_q.flatten(1)  # rows sample-major, as the flattened inputs
+
+    monkeypatch.setattr(ac.critic_target, "forward", target_critic)
+    value = ac.target_value(next_state, samples)
+    assert torch.equal(seen["state"], next_state.repeat(2, 1))
+    assert torch.equal(seen["action"], samples.flatten(0, 1))
+    # reduced: per state, the mean over samples of the min head: (1 - 1) / 2, (0 + 2) / 2
+    expected = [0.0, 1.0] if targets == "reduced" else [[3.0, 1.0], [1.0, 3.0]]
+    assert value.tolist() == expected
+
+
 # ---------------------------------------------------------------------------- DACER's critic
 DACER_NEXT_STD = [[1.5, 2.0, 1.0], [0.5, 0.1, 0.3]]  # the smaller-mean head's: 1.5, 0.1, 1.0
 DACER_STD = [[0.5, 1.0, 2.0], [1.0, 0.25, 0.5]]

@@ -310,9 +310,10 @@ class ActorCriticAgent(Agent):
     def target_action(
         self, next_obs: torch.Tensor, next_state: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next joint action [B, N, A] for the critic target and each agent's soft bonus
-        [B, N] added to the reduced Q' (e.g. -alpha_i log pi_i; zero for policies without an
-        entropy term): the team critic adds their sum, agent i's own critic its own.
+        """Next joint action [B, N, A] for the critic target, or [M, B, N, A] (M samples per
+        state, whose Q' the target averages), and each agent's soft bonus [B, N] added to the
+        reduced Q' (e.g. -alpha_i log pi_i; zero for policies without an entropy term): the
+        team critic adds their sum, agent i's own critic its own.
         `next_state` is there for agents that choose the action by Q' (QVPO's best of K).
         Agents whose critic learns another target (IQL's V) override `update_critic`."""
         raise NotImplementedError(f"{type(self).__name__} defines no TD target action")
@@ -321,9 +322,14 @@ class ActorCriticAgent(Agent):
     def update_actor(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One policy update (and temperature update, if any)."""
 
+    @property
+    def steps_actor(self) -> bool:
+        """Whether this update steps the actor too (every `policy_delay` updates)."""
+        return self.updates % self.config.policy_delay == 0
+
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         metrics = self.update_critic(batch)
-        if self.updates % self.config.policy_delay == 0:
+        if self.steps_actor:
             self.critic.requires_grad_(False)
             metrics.update(self.update_actor(batch))
             self.critic.requires_grad_(True)
@@ -468,9 +474,7 @@ class ActorCriticAgent(Agent):
         cfg = self.config
         with torch.no_grad():
             next_action, bonus = self.target_action(batch.next_obs, batch.next_state)
-            next_q = self.critic_target(batch.next_state, next_action)  # [K, B] or [K, B, N]
-            if cfg.critic_targets == "reduced":
-                next_q = self.critic_target.reduce(next_q)
+            next_q = self.target_value(batch.next_state, next_action)
             reward, factor = batch.reward * cfg.reward_scale, self.bootstrap_factor(batch)
             if self.critic.per_agent:
                 factor = factor[:, None]
@@ -480,6 +484,19 @@ class ActorCriticAgent(Agent):
         q = self.critic(batch.state, batch.action)
         loss = (q - target).pow(2).flatten(1).mean(-1).sum()
         return loss, {"loss/critic": loss.detach(), "q/mean": q.mean().detach()}
+
+    def target_value(self, next_state: torch.Tensor, next_action: torch.Tensor) -> torch.Tensor:
+        """Q' at the target actions ([B, N, A], or [M, B, N, A] whose M values per state it
+        averages): [B] or [B, N] reduced over the critic's members, [K, B] or [K, B, N] with
+        `critic_targets=own`. With M samples the members reduce per sample, then average."""
+        reduced = self.config.critic_targets == "reduced"
+        if next_action.dim() == 3:
+            next_q = self.critic_target(next_state, next_action)  # [K, B(, N)]
+            return self.critic_target.reduce(next_q) if reduced else next_q
+        count = next_action.shape[0]
+        states = next_state.expand(count, *next_state.shape).flatten(0, 1)
+        next_q = self.critic_target(states, next_action.flatten(0, 1)).unflatten(1, (count, -1))
+        return self.critic_target.reduce(next_q).mean(0) if reduced else next_q.mean(1)
 
     def grad_clip_for(self, optimizer: str) -> float:
         """The gradient-norm clip of one optimiser's step (0: none)."""

@@ -106,6 +106,18 @@ is learned; each is a setting, and the old behaviour is one override away:
   families' networks `policy_delay` 1 costs 5.6x a Gaussian update, past the 5x target. On
   multigoal (32 candidates) K = 2 kept 4 and 3 goals in seeds 0 and 1, as all 32 did
   (results/speed.md).
+- `candidate_states` "batch" (the catalog's): ISSM's candidates at the batch's states, and the
+  critic target's action one sample of the policy's 10-step chain at the next states. "next"
+  (DPMD draws its candidates at s') draws the M candidates once per actor update at the next
+  states. The critic target then averages Q' over them, an M-sample estimate of
+  E_{a' ~ pi} Q'(s', a') in place of one sample, and ISSM weights and fits them there, the
+  other agents acting by their first candidates (the replay holds no actions at s'). That
+  update runs no chain of its own for the target, and its target actions come from the 5-step
+  candidate chain. With `policy_delay=1 resampled_candidates=2` on BenchMARL's navigation
+  task an update took 0.81x as long (`bench update`, one thread). At the vmas_navigation study
+  setting (seeds 0-5, 256 episodes) it returned 1.330, 1.390, 1.195, 1.364, 1.587, 1.365 (mean
+  1.372) against 1.354 without it (higher in 2 of 6), in 157-165 s per run. Its time to 0.8
+  there was no shorter (results/speed.md), so it is not in the catalog.
 - `actor_batch_size` stays 0 (ISSM on every state of the batch) and `policy_delay` stays 2.
   The cheaper settings measured all cut the actor's work per env step, and each learned less
   in the vmas_navigation study (eval return at 24k steps, results/speed.md, before the VMAS
@@ -143,6 +155,7 @@ CHOICES = {
     "weighting": ("softmax", "running"),
     "proposal": ("current", "lagged"),
     "action_selection": ("sample", "best_of_k"),
+    "candidate_states": ("batch", "next"),
 }
 
 
@@ -165,6 +178,8 @@ class DDPLConfig(DiffusionActorConfig):
     jitter_lr: float = 3e-3
     proposal: str = "current"
     lag_updates: int = 1000
+    # "next": the candidates drawn at the batch's next states, ISSM's and the critic target's
+    candidate_states: str = "batch"
     action_selection: str = "sample"
     best_of_k: int = 16
 
@@ -186,6 +201,11 @@ class DDPLAgent(DiffusionActorCritic):
                 "agent.auto_alpha, agent.jitter and agent.target=soft need agent.n_candidates "
                 ">= 2 (they use nearest-neighbour estimates over the candidates)"
             )
+        if config.candidate_states == "next" and config.proposal == "lagged":
+            raise ConfigError(
+                "agent.candidate_states=next needs agent.proposal=current: its candidates are "
+                "also the critic target's actions, which come from the current policy"
+            )
         if config.jitter and config.jitter_init <= 0:
             raise ConfigError(f"agent.jitter_init must be positive, got {config.jitter_init}")
         if config.proposal == "lagged":
@@ -201,6 +221,8 @@ class DDPLAgent(DiffusionActorCritic):
         self.register_buffer("act_dims", act_dims)
         self.register_buffer("target_entropy", -config.target_entropy_scale * act_dims)
         self.register_buffer("q_spread", torch.zeros(spec.n_agents))  # 0: not yet measured
+        # candidate_states=next: [M, B, N, A] drawn at the batch's next states within an update
+        self.next_candidates: torch.Tensor | None = None
         self.to(device)
         self.setup_optimizers()
         self.optimizers["actor"] = self.adam(self.policy.parameters(), config.actor_lr)
@@ -220,12 +242,36 @@ class DDPLAgent(DiffusionActorCritic):
         return best_candidate(candidates, q)
 
     # ---------------------------------------------------------------- ISSM
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """With `candidate_states=next`, an update that steps the actor first draws the
+        candidates at the batch's next states; the critic's and the actor's steps share them."""
+        if self.config.candidate_states == "next" and self.steps_actor:
+            with torch.no_grad():
+                self.next_candidates = self.candidates(batch.next_obs, self.config.n_candidates)
+        try:
+            return super().update(batch)
+        finally:
+            self.next_candidates = None
+
+    def target_action(self, next_obs: torch.Tensor, next_state: torch.Tensor):
+        """The policy's sample at next_obs, or the update's M candidates drawn there (no soft
+        bonus either way)."""
+        if self.next_candidates is None:
+            return super().target_action(next_obs, next_state)
+        return self.next_candidates, next_obs.new_zeros(next_obs.shape[:-1])
+
     def update_actor(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config
         batch = self.actor_batch(batch)
         proposal = self.old_policy if cfg.proposal == "lagged" else self.policy
         with torch.no_grad():
-            samples = self.candidates(batch.obs, cfg.n_candidates, proposal)  # [M, B, N, A]
+            if self.next_candidates is None:
+                samples = self.candidates(batch.obs, cfg.n_candidates, proposal)  # [M, B, N, A]
+            else:  # at the next states; the other agents act there by their first candidates
+                samples = self.next_candidates[:, : batch.obs.shape[0]]
+                batch = batch._replace(
+                    obs=batch.next_obs, state=batch.next_state, action=samples[0]
+                )
             candidates = samples
             if cfg.jitter:
                 noise = torch.randn_like(samples) * self.log_jitter.exp()[:, None]
