@@ -114,10 +114,12 @@ is learned; each is a setting, and the old behaviour is one override away:
   other agents acting by their first candidates (the replay holds no actions at s'). That
   update runs no chain of its own for the target, and its target actions come from the 5-step
   candidate chain. With `policy_delay=1 resampled_candidates=2` on BenchMARL's navigation
-  task an update took 0.81x as long (`bench update`, one thread). At the vmas_navigation study
-  setting (seeds 0-5, 256 episodes) it returned 1.330, 1.390, 1.195, 1.364, 1.587, 1.365 (mean
-  1.372) against 1.354 without it (higher in 2 of 6), in 157-165 s per run. Its time to 0.8
-  there was no shorter (results/speed.md), so it is not in the catalog.
+  task's networks an update took 0.81-0.86x as long (`bench update`, one thread, two runs);
+  at the families' catalog networks, where the 256-wide critic runs on M x B rows, 0.91-1.02x.
+  At the vmas_navigation study setting (seeds 0-5, 256 episodes) it returned 1.330, 1.390,
+  1.195, 1.364, 1.587, 1.365 (mean 1.372) against 1.354 without it (higher in 2 of 6). On
+  BenchMARL's task it first reached 0.8 later in 2 of 3 seeds (175-268 s against 97-190 s,
+  two threads), so it is not in the catalog (results/speed.md).
 - `actor_batch_size` stays 0 (ISSM on every state of the batch) and `policy_delay` stays 2.
   The cheaper settings measured all cut the actor's work per env step, and each learned less
   in the vmas_navigation study (eval return at 24k steps, results/speed.md, before the VMAS
