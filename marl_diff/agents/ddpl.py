@@ -113,8 +113,10 @@ is learned; each is a setting, and the old behaviour is one override away:
   E_{a' ~ pi} Q'(s', a') in place of one sample, and ISSM weights and fits them there, the
   other agents acting by their first candidates (the replay holds no actions at s'). That
   update runs no chain of its own for the target, and its target actions come from the 5-step
-  candidate chain. With `policy_delay=1 resampled_candidates=2` on BenchMARL's navigation
-  task's networks an update took 0.81-0.86x as long (`bench update`, one thread, two runs);
+  candidate chain, drawn at `chain_precision` as ISSM's candidates are (with
+  `update_precision=bfloat16`, "batch" samples the target inside the loss's autocast).
+  With `policy_delay=1 resampled_candidates=2` on BenchMARL's navigation task's networks an
+  update took 0.81-0.86x as long (`bench update`, one thread, two runs);
   at the families' catalog networks, where the 256-wide critic runs on M x B rows, 0.91-1.02x.
   At the vmas_navigation study setting (seeds 0-5, 256 episodes) it returned 1.330, 1.390,
   1.195, 1.364, 1.587, 1.365 (mean 1.372) against 1.354 without it (higher in 2 of 6). On
