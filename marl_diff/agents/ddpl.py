@@ -110,8 +110,9 @@ is learned; each is a setting, and the old behaviour is one override away:
   critic target's action one sample of the policy's 10-step chain at the next states. "next"
   (DPMD draws its candidates at s') draws the M candidates once per actor update at the next
   states. The critic target then averages Q' over them, an M-sample estimate of
-  E_{a' ~ pi} Q'(s', a') in place of one sample, and ISSM weights and fits them there, the
-  other agents acting by their first candidates (the replay holds no actions at s'). That
+  E_{a' ~ pi} Q'(s', a') in place of one sample, and ISSM weights and fits them there. The
+  replay holds no actions at s', so with `others_actions=replay` the other agents act there
+  by their first candidates (with "policy", by fresh samples as always). That
   update runs no chain of its own for the target, and its target actions come from the 5-step
   candidate chain, drawn at `chain_precision` as ISSM's candidates are (with
   `update_precision=bfloat16`, "batch" samples the target inside the loss's autocast).
@@ -272,7 +273,7 @@ class DDPLAgent(DiffusionActorCritic):
         with torch.no_grad():
             if self.next_candidates is None:
                 samples = self.candidates(batch.obs, cfg.n_candidates, proposal)  # [M, B, N, A]
-            else:  # at the next states; the other agents act there by their first candidates
+            else:  # at the next states, where "replay" others act by their first candidates
                 samples = self.next_candidates[:, : batch.obs.shape[0]]
                 batch = batch._replace(
                     obs=batch.next_obs, state=batch.next_state, action=samples[0]
