@@ -375,7 +375,11 @@ def scaling_report(args: list[str]) -> str:
     runs_dir = out / "runs" if (out / "runs").is_dir() else out
     cells = load_cells(runs_dir)
     if not cells:
-        raise MarlDiffError(f"no finished runs (eval.json) under '{runs_dir}'")
+        raise MarlDiffError(
+            f"no finished runs (eval.json) under '{runs_dir}': run the study first "
+            f"(python -m marl_diff.study scaling ... out={out}); a committed study keeps "
+            "only its tables and plots"
+        )
     text = _table(cells, record, threshold)
     _plots(cells, out)
     (out / "scaling.md").write_text(text, encoding="utf-8")

@@ -279,7 +279,7 @@ def test_the_report_shows_goal_combinations_where_the_scenario_reports_them(tmp_
 def test_report_errors_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="name the study folder"):
         study.scaling_report([])
-    with pytest.raises(MarlDiffError, match="no finished runs"):
+    with pytest.raises(MarlDiffError, match="no finished runs .* run the study first"):
         study.scaling_report([str(tmp_path)])
     with pytest.raises(ConfigError, match="unknown argument 'colour=red'"):
         study.scaling_report([str(tmp_path), "colour=red"])
