@@ -406,6 +406,7 @@ UPDATE_COST_KEYS = (
     "policy_delay",
     "compile_denoiser",
     "compile_chains",
+    "compile_chain_loop",
     "graph_chains",
     "chain_precision",
     "adam_impl",

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from marl_diff.agents import make_agent
 from marl_diff.agents.base import resample
 from marl_diff.buffer import Batch
+from marl_diff.nn import compiler_available
 
 TINY_DDPL = {
     "algorithm": "ddpl",
@@ -23,6 +24,10 @@ TINY_DDPL = {
     "diffusion_steps": 3,
     "n_candidates": 3,
 }
+
+
+# The fields of a replay batch of `make_spec()`'s two agents, without the batch dim.
+SHAPES = ((2, 3), (4,), (2, 1), (2,), (2, 3), (4,), ())
 
 
 def agent(**overrides):
@@ -192,6 +197,40 @@ def test_best_of_k_picks_each_agents_highest_q_sample(monkeypatch):
     assert ddpl.act(torch.zeros(1, 2, 3), explore=True).flatten().tolist() == pytest.approx(
         [0.1, 0.9]
     )
+
+
+@pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
+def test_compile_chain_loop_samples_and_learns_what_eager_ddpl_does(monkeypatch):
+    """`compile_chain_loop`: acting, the critic target's actions and ISSM's candidates come from
+    the compiled loop, and updates leave the parameters where the eager agent's go, to float
+    rounding (the arithmetic is fused, the random draws are eager's)."""
+    from marl_diff.diffusion import policy as policy_module
+
+    runs = []
+    compiled_for = policy_module._compiled_reverse
+    monkeypatch.setattr(
+        policy_module, "_compiled_reverse", lambda p: runs.append(p) or compiled_for(p)
+    )
+    looped, eager = agent(compile_chain_loop=True), agent()
+    eager.load_state_dict(looped.state_dict())
+    obs = torch.rand(5, 2, 3)
+    acts = []
+    for ddpl in (looped, eager):
+        torch.manual_seed(0)
+        acts.append(ddpl.act(obs, explore=True))
+    torch.testing.assert_close(acts[0], acts[1], atol=1e-5, rtol=0)
+    assert len(runs) == 1
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        Batch(*(torch.rand(8, *shape, generator=generator) for shape in SHAPES)) for _ in range(4)
+    ]
+    for ddpl in (looped, eager):
+        torch.manual_seed(1)
+        for data in batches:
+            ddpl.update(data)
+    assert len(runs) == 1 + 4 * 2  # each update: the target's chain and the candidates'
+    for key, value in looped.state_dict().items():
+        torch.testing.assert_close(value, eager.state_dict()[key], atol=1e-5, rtol=1e-5)
 
 
 def test_bad_settings_are_config_errors():

@@ -403,6 +403,53 @@ def test_compile_chains_samples_the_eager_chains_bit_for_bit(compiled_calls):
 
 
 @pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
+def test_compile_chain_loop_samples_what_the_eager_chain_does(monkeypatch):
+    """`compile_chain_loop`: the no-gradient chain's whole loop runs as one compiled graph, at
+    any number of rows, from the random numbers the eager chain draws (its outputs agree to
+    float rounding, where another seed's differ by far more); padded entries stay exactly zero,
+    and chains with gradient stay eager."""
+    from marl_diff.diffusion import policy as policy_module
+    from marl_diff.diffusion.mean_reverting import MeanRevertingPolicy
+
+    runs = []
+    compiled_for = policy_module._compiled_reverse
+    monkeypatch.setattr(
+        policy_module, "_compiled_reverse", lambda p: runs.append(p) or compiled_for(p)
+    )
+    eager = small_policy("vp", steps=10)
+    looped = small_policy("vp", steps=10, compile_chain_loop=True)
+    obs = torch.randn(4, N, OBS)  # acting in a few envs: below COMPILED_MIN_ROWS
+    options = (
+        {},
+        {"candidates": 4, "steps": 5, "shared_start": True},
+        {"steps": 5, "deterministic": True},
+        {"noise_scale": 0.5},
+    )
+    for option in options:
+        a, b, other = (
+            p.sample(obs, generator=torch.Generator().manual_seed(seed), **option)
+            for p, seed in ((eager, 1), (looped, 1), (eager, 2))
+        )
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+        assert (b * ~MASK == 0).all()
+        if not option.get("deterministic"):
+            assert (other - a).abs().max() > 0.1
+    assert len(runs) == len(options)
+    with_grad = looped.sample(obs, grad=True)
+    assert with_grad.requires_grad and len(runs) == len(options)
+    torch.manual_seed(0)
+    reverting = MeanRevertingPolicy(N, OBS, ACT, MASK, compile_chain_loop=True, **SMALL)
+    torch.manual_seed(0)
+    reverting_eager = MeanRevertingPolicy(N, OBS, ACT, MASK, **SMALL)
+    a, b = (
+        p.sample(obs, candidates=3, generator=torch.Generator().manual_seed(1))
+        for p in (reverting_eager, reverting)
+    )
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    assert len(runs) == len(options) + 1
+
+
+@pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
 @pytest.mark.parametrize("share", [False, True])
 def test_compiled_and_eager_chains_agree(share, compiled_calls):
     """`compiled` changes how the denoiser runs, not what the chain samples or the loss."""

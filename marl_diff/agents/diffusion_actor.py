@@ -45,6 +45,10 @@ class DiffusionPolicyConfig(AgentConfig):
     # Only the chains sampled without gradient (acting, candidates, critic-target actions)
     # compiled: on a CPU the same numbers as eager, bit for bit (DiffusionPolicy.compile_chains).
     compile_chains: bool = False
+    # Those chains' whole loop of steps as one compiled graph per call shape, not only the
+    # hidden layers: the random numbers are drawn eagerly, the arithmetic rounds otherwise
+    # (DiffusionPolicy.compile_chain_loop; DiffusionActorCritic: measured).
+    compile_chain_loop: bool = False
     # On a CUDA device, those chains captured as CUDA graphs and replayed (one per call shape;
     # DiffusionPolicy.graph_chains): at RL batch sizes a GPU chain is launch-bound. No effect on
     # a CPU (DiffusionActorCritic: measured).
@@ -88,6 +92,7 @@ def make_diffusion_policy(config: DiffusionPolicyConfig, spec: EnvSpec) -> Diffu
         share=config.share_parameters,
         compiled=config.compile_denoiser,
         compile_chains=config.compile_chains,
+        compile_chain_loop=config.compile_chain_loop,
         graph_chains=config.graph_chains,
         chain_precision=None if config.chain_precision == "run" else config.chain_precision,
     )

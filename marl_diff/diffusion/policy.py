@@ -20,6 +20,7 @@ methods and reusing the candidate batching, masking and gradient handling.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -28,6 +29,7 @@ from marl_diff import precision
 from marl_diff.diffusion.cuda_graphs import ChainGraphs
 from marl_diff.diffusion.denoiser import Conditioning, StackedDenoiser
 from marl_diff.diffusion.schedules import NoiseSchedule, make_schedule
+from marl_diff.nn import compile_own_copy, compiler_available
 
 
 class DiffusionPolicy(nn.Module):
@@ -42,7 +44,14 @@ class DiffusionPolicy(nn.Module):
     bit with mish, relu, tanh or silu layers (tests/test_diffusion.py, tests/test_nn.py; ELU to
     float rounding), so this changes the speed and nothing that is learned. The gradient chains
     stay eager, since the compiler derives its own backward, another rounding. On a GPU the
-    compiled kernels' transcendentals may round otherwise (not measured). `graph_chains`: on a
+    compiled kernels' transcendentals may round otherwise (not measured). `compile_chain_loop`:
+    those chains' whole loop of steps runs as one compiled graph per call shape and options
+    (`_compiled_reverse`), the step arithmetic and first layer fused with the hidden layers. A
+    chain in a few rows (acting) is otherwise bound by the per-operation cost of some 40 small
+    operations a step. Its random numbers are drawn eagerly first, in the eager chain's order,
+    so a generator gives the same draws; the fused arithmetic rounds otherwise (about 5e-7 over
+    a chain), so unlike `compile_chains` it changes a run's trajectory. Each new shape is a
+    graph traced at its first call, about a second each. `graph_chains`: on a
     CUDA device those chains (without gradient and without an explicit `generator`) are
     captured as CUDA graphs, one per call signature, and replayed (`cuda_graphs.ChainGraphs`:
     a GPU chain at these batch sizes is launch-bound); elsewhere it changes nothing.
@@ -60,6 +69,7 @@ class DiffusionPolicy(nn.Module):
         *,
         chain_precision: str | None = None,
         compile_chains: bool = False,
+        compile_chain_loop: bool = False,
         graph_chains: bool = False,
         **denoiser_kwargs,
     ):
@@ -71,6 +81,7 @@ class DiffusionPolicy(nn.Module):
             )
         self.chain_precision = chain_precision
         self.compile_chains = compile_chains
+        self.compile_chain_loop = compile_chain_loop and compiler_available()
         self.graph_chains = graph_chains
         self.chain_graphs = ChainGraphs()
         self.n_agents, self.obs_dim, self.act_dim = n_agents, obs_dim, act_dim
@@ -106,7 +117,7 @@ class DiffusionPolicy(nn.Module):
         context.enter_context(torch.no_grad())
         if self.chain_precision is not None:
             context.enter_context(precision.scoped(self.chain_precision, self.act_mask.device.type))
-        if self.compile_chains:
+        if self.compile_chains and not self.compile_chain_loop:
             context.enter_context(self.compiling())
         return context
 
@@ -253,7 +264,8 @@ class DiffusionPolicy(nn.Module):
         grad: bool = False,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """`sample`'s reverse chain, run eagerly (or compiled, `compile_chains`)."""
+        """`sample`'s reverse chain: its random numbers drawn first, in the order the steps use
+        them, then the steps (`_reverse`; compiled as one graph with `compile_chain_loop`)."""
         lead = obs.shape[:-2] if candidates is None else (candidates, *obs.shape[:-2])
         shape = (*lead, self.n_agents, self.act_dim)
         visited = self.chain(steps)
@@ -263,27 +275,61 @@ class DiffusionPolicy(nn.Module):
             shared = shared_start and candidates is not None and stochastic and len(visited) > 1
             start = shape[1:] if shared else shape
             x = self._mask(self._initial_noise(start, obs, generator))
-            cond = self.denoiser.condition(obs, torch.Size(lead), self.steps)
-            first_cond = self.denoiser.condition(obs, start[:-2], self.steps) if shared else cond
+            noises = []
             for i in reversed(range(len(visited))):
-                t, t_prev = visited[i], visited[i - 1] if i > 0 else -1
                 noise = None
-                if stochastic and t_prev >= 0:
+                if stochastic and i > 0:
                     noise = torch.randn(shape, device=x.device, dtype=x.dtype, generator=generator)
                     if noise_scale != 1.0:
                         noise = noise * noise_scale
-                x = self.denoise_step(
-                    x,
-                    obs,
-                    t,
-                    noise,
-                    t_prev=t_prev,
-                    deterministic=deterministic,
-                    clip_x0=clip_x0,
-                    eta=eta,
-                    cond=cond if x.shape == shape else first_cond,
-                )
-            return x.clamp(-1.0, 1.0)
+                noises.append(noise)
+            reverse = type(self)._reverse
+            if self.compile_chain_loop and not grad:
+                reverse = _compiled_reverse(self)
+            return reverse(
+                self,
+                obs,
+                x,
+                noises,
+                tuple(visited),
+                torch.Size(lead),
+                deterministic=deterministic,
+                clip_x0=clip_x0,
+                eta=eta,
+            )
+
+    def _reverse(
+        self,
+        obs: torch.Tensor,
+        x: torch.Tensor,
+        noises: list[torch.Tensor | None],
+        visited: tuple[int, ...],
+        lead: torch.Size,
+        *,
+        deterministic: bool,
+        clip_x0: bool,
+        eta: float,
+    ) -> torch.Tensor:
+        """The chain's steps from x_T down `visited` (ascending), `noises` one per step (None
+        where a step adds none). x_T [*lead, N, A], or [*lead[1:], N, A] for candidates that
+        share their start: then the first step's noise parts them."""
+        cond = self.denoiser.condition(obs, lead, self.steps)
+        first_cond = (
+            cond if x.shape[:-2] == lead else self.denoiser.condition(obs, x.shape[:-2], self.steps)
+        )
+        for i, noise in zip(reversed(range(len(visited))), noises, strict=True):
+            x = self.denoise_step(
+                x,
+                obs,
+                visited[i],
+                noise,
+                t_prev=visited[i - 1] if i > 0 else -1,
+                deterministic=deterministic,
+                clip_x0=clip_x0,
+                eta=eta,
+                cond=cond if x.shape[:-2] == lead else first_cond,
+            )
+        return x.clamp(-1.0, 1.0)
 
     def dsm_loss(
         self,
@@ -316,6 +362,24 @@ class DiffusionPolicy(nn.Module):
         err = (self.denoiser(noised, obs, t) - eps).square()
         loss = self._real_sum(err)
         return loss if weights is None else loss * weights
+
+
+# One compiled `_reverse` per policy class and denoiser structure: Dynamo keeps its graphs, and
+# its limit of 8 per function, on the code object (see `marl_diff.nn._COMPILED`), and a chain's
+# graph is specific to its call's shapes and options. A policy and its target copy share graphs.
+_COMPILED_REVERSE: dict[tuple, Callable] = {}
+
+
+def _compiled_reverse(policy: DiffusionPolicy) -> Callable:
+    denoiser = policy.denoiser
+    key = (
+        type(policy),
+        denoiser.net.mlp.structure,
+        (denoiser.n_agents, denoiser.obs_dim, denoiser.act_dim, denoiser.time_embed_dim),
+    )
+    if key not in _COMPILED_REVERSE:
+        _COMPILED_REVERSE[key] = compile_own_copy(type(policy)._reverse, dynamic=False)
+    return _COMPILED_REVERSE[key]
 
 
 def _add_noise(x: torch.Tensor, noise: torch.Tensor, scale: float) -> torch.Tensor:
