@@ -159,6 +159,17 @@ class DiffusionActorCritic(ActorCriticAgent):
     and 2 against 2 at seed 1.
     Not in the catalog: measured on one CPU, its learning on one task each; on a GPU its casts
     are extra kernels in a launch-bound chain, not measured.
+    `compile_chain_loop` compiles those chains' whole loop of steps, not only the hidden layers
+    (`DiffusionPolicy.compile_chain_loop`): a chain in a few rows is some 40 small operations a
+    step, each paying its dispatch. On BenchMARL's navigation task with the README's
+    time-to-quality settings (2 agents, [128, 128] denoiser, 16 envs; AMD EPYC, one thread):
+    an update took 0.81x its time (`bench update`, results/update_time_compile_chain_loop/),
+    and in twelve seeds' runs, each beside the same seed's run without it, each 6,000 frames
+    took 0.77-0.88x as long, after 0.2-4.4 s more at the start, where each chain shape is
+    traced. It rounds otherwise (to about 5e-7 over a chain), so a seed follows another
+    trajectory; over those twelve seeds the frames to a return of 0.8 spread alike with and
+    without it (results/speed.md). Not in the catalog, whose results were made with the eager
+    numbers and whose families' settings were not measured with it.
     `graph_chains` replays those chains from CUDA graphs on a GPU, where a chain at these batch
     sizes is a few hundred small kernels, bound by launches and the Python issuing them. The
     replayed chain samples what the eager one does from the same generator state
