@@ -4,8 +4,10 @@
 # time to 0.8, 0.9 and 1.0) for BenchMARL's MAPPO and marl_diff's ddpl, both sides on the GPU.
 # On the CPU ddpl's update is bound by arithmetic, and ddpl takes 5.4-8.2x MAPPO's seconds to
 # 0.8 on one torch thread per side, 4.6-6.7x on two, 1.8-4.4x on two with its actor every
-# update on 2 resampled candidates, and 0.70-1.58x (two six-seed runs, medians 1.13x and
-# 1.08x) with the actor's rate 4e-2 at a quarter of the updates on top (results/speed.md). On
+# update on 2 resampled candidates, 0.70-1.58x (two six-seed runs, medians 1.13x and 1.08x)
+# with the actor's rate 4e-2 at a quarter of the updates on top, and a median 0.92x over twelve
+# seeds with the chains' loop compiled on top of that (results/speed.md; the loop's compiled
+# chains are not measured on a GPU, where graph_chains replays them). On
 # an H200 its update cost 0.80x a Gaussian update with graph_chains (results/gpu/README.md):
 # there its update's thousands of candidate rows cost little.
 # Run it in a device call of its own after lent_gpu.sh; one seed by default, to fit one call.
