@@ -165,7 +165,7 @@ class DiffusionActorCritic(ActorCriticAgent):
     time-to-quality settings (2 agents, [128, 128] denoiser, 16 envs; AMD EPYC, one thread):
     an update took 0.81x its time (`bench update`, results/update_time_compile_chain_loop/),
     and in twelve seeds' runs, each beside the same seed's run without it, each 6,000 frames
-    took 0.77-0.88x as long, after 0.2-4.4 s more at the start, where each chain shape is
+    took 0.77-0.88x as long, after 0.2-4.3 s more at the start, where each chain shape is
     traced. It rounds otherwise (to about 5e-7 over a chain), so a seed follows another
     trajectory; over those twelve seeds the frames to a return of 0.8 spread alike with and
     without it (results/speed.md). Not in the catalog, whose results were made with the eager
