@@ -168,8 +168,10 @@ class DiffusionActorCritic(ActorCriticAgent):
     took 0.77-0.88x as long, after 0.2-4.3 s more at the start, where each chain shape is
     traced. It rounds otherwise (to about 5e-7 over a chain), so a seed follows another
     trajectory; over those twelve seeds the frames to a return of 0.8 spread alike with and
-    without it (results/speed.md). Not in the catalog, whose results were made with the eager
-    numbers and whose families' settings were not measured with it.
+    without it (results/speed.md). Not in the catalog: at the families' catalog defaults, whose
+    chains are wide enough to be bound by arithmetic, it takes an update only to 0.92-0.97x
+    (ddpl, dacer, qvpo on VMAS; ddpl on Ant), and it would make every catalog result another
+    trajectory.
     `graph_chains` replays those chains from CUDA graphs on a GPU, where a chain at these batch
     sizes is a few hundred small kernels, bound by launches and the Python issuing them. The
     replayed chain samples what the eager one does from the same generator state
