@@ -287,19 +287,27 @@ def _after_first(mlp: StackedMLP, h: torch.Tensor) -> torch.Tensor:
     return h
 
 
-# One compiled function per layer structure (layer types and parameter shapes). Dynamo keeps
-# its graphs, and its limit of 8 per function, on the function's code object: one function for
-# every network would exhaust the limit in a process that builds many (a test worker, a
-# distillation) and run later ones eagerly, so whether a network ran compiled would depend on
-# what was built before it. Networks of one structure (a policy and its target copy) share
-# graphs: the parameters are the graph's inputs, not constants.
+# One compiled copy of a function per structure key (`compiled_for`). Dynamo keeps its graphs,
+# and its limit of 8 per function, on the function's code object: one copy for every network
+# would exhaust the limit in a process that builds many (a test worker, a distillation) and run
+# later ones eagerly, so whether a network ran compiled would depend on what was built before
+# it. Networks of one structure (a policy and its target copy) share graphs: the parameters are
+# the graph's inputs, not constants.
 _COMPILED: dict[tuple, Callable] = {}
 
 
+def compiled_for(fn: Callable, structure: tuple, **options) -> Callable:
+    """The compiled copy of `fn` (`compile_own_copy`) that every caller with this `structure`
+    (layer types, parameter shapes) shares; built at its first request."""
+    key = (fn, structure)
+    if key not in _COMPILED:
+        _COMPILED[key] = compile_own_copy(fn, **options)
+    return _COMPILED[key]
+
+
 def _compiled_after_first(mlp: StackedMLP) -> Callable:
-    if mlp.structure not in _COMPILED:
-        _COMPILED[mlp.structure] = compile_own_copy(_after_first, dynamic=True)
-    return _COMPILED[mlp.structure]
+    """The compiled `after_first` of every network of `mlp`'s layer structure."""
+    return compiled_for(_after_first, mlp.structure, dynamic=True)
 
 
 def compile_own_copy(fn: Callable, **options) -> Callable:

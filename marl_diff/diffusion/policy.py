@@ -29,7 +29,7 @@ from marl_diff import precision
 from marl_diff.diffusion.cuda_graphs import ChainGraphs
 from marl_diff.diffusion.denoiser import Conditioning, StackedDenoiser
 from marl_diff.diffusion.schedules import NoiseSchedule, make_schedule
-from marl_diff.nn import compile_own_copy, compiler_available
+from marl_diff.nn import compiled_for, compiler_available
 
 
 class DiffusionPolicy(nn.Module):
@@ -275,14 +275,11 @@ class DiffusionPolicy(nn.Module):
             shared = shared_start and candidates is not None and stochastic and len(visited) > 1
             start = shape[1:] if shared else shape
             x = self._mask(self._initial_noise(start, obs, generator))
-            noises = []
-            for i in reversed(range(len(visited))):
-                noise = None
-                if stochastic and i > 0:
-                    noise = torch.randn(shape, device=x.device, dtype=x.dtype, generator=generator)
-                    if noise_scale != 1.0:
-                        noise = noise * noise_scale
-                noises.append(noise)
+            noises: list[torch.Tensor | None] = [None] * len(visited)  # none at the last step
+            for i in range(len(visited) - 1 if stochastic else 0):
+                noises[i] = torch.randn(shape, device=x.device, dtype=x.dtype, generator=generator)
+                if noise_scale != 1.0:
+                    noises[i] = noises[i] * noise_scale
             reverse = type(self)._reverse
             if self.compile_chain_loop and not grad:
                 reverse = _compiled_reverse(self)
@@ -364,22 +361,17 @@ class DiffusionPolicy(nn.Module):
         return loss if weights is None else loss * weights
 
 
-# One compiled `_reverse` per policy class and denoiser structure: Dynamo keeps its graphs, and
-# its limit of 8 per function, on the code object (see `marl_diff.nn._COMPILED`), and a chain's
-# graph is specific to its call's shapes and options. A policy and its target copy share graphs.
-_COMPILED_REVERSE: dict[tuple, Callable] = {}
-
-
 def _compiled_reverse(policy: DiffusionPolicy) -> Callable:
+    """The compiled `_reverse` of the policy's class that every policy of its denoiser's
+    structure shares (`marl_diff.nn.compiled_for`; a policy and its target copy share graphs),
+    one static graph per call shape and options."""
     denoiser = policy.denoiser
-    key = (
-        type(policy),
+    structure = (
+        type(policy),  # a subclass's steps (`denoise_step`) are graphs of their own
         denoiser.net.mlp.structure,
         (denoiser.n_agents, denoiser.obs_dim, denoiser.act_dim, denoiser.time_embed_dim),
     )
-    if key not in _COMPILED_REVERSE:
-        _COMPILED_REVERSE[key] = compile_own_copy(type(policy)._reverse, dynamic=False)
-    return _COMPILED_REVERSE[key]
+    return compiled_for(type(policy)._reverse, structure, dynamic=False)
 
 
 def _add_noise(x: torch.Tensor, noise: torch.Tensor, scale: float) -> torch.Tensor:
