@@ -106,7 +106,7 @@ is learned; each is a setting, and the old behaviour is one override away:
   families' networks `policy_delay` 1 costs 5.6x a Gaussian update, past the 5x target. On
   multigoal (32 candidates) K = 2 kept 4 and 3 goals in seeds 0 and 1, as all 32 did
   (results/speed.md). At BenchMARL MASAC's settings ([256, 256] networks, `policy_delay` 2,
-  `compile_chain_loop`) K = 2 took an update to 0.75x its time (two threads) and ddpl to
+  `compile_chain_loop`) K = 2 took an update to 0.75-0.80x its time (two threads) and ddpl to
   0.75-0.92x MASAC's frames/s, against 0.56x with all 8; with bfloat16 chains as well it
   returned 1.15 at the study setting (results/speed.md, twenty-third session).
 - `candidate_states` "batch" (the catalog's): ISSM's candidates at the batch's states, and the
