@@ -207,9 +207,9 @@ def test_compile_chain_loop_samples_and_learns_what_eager_ddpl_does(monkeypatch)
     from marl_diff.diffusion import policy as policy_module
 
     runs = []
-    compiled_for = policy_module._compiled_reverse
+    compiled_reverse = policy_module._compiled_reverse
     monkeypatch.setattr(
-        policy_module, "_compiled_reverse", lambda p: runs.append(p) or compiled_for(p)
+        policy_module, "_compiled_reverse", lambda p: runs.append(p) or compiled_reverse(p)
     )
     looped, eager = agent(compile_chain_loop=True), agent()
     eager.load_state_dict(looped.state_dict())

@@ -412,9 +412,9 @@ def test_compile_chain_loop_samples_what_the_eager_chain_does(monkeypatch):
     from marl_diff.diffusion.mean_reverting import MeanRevertingPolicy
 
     runs = []
-    compiled_for = policy_module._compiled_reverse
+    compiled_reverse = policy_module._compiled_reverse
     monkeypatch.setattr(
-        policy_module, "_compiled_reverse", lambda p: runs.append(p) or compiled_for(p)
+        policy_module, "_compiled_reverse", lambda p: runs.append(p) or compiled_reverse(p)
     )
     eager = small_policy("vp", steps=10)
     looped = small_policy("vp", steps=10, compile_chain_loop=True)
