@@ -107,8 +107,11 @@ is learned; each is a setting, and the old behaviour is one override away:
   multigoal (32 candidates) K = 2 kept 4 and 3 goals in seeds 0 and 1, as all 32 did
   (results/speed.md). At BenchMARL MASAC's settings ([256, 256] networks, `policy_delay` 2,
   `compile_chain_loop`) K = 2 took an update to 0.75-0.80x its time (two threads) and ddpl to
-  0.75-0.92x MASAC's frames/s, against 0.56x with all 8; with bfloat16 chains as well it
-  returned 1.15 at the study setting (results/speed.md, twenty-third session).
+  0.71-0.92x MASAC's frames/s (five runs, three seeds), against 0.56x with all 8. With the
+  loop compiled it returned 1.26 against the catalog's 1.32 over twelve study seeds (lower in
+  7, within their spread), but its seeds 0-2 evaluated at 1.29 in their runs, under the
+  study's 1.4; with bfloat16 chains as well 1.15 over six (results/speed.md, twenty-third and
+  twenty-fourth sessions).
 - `candidate_states` "batch" (the catalog's): ISSM's candidates at the batch's states, and the
   critic target's action one sample of the policy's 10-step chain at the next states. "next"
   (DPMD draws its candidates at s') draws the M candidates once per actor update at the next
