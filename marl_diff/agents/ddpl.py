@@ -91,7 +91,8 @@ is learned; each is a setting, and the old behaviour is one override away:
   AMX, two runs each), but in the vmas_navigation study setting (seeds 0-5, final policies on
   256 episodes) it returned 1.28, 1.36, 1.05, 1.48, 1.28, 0.98 (mean 1.24) against 1.23,
   1.49, 1.42, 1.58, 1.10, 1.37 (1.37) with the compiled chains alone: lower in 4 of 6 seeds,
-  so it stays off.
+  so it stays off. Twelve seeds with `compile_chain_loop` as well returned 1.22 against the
+  catalog's 1.32 (lower in 9, Wilcoxon p = 0.08; results/speed.md, twenty-fourth session).
 - `resampled_candidates` K (0 in the catalog: all M, weighted): the score-matching loss on K of
   each state's M candidates, drawn with replacement by their weights, each weighing 1/K. That
   is importance resampling, an unbiased estimate of the weighted loss over all M at K/M of its
@@ -108,10 +109,11 @@ is learned; each is a setting, and the old behaviour is one override away:
   (results/speed.md). At BenchMARL MASAC's settings ([256, 256] networks, `policy_delay` 2,
   `compile_chain_loop`) K = 2 took an update to 0.75-0.80x its time (two threads) and ddpl to
   0.71-0.92x MASAC's frames/s (five runs, three seeds), against 0.56x with all 8. With the
-  loop compiled it returned 1.26 against the catalog's 1.32 over twelve study seeds (lower in
-  7, within their spread), but its seeds 0-2 evaluated at 1.29 in their runs, under the
-  study's 1.4; with bfloat16 chains as well 1.15 over six (results/speed.md, twenty-third and
-  twenty-fourth sessions).
+  loop compiled it returned 1.257 over twelve study seeds against the loop alone's 1.258 (and
+  the loop 1.262 against the catalog's 1.285 over eighteen), but its seeds 0-2 evaluated at
+  1.29 in their runs, under the study's 1.4; with bfloat16 chains as well 1.15 over six.
+  Systematic instead of independent draws returned 1.20 over twelve (results/speed.md,
+  twenty-third and twenty-fourth sessions).
 - `candidate_states` "batch" (the catalog's): ISSM's candidates at the batch's states, and the
   critic target's action one sample of the policy's 10-step chain at the next states. "next"
   (DPMD draws its candidates at s') draws the M candidates once per actor update at the next
