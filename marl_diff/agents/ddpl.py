@@ -92,7 +92,8 @@ is learned; each is a setting, and the old behaviour is one override away:
   256 episodes) it returned 1.28, 1.36, 1.05, 1.48, 1.28, 0.98 (mean 1.24) against 1.23,
   1.49, 1.42, 1.58, 1.10, 1.37 (1.37) with the compiled chains alone: lower in 4 of 6 seeds,
   so it stays off. Twelve seeds with `compile_chain_loop` as well returned 1.22 against the
-  catalog's 1.32 (lower in 9, Wilcoxon p = 0.08; results/speed.md, twenty-fourth session).
+  catalog's 1.32 (lower in 9, Wilcoxon p = 0.08) and the loop alone's 1.26 (p = 0.41), and
+  ran no faster there (results/speed.md, twenty-fourth session).
 - `resampled_candidates` K (0 in the catalog: all M, weighted): the score-matching loss on K of
   each state's M candidates, drawn with replacement by their weights, each weighing 1/K. That
   is importance resampling, an unbiased estimate of the weighted loss over all M at K/M of its
