@@ -64,7 +64,11 @@ is learned; each is a setting, and the old behaviour is one override away:
   `candidate_steps=0` draws them from the policy's own chain.
 - `sample_steps` 10: the policy acts and bootstraps from a 10-step respaced chain of its
   20 trained levels (DDIM / improved-DDPM respacing); on a 4-mode target its samples matched
-  the full chain's (tests/test_diffusion.py). 0 samples all T steps.
+  the full chain's (tests/test_diffusion.py). 0 samples all T steps. On VMAS (T = 10)
+  `sample_steps` 5, the candidates' chain, took an update at BenchMARL MASAC's settings (with
+  `compile_chain_loop` and 2 resampled candidates) to 0.90-0.92x its time, and returned 1.207
+  against 1.242 over twelve study seeds (lower in 5, p = 0.79) in 0.88x the run time: not in
+  the catalog, no gain shown in a whole run (results/speed.md, twenty-fifth session).
 - `n_candidates` 8 (was 16) and `policy_delay` 2 (the actor updates every second critic
   update, as DACER and TD3 do).
 - `actor_hidden` [256, 256], the Gaussian actor's size. The DDPL paper gives no network; DPMD's
@@ -93,7 +97,10 @@ is learned; each is a setting, and the old behaviour is one override away:
   1.49, 1.42, 1.58, 1.10, 1.37 (1.37) with the compiled chains alone: lower in 4 of 6 seeds,
   so it stays off. Twelve seeds with `compile_chain_loop` as well returned 1.22 against the
   catalog's 1.32 (lower in 9, Wilcoxon p = 0.08) and the loop alone's 1.26 (p = 0.41), and
-  ran no faster there (results/speed.md, twenty-fourth session).
+  ran no faster there (results/speed.md, twenty-fourth session). At MASAC's settings, on top
+  of the loop, 2 resampled candidates and 5-step chains, it took an update to 0.82x in a
+  timing script, but the runs' updates to about 0.9x and their frames/s not measurably
+  (0.73-0.79x MASAC's against 0.77x; AMD EPYC Zen 3, twenty-fifth session).
 - `resampled_candidates` K (0 in the catalog: all M, weighted): the score-matching loss on K of
   each state's M candidates, drawn with replacement by their weights, each weighing 1/K. That
   is importance resampling, an unbiased estimate of the weighted loss over all M at K/M of its
