@@ -26,6 +26,8 @@ alone, which learned as float32 did (agents/diffusion_actor.py).
 from __future__ import annotations
 
 import contextlib
+import functools
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -37,6 +39,17 @@ MODES = ("highest", "high", "medium")
 # on any CPU with bfloat16 instructions, where "medium" may stay float32-accurate (above).
 BFLOAT16 = "bfloat16"
 SCOPED_MODES = (*MODES, BFLOAT16)
+
+
+@functools.cache
+def cpu_has_bfloat16_kernels() -> bool:
+    """Whether this CPU has oneDNN's bfloat16 matrix-product kernels (AVX512-BF16 or AMX).
+    Without them torch multiplies bfloat16 tensors in a scalar loop: on an AMD EPYC Zen 3
+    (AVX2 only) a [2048, 256] x [256, 256] product took 191 ms against 1.7 ms in float32, two
+    threads (results/speed.md, twenty-fifth session)."""
+    return torch.backends.mkldnn.is_available() and bool(
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
 
 
 def configure(mode: str) -> None:
@@ -52,8 +65,17 @@ def scoped(mode: str, device_type: str) -> Iterator[None]:
     process's setting again after it (the diffusion policies' no-gradient chains,
     `chain_precision`). BFLOAT16 autocasts the block's products on `device_type` ("cpu",
     "cuda": autocast is per device type) to bfloat16: their results come out in bfloat16, one
-    more rounding than "medium"'s float32 outputs."""
+    more rounding than "medium"'s float32 outputs. On a CPU without bfloat16 kernels
+    (`cpu_has_bfloat16_kernels`) it warns, once a process: the mode would run far slower."""
     if mode == BFLOAT16:
+        if device_type == "cpu" and not cpu_has_bfloat16_kernels():
+            warnings.warn(
+                "bfloat16 products (agent.chain_precision or agent.update_precision=bfloat16) "
+                "on a CPU without AVX512-BF16 or AMX take torch's scalar fallback, about 100x "
+                "their float32 time; choose 'run' (or 'medium') on this CPU",
+                RuntimeWarning,
+                stacklevel=1,  # one location: shown once per process
+            )
         # Autocast's cache of cast weights stays off on a GPU, where a chain may run inside a
         # CUDA graph capture (`graph_chains`): torch asks for that with graphed callables.
         with torch.autocast(device_type, torch.bfloat16, cache_enabled=device_type != "cuda"):

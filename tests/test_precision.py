@@ -1,6 +1,8 @@
 """`matmul_precision=`: torch's float32 matrix-product setting, applied per process by the run
 and the update benchmark."""
 
+import warnings
+
 import pytest
 import torch
 from conftest import make_tiny_agent
@@ -223,3 +225,25 @@ def test_agents_with_their_own_losses_refuse_bfloat16_updates(algorithm):
 def test_an_unknown_update_precision_names_the_choices():
     with pytest.raises(ConfigError, match="update_precision must be one of run, bfloat16"):
         make_tiny_agent("gaussian", update_precision="medium")
+
+
+@pytest.mark.parametrize("kernels", [False, True])
+def test_bfloat16_products_warn_on_a_cpu_without_bfloat16_kernels(monkeypatch, kernels):
+    """Without AVX512-BF16 or AMX torch multiplies bfloat16 tensors in a scalar loop, about 100x
+    float32's time: the block says so, naming the settings and the way out; with them, not."""
+    monkeypatch.setattr(precision, "cpu_has_bfloat16_kernels", lambda: kernels)
+    monkeypatch.setattr(precision, "__warningregistry__", {}, raising=False)  # shown again
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with precision.scoped(precision.BFLOAT16, "cpu"):
+            product = torch.ones(4, 4) @ torch.ones(4, 4)
+        with precision.scoped(precision.BFLOAT16, "cuda"):  # a GPU's own kernels: no warning
+            pass
+    assert product.dtype == torch.bfloat16
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    if kernels:
+        assert messages == []
+    else:
+        assert len(messages) == 1
+        assert "without AVX512-BF16 or AMX" in messages[0]
+        assert "agent.chain_precision" in messages[0] and "'run'" in messages[0]
