@@ -46,7 +46,7 @@ def cpu_has_bfloat16_kernels() -> bool:
     """Whether this CPU has oneDNN's bfloat16 matrix-product kernels (AVX512-BF16 or AMX).
     Without them torch multiplies bfloat16 tensors in a scalar loop: on an AMD EPYC Zen 3
     (AVX2 only) a [2048, 256] x [256, 256] product took 191 ms against 1.7 ms in float32, two
-    threads (results/speed.md, twenty-fifth session)."""
+    threads (results/speed.md, twenty-fifth session). The check is oneDNN's own."""
     return torch.backends.mkldnn.is_available() and bool(
         torch.ops.mkldnn._is_mkldnn_bf16_supported()
     )
@@ -72,7 +72,7 @@ def scoped(mode: str, device_type: str) -> Iterator[None]:
             warnings.warn(
                 "bfloat16 products (agent.chain_precision or agent.update_precision=bfloat16) "
                 "on a CPU without AVX512-BF16 or AMX take torch's scalar fallback, about 100x "
-                "their float32 time; choose 'run' (or 'medium') on this CPU",
+                "their float32 time; choose 'run' on this CPU",
                 RuntimeWarning,
                 stacklevel=1,  # one location: shown once per process
             )

@@ -232,7 +232,6 @@ def test_bfloat16_products_warn_on_a_cpu_without_bfloat16_kernels(monkeypatch, k
     """Without AVX512-BF16 or AMX torch multiplies bfloat16 tensors in a scalar loop, about 100x
     float32's time: the block says so, naming the settings and the way out; with them, not."""
     monkeypatch.setattr(precision, "cpu_has_bfloat16_kernels", lambda: kernels)
-    monkeypatch.setattr(precision, "__warningregistry__", {}, raising=False)  # shown again
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with precision.scoped(precision.BFLOAT16, "cpu"):
