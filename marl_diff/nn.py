@@ -231,8 +231,14 @@ class StackedMLP(nn.Module):
     def after_first(self, h: torch.Tensor) -> torch.Tensor:
         """The layers after the first linear one, from its output h [M, B, H] (for callers that
         compute the first layer themselves); one compiled graph when `compiled`. h is the
-        network's own intermediate: the activations may overwrite it."""
-        if not self.compiled or h.shape[1] < COMPILED_MIN_ROWS:
+        network's own intermediate: the activations may overwrite it.
+
+        Inside a graph being compiled (a chain's whole loop, `compile_chain_loop`) the layers
+        join that graph: a call to their own compiled copy there would break it at every chain
+        step, and each step's frame, recompiled per step index, would run eagerly once
+        Dynamo's limit of 8 is spent (seen with `compile_denoiser` on top of the loop: acting
+        took 3 ms instead of under 1)."""
+        if not self.compiled or h.shape[1] < COMPILED_MIN_ROWS or torch.compiler.is_compiling():
             return _after_first(self, h)
         return _compiled_after_first(self)(self, h)
 

@@ -450,6 +450,27 @@ def test_compile_chain_loop_samples_what_the_eager_chain_does(monkeypatch):
 
 
 @pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
+def test_compile_chain_loop_takes_a_compiled_denoiser_into_its_graph():
+    """With the denoiser's layers compiled as well (`compiled`: ddpl's `compile_denoiser`), the
+    chain's loop stays one graph: the layers join it rather than call their own compiled copy,
+    which broke the loop at every step (each step's frame then recompiled per step index until
+    Dynamo's limit left it eager). The samples agree with the eager chain's."""
+    from torch._dynamo.utils import counters
+
+    eager = small_policy("vp", steps=10)
+    looped = small_policy("vp", steps=10, compiled=True, compile_chain_loop=True)
+    obs = torch.randn(COMPILED_MIN_ROWS, N, OBS)  # rows at which the compiled layers would run
+    counters.clear()
+    for options in ({}, {"candidates": 2, "steps": 5, "shared_start": True}):
+        a, b = (
+            p.sample(obs, generator=torch.Generator().manual_seed(1), **options)
+            for p in (eager, looped)
+        )
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+@pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
 @pytest.mark.parametrize("share", [False, True])
 def test_compiled_and_eager_chains_agree(share, compiled_calls):
     """`compiled` changes how the denoiser runs, not what the chain samples or the loss."""
