@@ -97,10 +97,12 @@ is learned; each is a setting, and the old behaviour is one override away:
   1.49, 1.42, 1.58, 1.10, 1.37 (1.37) with the compiled chains alone: lower in 4 of 6 seeds,
   so it stays off. Twelve seeds with `compile_chain_loop` as well returned 1.22 against the
   catalog's 1.32 (lower in 9, Wilcoxon p = 0.08) and the loop alone's 1.26 (p = 0.41), and
-  ran no faster there (results/speed.md, twenty-fourth session). At MASAC's settings, on top
-  of the loop, 2 resampled candidates and 5-step chains, it took an update to 0.82x in a
-  timing script, but the runs' updates to about 0.9x and their frames/s not measurably
-  (0.73-0.79x MASAC's against 0.77x; AMD EPYC Zen 3, twenty-fifth session).
+  ran no faster there (results/speed.md, twenty-fourth session). Until the twenty-fifth
+  session its layers broke the loop's graph at every step when both were on
+  (`StackedMLP.after_first`), so those speeds, and the 0.73-0.79x MASAC's frames/s of three
+  runs with 2 resampled candidates and 5-step chains as well, are not the combination's.
+  Fixed, at MASAC's settings on top of the loop and 2 resampled candidates it took an update
+  to 0.96x, and to 0.97x with 5-step chains (AMD EPYC Zen 3, results/speed.md).
 - `resampled_candidates` K (0 in the catalog: all M, weighted): the score-matching loss on K of
   each state's M candidates, drawn with replacement by their weights, each weighing 1/K. That
   is importance resampling, an unbiased estimate of the weighted loss over all M at K/M of its
