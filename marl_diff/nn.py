@@ -229,9 +229,10 @@ class StackedMLP(nn.Module):
         self.compiled = compiled and compiler_available()
 
     def after_first(self, h: torch.Tensor) -> torch.Tensor:
-        """The layers after the first linear one, from its output h [M, B, H] (for callers that
-        compute the first layer themselves); one compiled graph when `compiled`. h is the
-        network's own intermediate: the activations may overwrite it.
+        """The layers after the first linear one, from its output h [M', B, H] for the first
+        M' <= M members (for callers that compute the first layer themselves); one compiled
+        graph when `compiled`. h is the network's own intermediate: the activations may
+        overwrite it.
 
         Inside a graph being compiled (a chain's whole loop, `compile_chain_loop`) the layers
         join that graph: a call to their own compiled copy there would break it at every chain
@@ -272,12 +273,7 @@ class StackedMLP(nn.Module):
         discovered so far out of all those allocated."""
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.members if members is None else members, -1, -1)
-        if members is None:
-            return self.after_first(self.net[0](x))
-        for layer in self.net:
-            stacked = isinstance(layer, (StackedLinear, StackedLayerNorm))
-            x = layer(x, members) if stacked else layer(x)
-        return x
+        return self.after_first(self.net[0](x, members))
 
 
 # Rows per member from which `StackedMLP.compiled` runs the compiled graph. Measured on a 2-core
@@ -288,8 +284,10 @@ COMPILED_MIN_ROWS = 64
 
 
 def _after_first(mlp: StackedMLP, h: torch.Tensor) -> torch.Tensor:
+    members = None if h.shape[0] == mlp.members else h.shape[0]
     for layer in mlp.net[1:]:
-        h = layer(h)
+        stacked = isinstance(layer, (StackedLinear, StackedLayerNorm))
+        h = layer(h, members) if stacked else layer(h)
     return h
 
 

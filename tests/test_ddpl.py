@@ -94,7 +94,7 @@ def test_issm_loss_is_the_weighted_dsm_of_the_candidates(monkeypatch):
     q = torch.tensor([[[0.0, 1.0]], [[math.log(3.0), 1.0]]])
     dsm = torch.tensor([[[2.0, 4.0]], [[6.0, 8.0]]], requires_grad=True)
     monkeypatch.setattr(ddpl.policy, "sample", lambda obs, **kw: candidates)
-    monkeypatch.setattr(ddpl, "q_each_agent", lambda state, base, own: q)
+    monkeypatch.setattr(ddpl, "q_each_agent", lambda state, base, own, members=None: q)
     monkeypatch.setattr(ddpl.policy, "dsm_loss", lambda actions, obs: dsm * 1.0)
     metrics = ddpl.update_actor(one_state_batch())
     # agent 0: weights (1/4, 3/4) -> 2/4 + 18/4 = 5; agent 1: equal weights -> 6
@@ -134,7 +134,7 @@ def test_resampled_issm_loss_is_the_mean_dsm_of_the_drawn_candidates(monkeypatch
         return torch.tensor([[[2.0, 4.0]], [[6.0, 8.0]], [[1.0, 0.0]]], requires_grad=True)
 
     monkeypatch.setattr(ddpl.policy, "sample", lambda obs, **kw: candidates)
-    monkeypatch.setattr(ddpl, "q_each_agent", lambda state, base, own: q)
+    monkeypatch.setattr(ddpl, "q_each_agent", lambda state, base, own, members=None: q)
     monkeypatch.setattr(ddpl.policy, "dsm_loss", dsm_loss)
     metrics = ddpl.update_actor(one_state_batch())
     assert fitted[0].shape == (3, 1, 2, 1)
@@ -162,7 +162,7 @@ def test_next_state_candidates_are_the_critic_targets_and_issms(monkeypatch):
         seen["target"] = (next_state, next_action)
         return torch.zeros(4)  # the team critic's [B]
 
-    def q_each_agent(state, base, own):
+    def q_each_agent(state, base, own, members=None):
         seen["issm"] = (state, base)
         return torch.zeros(own.shape[:-1])
 
@@ -178,6 +178,36 @@ def test_next_state_candidates_are_the_critic_targets_and_issms(monkeypatch):
     ddpl.update(batch)
     assert len(draws) == 2 and draws[1] == (batch.next_obs, None)
     assert seen["target"][1].shape == (4, 2, 1)
+
+
+@pytest.mark.parametrize("weights_critic", ["reduced", "first"])
+def test_issm_weights_read_the_twin_critics_min_or_its_first_member_alone(
+    weights_critic, monkeypatch
+):
+    """`weights_critic`: the candidates' Q_i is min(Q1, Q2) ("reduced") or Q1 alone ("first"),
+    each at agent i's candidate with the other agent's replay action."""
+    ddpl = agent(jitter=False, weights_critic=weights_critic)
+    g = torch.Generator().manual_seed(0)
+    batch = one_state_batch().map(lambda field: torch.randn(2, *field.shape[1:], generator=g))
+    candidates = torch.rand(3, 2, 2, 1, generator=g) * 2 - 1  # [M, B, N, A]
+    seen = {}
+
+    def importance_weights(q, inverse_density=None):
+        seen["q"] = q
+        return torch.full_like(q, 1 / 3)
+
+    monkeypatch.setattr(ddpl.policy, "sample", lambda obs, **kw: candidates)
+    monkeypatch.setattr(ddpl, "importance_weights", importance_weights)
+    ddpl.update_actor(batch)
+    twin = torch.empty(2, 3, 2, 2)  # [member, M, B, N]
+    for i in range(2):
+        joint = batch.action.expand(3, -1, -1, -1).clone()
+        joint[:, :, i] = candidates[:, :, i]
+        with torch.no_grad():
+            twin[..., i] = ddpl.critic(batch.state, joint)
+    first, smaller = twin[0], twin.min(0).values
+    assert not torch.allclose(first, smaller)  # the two choices differ here
+    torch.testing.assert_close(seen["q"], first if weights_critic == "first" else smaller)
 
 
 def test_best_of_k_picks_each_agents_highest_q_sample(monkeypatch):
@@ -244,6 +274,7 @@ def test_bad_settings_are_config_errors():
         {"proposal": "older"},
         {"resampled_candidates": -1},
         {"candidate_states": "replay"},
+        {"weights_critic": "second"},
     ):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             agent(**bad)

@@ -900,6 +900,20 @@ def test_a_per_agent_critic_has_one_value_per_agent_from_the_joint_input():
         CentralCritic(4, 2, 1, [8], out_features=2, per_agent=True)
 
 
+@pytest.mark.parametrize("per_agent", [False, True])
+def test_a_critic_can_run_its_first_members_only(per_agent):
+    """`members=k`: the first k networks alone, their outputs those of the whole critic's first
+    k; `value` reduces them, and one member's estimate is the value as it is."""
+    torch.manual_seed(0)
+    critic = CentralCritic(4, 2, 1, [8, 8], n_q=3, reduction="lcb", per_agent=per_agent)
+    state, joint = torch.randn(5, 4), torch.rand(5, 2, 1)
+    every = critic(state, joint)
+    torch.testing.assert_close(critic(state, joint, members=2), every[:2])
+    torch.testing.assert_close(critic.value(state, joint, members=1), every[0])
+    torch.testing.assert_close(critic.value(state, joint, members=2), critic.reduce(every[:2]))
+    assert torch.equal(critic.value(state, joint), critic.reduce(every))
+
+
 @pytest.mark.parametrize("algorithm", PER_AGENT)
 def test_per_agent_target_is_each_agents_scaled_reward_plus_its_discounted_min_and_bonus(
     algorithm, monkeypatch

@@ -551,17 +551,19 @@ class ActorCriticAgent(Agent):
         base: torch.Tensor,
         own: torch.Tensor,
         critic: nn.Module | None = None,
+        members: int | None = None,
     ) -> torch.Tensor:
         """Q_i(s, own_i, base_-i), reduced over the critic's members, for every agent at once
         (agent i's own Q_i with per-agent critics, the team Q otherwise).
 
         state [B, S], base [B, N, A], own [..., B, N, A] (e.g. M candidates) -> [..., B, N].
-        `critic` defaults to the online critic (the target critic for critic targets).
+        `critic` defaults to the online critic (the target critic for critic targets);
+        `members` as in `CentralCritic.value`.
         """
         critic = self.critic if critic is None else critic
         joint = substitute_each_agent(base, own)  # [..., B, N, N, A]
         # [B, 1, S]: each state's share of the critic is computed once, for all its joint actions
-        q = critic.value(state[:, None], joint)  # [..., B, N(i)] or, per agent, [..., N(i), N]
+        q = critic.value(state[:, None], joint, members)  # [..., B, N(i)], per agent [..., N(i), N]
         return q.diagonal(dim1=-2, dim2=-1) if critic.per_agent else q
 
 

@@ -26,6 +26,10 @@ w_j ∝ exp(Q_i(s, a^(j)) / alpha). Our reading of the paper, each choice a conf
   are about 0.01, and softmax weights at alpha 0.1 were uniform (ESS 0.998).
 - `others_actions`: Q_i(s, a_i, a_-i) takes the other agents' actions from the replay batch
   (HASAC-style) or from fresh samples of their current policies.
+- `weights_critic`: Q_i for the weights from the twin critic reduced as its targets are (min,
+  "reduced", the default), or from its first member alone ("first"), as TD3's actor reads Q1
+  only. The min guards the weights against one member's overestimates; Q1 alone halves the
+  critic's cost at the M x B candidates (measured below).
 - `proposal`: "current" policy, or "lagged" (a copy refreshed every `lag_updates` updates).
 - `critic_rewards` (`ActorCriticAgent`): Q_i is the team critic's Q with agent i's action
   substituted (the paper's cooperative setting, the default), or agent i's own Q_i learned
@@ -180,6 +184,7 @@ CHOICES = {
     "proposal": ("current", "lagged"),
     "action_selection": ("sample", "best_of_k"),
     "candidate_states": ("batch", "next"),
+    "weights_critic": ("reduced", "first"),
 }
 
 
@@ -204,6 +209,8 @@ class DDPLConfig(DiffusionActorConfig):
     lag_updates: int = 1000
     # "next": the candidates drawn at the batch's next states, ISSM's and the critic target's
     candidate_states: str = "batch"
+    # the candidates' Q for the weights: "reduced" over the twin critic (min), "first": Q1 alone
+    weights_critic: str = "reduced"
     action_selection: str = "sample"
     best_of_k: int = 16
 
@@ -304,7 +311,8 @@ class DDPLAgent(DiffusionActorCritic):
                 base = batch.action
             else:
                 base = self.sample_policy(batch.obs)
-            q = self.q_each_agent(batch.state, base, candidates)  # [M, B, N]
+            members = 1 if cfg.weights_critic == "first" else None
+            q = self.q_each_agent(batch.state, base, candidates, members=members)  # [M, B, N]
             # soft target: divide by the proposal's kNN density estimate
             inverse_density = (
                 self.act_dims * knn_log_distances(candidates) if cfg.target == "soft" else None

@@ -116,34 +116,45 @@ class CentralCritic(nn.Module):
             return q.mean(0)
         return q.mean(0) - self.lcb_beta * q.std(0)
 
-    def value(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
+    def value(
+        self, state: torch.Tensor, joint_action: torch.Tensor, members: int | None = None
+    ) -> torch.Tensor:
         """The reduced Q: state [..., S], joint_action [..., N, A] -> [...] ([..., N] per
-        agent)."""
-        return self.reduce(self(state, joint_action))
+        agent). `members`: only the first that many networks run; one member's estimate is
+        the value as it is (TD3's actor reads Q1 alone), several are reduced."""
+        q = self(state, joint_action, members)
+        return q[0] if members == 1 else self.reduce(q)
 
-    def heads(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
-        """state [..., S], joint_action [..., N, A] -> [n_q, ..., out_features].
+    def heads(
+        self, state: torch.Tensor, joint_action: torch.Tensor, members: int | None = None
+    ) -> torch.Tensor:
+        """state [..., S], joint_action [..., N, A] -> [n_q, ..., out_features] ([members,
+        ...] for the first `members` networks only).
 
         `state` may have size-1 (or fewer) leading dims where the joint actions vary, e.g. one
         state for many candidate joint actions: the state's share of the first layer is then
         computed once per state and broadcast, not once per joint action.
         """
+        k = self.n_q if members is None else members
         lead = joint_action.shape[:-2]
         first = self.q.net[0]
+        weight, bias = first.weight[:k], first.bias[:k]
         s = self.state_dim
-        state_rows = state.reshape(1, -1, s).expand(self.n_q, -1, -1)
-        state_part = torch.baddbmm(first.bias, state_rows, first.weight[:, :s])  # [n_q, rows, H]
+        state_rows = state.reshape(1, -1, s).expand(k, -1, -1)
+        state_part = torch.baddbmm(bias, state_rows, weight[:, :s])  # [k, rows, H]
         state_lead = (1,) * (len(lead) - (state.dim() - 1)) + tuple(state.shape[:-1])
-        actions = joint_action.reshape(1, -1, first.weight.shape[1] - s).expand(self.n_q, -1, -1)
-        h = torch.bmm(actions, first.weight[:, s:])  # [n_q, rows, H]
-        h = h.view(self.n_q, *lead, -1).add_(state_part.view(self.n_q, *state_lead, -1))
-        out = self.q.after_first(h.view(self.n_q, -1, h.shape[-1]))
-        return out.view(self.n_q, *lead, -1)
+        actions = joint_action.reshape(1, -1, weight.shape[1] - s).expand(k, -1, -1)
+        h = torch.bmm(actions, weight[:, s:])  # [k, rows, H]
+        h = h.view(k, *lead, -1).add_(state_part.view(k, *state_lead, -1))
+        out = self.q.after_first(h.view(k, -1, h.shape[-1]))
+        return out.view(k, *lead, -1)
 
-    def forward(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, state: torch.Tensor, joint_action: torch.Tensor, members: int | None = None
+    ) -> torch.Tensor:
         """state [..., S], joint_action [..., N, A] -> Q values [n_q, ...] ([n_q, ..., N] per
-        agent)."""
-        out = self.heads(state, joint_action)
+        agent; `members` in place of n_q for the first that many networks only)."""
+        out = self.heads(state, joint_action, members)
         return out if self.per_agent else out[..., 0]
 
     def grouped_heads(
