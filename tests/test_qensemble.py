@@ -239,7 +239,7 @@ def test_single_agent_acts_by_a_softmax_over_the_target_lcb(monkeypatch):
 
     monkeypatch.setattr(agent.policy, "sample", sample)
 
-    def q(state, action):  # every member Q = 1000 a: std 0, LCB = Q, a near one-hot softmax
+    def q(state, action, members=None):  # every member Q = 1000 a: std 0, LCB = Q, near one-hot
         return (1000.0 * action[..., 0, 0]).expand(4, *action.shape[:-2])
 
     monkeypatch.setattr(agent.critic_target, "forward", q)
