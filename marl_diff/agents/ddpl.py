@@ -28,8 +28,12 @@ w_j ∝ exp(Q_i(s, a^(j)) / alpha). Our reading of the paper, each choice a conf
   (HASAC-style) or from fresh samples of their current policies.
 - `weights_critic`: Q_i for the weights from the twin critic reduced as its targets are (min,
   "reduced", the default), or from its first member alone ("first"), as TD3's actor reads Q1
-  only. The min guards the weights against one member's overestimates; Q1 alone halves the
-  critic's cost at the M x B candidates (measured below).
+  only, at half the critic's cost at the M x B candidates. At BenchMARL MASAC's peer settings
+  Q1 alone took an update to 0.91x its time (on top of `compile_chain_loop`, 2 resampled
+  candidates, 5-step chains and the compiled denoiser), but at the vmas_navigation study
+  setting it returned 1.01 against 1.21 over twelve seeds (lower in 11, Wilcoxon p = 0.002):
+  weights that favour the candidates one member overrates sharpen the policy toward that
+  member's errors, which the min discounts. So the catalog keeps the min (results/speed.md).
 - `proposal`: "current" policy, or "lagged" (a copy refreshed every `lag_updates` updates).
 - `critic_rewards` (`ActorCriticAgent`): Q_i is the team critic's Q with agent i's action
   substituted (the paper's cooperative setting, the default), or agent i's own Q_i learned
@@ -106,7 +110,9 @@ is learned; each is a setting, and the old behaviour is one override away:
   (`StackedMLP.after_first`), so those speeds, and the 0.73-0.79x MASAC's frames/s of three
   runs with 2 resampled candidates and 5-step chains as well, are not the combination's.
   Fixed, at MASAC's settings on top of the loop and 2 resampled candidates it took an update
-  to 0.96x, and to 0.97x with 5-step chains (AMD EPYC Zen 3, results/speed.md).
+  to 0.96x, and to 0.97x with 5-step chains (AMD EPYC Zen 3, results/speed.md). Over twelve
+  study seeds it returned 1.23 there against 1.24 without it (p = 1.0), and with 5-step chains
+  as well 1.21 (lower than without both in 9 of 12, p = 0.18).
 - `resampled_candidates` K (0 in the catalog: all M, weighted): the score-matching loss on K of
   each state's M candidates, drawn with replacement by their weights, each weighing 1/K. That
   is importance resampling, an unbiased estimate of the weighted loss over all M at K/M of its
