@@ -109,7 +109,10 @@ class CentralCritic(nn.Module):
         )
 
     def reduce(self, q: torch.Tensor) -> torch.Tensor:
-        """The members' estimates [K, ...] -> the value [...] the agents use."""
+        """The members' estimates [K, ...] -> the value [...] the agents use; one member's
+        estimate is the value as it is (TD3's actor reads Q1 alone)."""
+        if q.shape[0] == 1:
+            return q[0]
         if self.reduction == "min":
             return q.min(0).values
         if self.reduction == "mean":
@@ -120,10 +123,9 @@ class CentralCritic(nn.Module):
         self, state: torch.Tensor, joint_action: torch.Tensor, members: int | None = None
     ) -> torch.Tensor:
         """The reduced Q: state [..., S], joint_action [..., N, A] -> [...] ([..., N] per
-        agent). `members`: only the first that many networks run; one member's estimate is
-        the value as it is (TD3's actor reads Q1 alone), several are reduced."""
-        q = self(state, joint_action, members)
-        return q[0] if members == 1 else self.reduce(q)
+        agent). `members`: only the first that many networks run, and their estimates are
+        reduced."""
+        return self.reduce(self(state, joint_action, members))
 
     def heads(
         self, state: torch.Tensor, joint_action: torch.Tensor, members: int | None = None
