@@ -346,29 +346,31 @@ class ActorCriticAgent(Agent):
         super().load_training_state({**state, "modules": modules})
         self.updates = int(state["updates"] if "updates" in state else legacy)
 
-    def minimize(self, loss: str, batch: Batch, *optimizers: str) -> dict[str, torch.Tensor]:
-        """One step of the named optimisers on the loss method `loss` (`critic_loss`,
-        `actor_loss`: batch -> (loss, metrics)); returns its metrics.
+    def minimize(self, loss: str, inputs, *optimizers: str) -> dict[str, torch.Tensor]:
+        """One step of the named optimisers on the loss method `loss` (`critic_loss` and
+        `actor_loss` take a Batch, ddpl's `fit_loss` its fitted candidates: inputs -> (loss,
+        metrics)); returns its metrics.
 
         Eagerly: the loss, one backward, and each optimiser's clip and Adam step. With
         `compile_update` all of it is one compiled function (`_minimize`), one graph where the
-        loss traces whole (the Gaussian's two; a diffusion policy's sampled chain splits its
-        critic's), built at the first call: about 25 s for a Gaussian update on a cold inductor
-        cache, about 4 s on a warm one (AOTAutograd's cache then holds the whole graph, so
-        nothing in it may be a custom autograd.Function). Eagerly, a Gaussian update at
-        BenchMARL MASAC's settings is about a thousand small ops, and on a CPU half of its time
-        goes to dispatching them and to passes over memory between the matmuls; compiled, the
-        loss's forward and backward, the clip and the Adam step are a few fused kernels around
-        the matmuls. The gradients are the same function rounded differently, and random draws
-        inside the loss come from the compiler's generator: a seed gives another trajectory
-        than eagerly. Without a C++ compiler it runs eagerly, with a warning.
+        loss traces whole (the Gaussian's two, ddpl's score matching; a diffusion policy's
+        sampled chain splits its critic's), built at the first call: about 25 s for a Gaussian
+        update on a cold inductor cache, about 4 s on a warm one (AOTAutograd's cache then
+        holds the whole graph, so nothing in it may be a custom autograd.Function). Eagerly, a
+        Gaussian update at BenchMARL MASAC's settings is about a thousand small ops, and on a
+        CPU half of its time goes to dispatching them and to passes over memory between the
+        matmuls; compiled, the loss's forward and backward, the clip and the Adam step are a
+        few fused kernels around the matmuls. The gradients are the same function rounded
+        differently, and random draws inside the loss come from the compiler's generator: a
+        seed gives another trajectory than eagerly. Without a C++ compiler it runs eagerly,
+        with a warning.
         """
         if self.compiles_update:
             return self._compiled(loss, _minimize)(
-                self, loss, batch, [self._adam_step_inputs(name) for name in optimizers]
+                self, loss, inputs, [self._adam_step_inputs(name) for name in optimizers]
             )
         with self.loss_precision():
-            value, metrics = getattr(self, loss)(batch)
+            value, metrics = getattr(self, loss)(inputs)
         self.step_optimizer(value, *optimizers)
         return metrics
 
@@ -567,13 +569,13 @@ class ActorCriticAgent(Agent):
         return q.diagonal(dim1=-2, dim2=-1) if critic.per_agent else q
 
 
-def _minimize(agent: ActorCriticAgent, loss: str, batch: Batch, steps: list[tuple]) -> dict:
+def _minimize(agent: ActorCriticAgent, loss: str, inputs, steps: list[tuple]) -> dict:
     """`ActorCriticAgent.minimize` as one graph: the loss, its gradients for the optimisers'
     parameters (None, as after an eager backward, for those it does not reach), and each
     optimiser's `_clip_and_adam`. torch's `Optimizer.step` breaks a graph on purpose, so the
     step is torch's functional Adam on the optimiser's own state tensors."""
     with agent.loss_precision():
-        value, metrics = getattr(agent, loss)(batch)
+        value, metrics = getattr(agent, loss)(inputs)
     params = [param for step in steps for param in step[0]]
     grads = torch.autograd.grad(value, params, allow_unused=True)
     for param, grad in zip(params, grads, strict=True):

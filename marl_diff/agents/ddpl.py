@@ -330,22 +330,15 @@ class DDPLAgent(DiffusionActorCritic):
                 self.act_dims * knn_log_distances(candidates) if cfg.target == "soft" else None
             )
             weights = self.importance_weights(q, inverse_density)
-        fitted = candidates
         if cfg.resampled_candidates:
-            fitted = resample(candidates, weights, cfg.resampled_candidates)  # [K, B, N, A]
-        with self.loss_precision():
-            dsm = self.policy.dsm_loss(fitted, batch.obs)  # [M or K, B, N]
-        # resampled, each drawn candidate weighs 1/K
-        per_state = dsm.mean(0) if cfg.resampled_candidates else (weights * dsm).sum(0)
-        loss = per_state.mean(0).sum()
-        self.step_optimizer(loss, "actor")
+            fit = (resample(candidates, weights, cfg.resampled_candidates), batch.obs, None)
+        else:
+            fit = (candidates, batch.obs, weights)
+        metrics = self.minimize("fit_loss", fit, "actor")
 
         ess = weights.sum(0).square() / weights.square().sum(0).clamp_min(1e-12)  # [B, N]
-        metrics = {
-            "loss/actor": loss.detach(),
-            "issm/ess_fraction": (ess / cfg.n_candidates).mean(),
-            "alpha/mean": self.log_alpha.exp().mean().detach(),
-        }
+        metrics["issm/ess_fraction"] = (ess / cfg.n_candidates).mean()
+        metrics["alpha/mean"] = self.log_alpha.exp().mean().detach()
         if cfg.n_candidates >= 2:
             entropy = knn_entropy(samples, self.act_dims).mean(0)  # [B, N] -> [N]
             metrics["policy/entropy"] = entropy.mean()
@@ -360,6 +353,17 @@ class DDPLAgent(DiffusionActorCritic):
         if cfg.proposal == "lagged" and (self.updates + 1) % cfg.lag_updates == 0:
             self.old_policy.load_state_dict(self.policy.state_dict())
         return metrics
+
+    def fit_loss(self, fit: tuple) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """ISSM's score-matching loss and its metrics. `fit` is (candidates [M or K, B, N, A],
+        obs [B, N, D], weights [M, B, N]); weights None for resampled candidates, where each
+        drawn one weighs 1/K. A loss of `minimize`, so `compile_update` makes it, its
+        gradients and the actor's Adam step one graph."""
+        fitted, obs, weights = fit
+        dsm = self.policy.dsm_loss(fitted, obs)  # [M or K, B, N]
+        per_state = dsm.mean(0) if weights is None else (weights * dsm).sum(0)
+        loss = per_state.mean(0).sum()
+        return loss, {"loss/actor": loss.detach()}
 
     def importance_weights(
         self, q: torch.Tensor, log_inverse_density: torch.Tensor | None = None
