@@ -166,12 +166,15 @@ is learned; each is a setting, and the old behaviour is one override away:
   1.40 (mean 1.32) against 1.37, 1.35, 1.44, 1.38, 1.30, 1.13 (1.33): lower in 4 of 6 seeds,
   within their spread. Not in the catalog: one rounding more in every update, for a gain that
   a whole run at MASAC's peer settings did not show (results/speed.md).
-- `compile_update` stays off, as for every agent in the catalog. On top of `compile_chain_loop`,
-  2 resampled candidates, 5-step chains and the compiled denoiser it took ddpl to 0.93-0.96x
-  BenchMARL MASAC's frames/s at MASAC's settings (three seeds; 0.91x without it in the same
-  hour; AMD EPYC Zen 3), and over twelve vmas_navigation study seeds that setting returned
-  1.20 against 1.21 without it (p = 0.73). Its backward rounds otherwise than eager's, and
-  the catalog's results were made eagerly (results/speed.md).
+- `compile_update` stays off, as for every agent in the catalog. It makes the critic's loss
+  (its target chain apart) and the actor's score-matching loss (`fit_loss`) each one graph
+  with its gradients and Adam step. On top of `compile_chain_loop`, 2 resampled candidates,
+  5-step chains and the compiled denoiser it took ddpl to 0.92-0.98x BenchMARL MASAC's
+  frames/s at MASAC's settings (three seeds, AMD EPYC Zen 3; 0.93-0.96x with the critic's
+  loss alone compiled), and over twelve vmas_navigation study seeds that setting returned
+  1.26 against 1.21 without it (p = 0.38). Its backward rounds otherwise than eager's, its
+  random draws come from the compiler's generator, and the catalog's results were made
+  eagerly (results/speed.md).
 `python -m marl_diff.bench update` measures the ratio per family (results/update_time_*.md).
 """
 
