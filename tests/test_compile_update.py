@@ -81,6 +81,16 @@ def test_the_compiled_update_lands_where_the_eager_one_does(device, algorithm):
             torch.testing.assert_close(got["exp_avg"], want["exp_avg"], rtol=rtol, atol=rtol / 100)
 
 
+@needs_compiler
+@pytest.mark.parametrize("algorithm", ["ddpl", "dacer"])
+def test_a_diffusion_agents_compiled_losses_trace_without_graph_breaks(algorithm):
+    """The target actions are drawn before the compiled critic loss, so it does not trace into
+    the sampled chain, whose context managers would break its graph into pieces."""
+    torch._dynamo.utils.counters.clear()
+    updated(tiny_agent(True, algorithm=algorithm))
+    assert not torch._dynamo.utils.counters["graph_break"]
+
+
 def test_eager_by_default_and_without_a_compiler(monkeypatch):
     agent = tiny_agent(False)
     updated(agent, updates=1)

@@ -286,6 +286,9 @@ class ActorCriticAgent(Agent):
         # A Python int, not a device tensor: the update schedule (policy delay, refreshes,
         # decays) branches on it every update, and reading a GPU tensor would wait for the GPU.
         self.updates = 0
+        # The target actions and bonus of the update in progress, where an agent draws them
+        # before its compiled critic loss (`DiffusionActorCritic.update_critic`); else None.
+        self.drawn_targets: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def build_critic(self, config: ActorCriticConfig, spec: EnvSpec, **overrides) -> nn.Module:
         """The stacked critic from the config; `overrides` (e.g. n_q, out_features) let an agent
@@ -471,11 +474,18 @@ class ActorCriticAgent(Agent):
     def update_critic(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self.minimize("critic_loss", batch, "critic")
 
+    def next_targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target actions and soft bonus at the batch's next states for the critic's loss:
+        those drawn before it (`drawn_targets`), else `target_action`'s."""
+        if self.drawn_targets is not None:
+            return self.drawn_targets
+        return self.target_action(batch.next_obs, batch.next_state)
+
     def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The TD loss of the critic's members and its metrics."""
         cfg = self.config
         with torch.no_grad():
-            next_action, bonus = self.target_action(batch.next_obs, batch.next_state)
+            next_action, bonus = self.next_targets(batch)
             next_q = self.target_value(batch.next_state, next_action)
             reward, factor = batch.reward * cfg.reward_scale, self.bootstrap_factor(batch)
             if self.critic.per_agent:

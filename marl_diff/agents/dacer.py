@@ -179,7 +179,7 @@ class DACERAgent(DiffusionActorCritic):
         cfg = self.config
         bound = cfg.td_bound
         with torch.no_grad():
-            next_action, _ = self.target_action(batch.next_obs, batch.next_state)
+            next_action, _ = self.next_targets(batch)
             next_mean, next_std = self.critic_target.distribution(batch.next_state, next_action)
             pick = next_mean.argmin(0, keepdim=True)  # head of the smaller target mean
             next_mean = next_mean.gather(0, pick)[0]
