@@ -172,8 +172,8 @@ is learned; each is a setting, and the old behaviour is one override away:
   5-step chains and the compiled denoiser it took ddpl to 0.90-0.98x BenchMARL MASAC's
   frames/s at MASAC's settings (five seeds, AMD EPYC Zen 3; 0.93-0.96x over three with the
   critic's loss alone compiled; 0.89-1.10x over three, median 1.01x, since the target actions
-  are drawn first, not yet studied), and over twelve vmas_navigation study seeds that setting returned
-  1.26 against 1.21 without it (p = 0.38). Its backward rounds otherwise than eager's, its
+  are drawn first, not yet studied), and over twelve vmas_navigation study seeds that setting
+  returned 1.26 against 1.21 without it (p = 0.38). Its backward rounds otherwise than eager's, its
   random draws come from the compiler's generator, and the catalog's results were made
   eagerly (results/speed.md).
 `python -m marl_diff.bench update` measures the ratio per family (results/update_time_*.md).
