@@ -49,10 +49,10 @@ def updated(agent, updates: int = 3) -> list[dict]:
 
 # What each agent compiles: the Gaussian's two losses, each with its steps; ddpl's critic loss
 # and its actor's score-matching loss, each with its step, and its temperature's and jitter's
-# steps after their own backward passes.
+# losses with both their steps.
 COMPILED = {
     "gaussian": {"critic_loss", "actor_loss"},
-    "ddpl": {"critic_loss", "fit_loss", "step:alpha", "step:jitter"},
+    "ddpl": {"critic_loss", "fit_loss", "entropy_loss"},
 }
 
 

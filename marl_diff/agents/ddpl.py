@@ -346,13 +346,10 @@ class DDPLAgent(DiffusionActorCritic):
         if cfg.n_candidates >= 2:
             entropy = knn_entropy(samples, self.act_dims).mean(0)  # [B, N] -> [N]
             metrics["policy/entropy"] = entropy.mean()
-            shortfall = self.target_entropy - entropy  # > 0: raise alpha and the jitter
-            if cfg.auto_alpha:
-                alpha_loss = -(self.log_alpha * shortfall).sum()
-                self.step_optimizer(alpha_loss, "alpha")
-                metrics["loss/alpha"] = alpha_loss.detach()
+            tuned = [name for name in ("alpha", "jitter") if name in self.optimizers]
+            if tuned:  # shortfall > 0: raise alpha and the jitter
+                metrics.update(self.minimize("entropy_loss", self.target_entropy - entropy, *tuned))
             if cfg.jitter:
-                self.step_optimizer(-(self.log_jitter * shortfall).sum(), "jitter")
                 metrics["issm/jitter"] = self.log_jitter.exp().mean().detach()
         if cfg.proposal == "lagged" and (self.updates + 1) % cfg.lag_updates == 0:
             self.old_policy.load_state_dict(self.policy.state_dict())
@@ -368,6 +365,21 @@ class DDPLAgent(DiffusionActorCritic):
         per_state = dsm.mean(0) if weights is None else (weights * dsm).sum(0)
         loss = per_state.mean(0).sum()
         return loss, {"loss/actor": loss.detach()}
+
+    def entropy_loss(self, shortfall: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The temperature's and the jitter's losses for each agent's entropy shortfall [N]
+        (target minus the kNN estimate), summed: each term reaches only its own parameter, so
+        one backward gives each the gradient of its own loss, and `minimize` steps both at
+        once (one compiled graph with `compile_update`, not two backward passes and steps)."""
+        cfg = self.config
+        loss, metrics = shortfall.new_zeros(()), {}
+        if cfg.auto_alpha:
+            alpha_loss = -(self.log_alpha * shortfall).sum()
+            metrics["loss/alpha"] = alpha_loss.detach()
+            loss = loss + alpha_loss
+        if cfg.jitter:
+            loss = loss - (self.log_jitter * shortfall).sum()
+        return loss, metrics
 
     def importance_weights(
         self, q: torch.Tensor, log_inverse_density: torch.Tensor | None = None
