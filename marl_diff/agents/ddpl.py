@@ -167,13 +167,13 @@ is learned; each is a setting, and the old behaviour is one override away:
   within their spread. Not in the catalog: one rounding more in every update, for a gain that
   a whole run at MASAC's peer settings did not show (results/speed.md).
 - `compile_update` stays off, as for every agent in the catalog. It makes the critic's loss
-  (its target actions drawn first) and the actor's score-matching loss (`fit_loss`) each one graph
-  with its gradients and Adam step. On top of `compile_chain_loop`, 2 resampled candidates,
-  5-step chains and the compiled denoiser it took ddpl to 0.90-0.98x BenchMARL MASAC's
-  frames/s at MASAC's settings (five seeds, AMD EPYC Zen 3; 0.93-0.96x over three with the
-  critic's loss alone compiled; 0.89-1.10x over three, median 1.01x, since the target actions
-  are drawn first, not yet studied), and over twelve vmas_navigation study seeds that setting
-  returned 1.26 against 1.21 without it (p = 0.38). Its backward rounds otherwise than eager's, its
+  (its target actions drawn first), the actor's score-matching loss (`fit_loss`) and the
+  temperature's and jitter's loss (`entropy_loss`) each one graph with its gradients and Adam
+  steps. On top of `compile_chain_loop`, 2 resampled candidates, 5-step chains and the
+  compiled denoiser it took ddpl to 0.96-1.10x BenchMARL MASAC's frames/s at MASAC's settings
+  (five seeds, mean 1.02x, AMD EPYC Zen 3; 0.93-0.96x over three with the critic's loss alone
+  compiled), and over twelve vmas_navigation study seeds that setting returned 1.22 against
+  1.21 without it (p = 0.37). Its backward rounds otherwise than eager's, its
   random draws come from the compiler's generator, and the catalog's results were made
   eagerly (results/speed.md).
 `python -m marl_diff.bench update` measures the ratio per family (results/update_time_*.md).
