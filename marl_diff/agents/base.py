@@ -351,8 +351,8 @@ class ActorCriticAgent(Agent):
 
     def minimize(self, loss: str, inputs, *optimizers: str) -> dict[str, torch.Tensor]:
         """One step of the named optimisers on the loss method `loss` (`critic_loss` and
-        `actor_loss` take a Batch, ddpl's `fit_loss` its fitted candidates: inputs -> (loss,
-        metrics)); returns its metrics.
+        `actor_loss` take a Batch, ddpl's `fit_loss` its fitted candidates and `entropy_loss`
+        its entropy shortfall: inputs -> (loss, metrics)); returns its metrics.
 
         Eagerly: the loss, one backward, and each optimiser's clip and Adam step. With
         `compile_update` all of it is one compiled function (`_minimize`), one graph where the
