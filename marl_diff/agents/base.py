@@ -357,17 +357,16 @@ class ActorCriticAgent(Agent):
         Eagerly: the loss, one backward, and each optimiser's clip and Adam step. With
         `compile_update` all of it is one compiled function (`_minimize`), one graph where the
         loss traces whole (the Gaussian's two, ddpl's score matching, and a diffusion policy's
-        critic loss, whose target actions it draws first), built at the first call: about
-        25 s for a Gaussian update on a cold inductor cache, about 4 s on a warm one
-        (AOTAutograd's cache then holds the whole graph, so nothing in it may be a custom
-        autograd.Function). Eagerly, a
-        Gaussian update at BenchMARL MASAC's settings is about a thousand small ops, and on a
-        CPU half of its time goes to dispatching them and to passes over memory between the
-        matmuls; compiled, the loss's forward and backward, the clip and the Adam step are a
+        critic loss, whose target actions it draws first), built at the first call: about 25 s
+        for a Gaussian update on a cold inductor cache, about 4 s on a warm one (AOTAutograd's
+        cache then holds the whole graph, so nothing in it may be a custom autograd.Function).
+        Eagerly, a Gaussian update at BenchMARL MASAC's settings is about a thousand small ops,
+        and on a CPU half of its time goes to dispatching them and to passes over memory between
+        the matmuls; compiled, the loss's forward and backward, the clip and the Adam step are a
         few fused kernels around the matmuls. The gradients are the same function rounded
-        differently, and random draws inside the loss come from the compiler's generator: a
-        seed gives another trajectory than eagerly. Without a C++ compiler it runs eagerly,
-        with a warning.
+        differently, and random draws inside the loss come from the compiler's generator: a seed
+        gives another trajectory than eagerly. Without a C++ compiler it runs eagerly, with a
+        warning.
         """
         if self.compiles_update:
             return self._compiled(loss, _minimize)(
