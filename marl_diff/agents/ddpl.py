@@ -157,7 +157,11 @@ is learned; each is a setting, and the old behaviour is one override away:
   in the vmas_navigation study (eval return at 24k steps, results/speed.md, before the VMAS
   stream fix): these defaults 1.48 (5 seeds), 128 of the 256 states 1.16 (6 seeds),
   `policy_delay` 3 1.20 (3 seeds). `n_candidates` 4 took a run to 0.66x its time and returned
-  1.27 against 1.33 (seeds 0-5, final policies on 256 episodes, lower in 4 of 6).
+  1.27 against 1.33 (seeds 0-5, final policies on 256 episodes, lower in 4 of 6). Where the
+  fit takes 2 resampled candidates either way (with `compile_chain_loop`, 5-step chains, the
+  compiled denoiser and `compile_update`), 4 candidates returned 1.29 against 8's 1.22 over
+  twelve seeds (lower in 5, p = 0.47) and took a 4-agent update at MASAC's peer settings to
+  0.64x its time (results/speed.md, twenty-ninth session).
 - `update_precision` stays "run". "bfloat16" (mixed precision, `loss_precision`: the critic's
   loss with its target actions and the score-matching loss on bfloat16 tensors) took an update
   to 0.82x (VMAS) and 0.83x (Ant) its time at these defaults on an AMD EPYC (`bench update`,
@@ -173,7 +177,9 @@ is learned; each is a setting, and the old behaviour is one override away:
   compiled denoiser it took ddpl to 0.96-1.10x BenchMARL MASAC's frames/s at MASAC's settings
   (five seeds, mean 1.02x, AMD EPYC Zen 3; 0.93-0.96x over three with the critic's loss alone
   compiled), and over twelve vmas_navigation study seeds that setting returned 1.22 against
-  1.21 without it (p = 0.37). Its backward rounds otherwise than eager's, its
+  1.21 without it (p = 0.37). With 4 candidates as well (`n_candidates`, above) ddpl made
+  0.99-1.07x MASAC's frames/s with 4 agents and 1.23-1.40x with 2 (three seeds each; 8
+  candidates 0.74x and 1.15x in that hour). Its backward rounds otherwise than eager's, its
   random draws come from the compiler's generator, and the catalog's results were made
   eagerly (results/speed.md).
 `python -m marl_diff.bench update` measures the ratio per family (results/update_time_*.md).
