@@ -149,3 +149,18 @@ def test_a_compiled_bfloat16_update_computes_in_bfloat16_as_the_eager_one(device
         assert rounded == [name != "float32"] * len(metrics), (name, rounded)
     got, want = (torch.stack([m["loss/critic"] for m in runs[k]]) for k in ("compiled", "eager"))
     torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-4)
+
+
+@needs_compiler
+def test_compiled_updates_of_two_batch_sizes_in_one_process_land_where_eager_ones_do():
+    """Dynamo keeps what it learns of a function's shapes by its source (file, line, name), so
+    an agent's own copy of a loss also sees the shapes other agents' copies ran with. A second
+    actor batch size would make it trace the score-matching loss for any size, which its random
+    steps (`torch.randint` of a symbolic size) cannot. Compiled for fixed shapes, each size gets
+    its own graph."""
+    updated(tiny_agent(True, algorithm="ddpl"))
+    half = {"algorithm": "ddpl", "actor_batch_size": 8}  # of the batch's 16 rows
+    got, want = updated(tiny_agent(True, **half)), updated(tiny_agent(False, **half))
+    for compiled_metrics, eager_metrics in zip(got, want, strict=True):
+        for key, value in eager_metrics.items():
+            torch.testing.assert_close(compiled_metrics[key], value, **TOLERANCE["cpu"])

@@ -404,9 +404,13 @@ class ActorCriticAgent(Agent):
 
     def _compiled(self, key: str, function: Callable) -> Callable:
         """This agent's compiled copy of `function` for `key`, built at its first call: a copy
-        per key keeps each graph, and Dynamo's limit of graphs per function, its own."""
+        per key keeps each graph, and Dynamo's limit of graphs per function, its own. Fixed
+        shapes: Dynamo shares what it learns of shapes among copies of one function (by file,
+        line and name), so another agent's batch size would otherwise turn this copy dynamic,
+        which the score-matching loss's `torch.randint` cannot trace; a new shape is a new
+        graph instead."""
         if key not in self._compiled_functions:
-            compiled = compile_own_copy(function)
+            compiled = compile_own_copy(function, dynamic=False)
             # Dynamo traces `torch.autograd.grad` into the graph only with this option
             self._compiled_functions[key] = torch._dynamo.config.patch(trace_autograd_ops=True)(
                 compiled
