@@ -161,7 +161,11 @@ is learned; each is a setting, and the old behaviour is one override away:
   fit takes 2 resampled candidates either way (with `compile_chain_loop`, 5-step chains, the
   compiled denoiser and `compile_update`), 4 candidates returned 1.29 against 8's 1.22 over
   twelve seeds (lower in 5, p = 0.47) and took a 4-agent update at MASAC's peer settings to
-  0.64x its time (results/speed.md, twenty-ninth session).
+  0.64x its time (results/speed.md, twenty-ninth session). On top of those, ISSM on half the
+  states (`actor_batch_size` 128 of the study's 256) returned 1.23 against 1.29 (lower in 9 of
+  12, p = 0.18), as 8 candidates without it did (1.22), and `policy_delay` 3 returned 1.18
+  (lower in 9 of 12, p = 0.05); half the states (64 of MASAC's 128) took a 4-agent update at MASAC's
+  peer settings to 0.72x its time, `policy_delay` 3 to 0.83x (thirtieth session).
 - `update_precision` stays "run". "bfloat16" (mixed precision, `loss_precision`: the critic's
   loss with its target actions and the score-matching loss on bfloat16 tensors) took an update
   to 0.82x (VMAS) and 0.83x (Ant) its time at these defaults on an AMD EPYC (`bench update`,
