@@ -164,8 +164,8 @@ is learned; each is a setting, and the old behaviour is one override away:
   0.64x its time (results/speed.md, twenty-ninth session). On top of those, ISSM on half the
   states (`actor_batch_size` 128 of the study's 256) returned 1.23 against 1.29 (lower in 9 of
   12, p = 0.18), as 8 candidates without it did (1.22), and `policy_delay` 3 returned 1.18
-  (lower in 9 of 12, p = 0.05); half the states (64 of MASAC's 128) took a 4-agent update at MASAC's
-  peer settings to 0.72x its time, `policy_delay` 3 to 0.83x (thirtieth session).
+  (lower in 9 of 12, p = 0.05); half the states (64 of MASAC's 128) took a 4-agent update at
+  MASAC's peer settings to 0.72x its time, `policy_delay` 3 to 0.83x (thirtieth session).
 - `update_precision` stays "run". "bfloat16" (mixed precision, `loss_precision`: the critic's
   loss with its target actions and the score-matching loss on bfloat16 tensors) took an update
   to 0.82x (VMAS) and 0.83x (Ant) its time at these defaults on an AMD EPYC (`bench update`,
@@ -182,10 +182,11 @@ is learned; each is a setting, and the old behaviour is one override away:
   (five seeds, mean 1.02x, AMD EPYC Zen 3; 0.93-0.96x over three with the critic's loss alone
   compiled), and over twelve vmas_navigation study seeds that setting returned 1.22 against
   1.21 without it (p = 0.37). With 4 candidates as well (`n_candidates`, above) ddpl made
-  0.99-1.07x MASAC's frames/s with 4 agents and 1.23-1.40x with 2 (three seeds each; 8
-  candidates 0.74x and 1.15x in that hour). Its backward rounds otherwise than eager's, its
-  random draws come from the compiler's generator, and the catalog's results were made
-  eagerly (results/speed.md).
+  0.93-1.07x MASAC's frames/s with 4 agents (six seeds, mean 1.00x) and 1.23-1.40x with 2
+  (three seeds; 8 candidates 0.74-0.78x and 1.15x in those hours), and with half the states
+  as well (`actor_batch_size`, above) 1.29-1.35x with 4 (three seeds). Its backward rounds
+  otherwise than eager's, its random draws come from the compiler's generator, and the
+  catalog's results were made eagerly (results/speed.md).
 `python -m marl_diff.bench update` measures the ratio per family (results/update_time_*.md).
 """
 
