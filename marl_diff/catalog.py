@@ -4,6 +4,10 @@
 In a source checkout the catalog is the top-level `scenarios/`, `agents/`, `runners/`,
 `distillations/` folders; an installed package carries the same files under
 `marl_diff/catalog/`.
+
+An entry may name another of its group in `extends: NAME` and set only the keys it changes
+(a preset, e.g. `agents/ddpl_fast.yaml`): it loads as that entry with those keys replaced, and
+the scenario's `agent_defaults` for the entry it extends apply to it too (`lineage`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from marl_diff.errors import unknown
+from marl_diff.errors import ConfigError, choices, unknown
 
 GROUPS = {"scenario": "scenarios", "agent": "agents", "runner": "runners"}
 FOLDERS = {**GROUPS, "distillation": "distillations"}
@@ -32,9 +36,43 @@ def names(group: str) -> tuple[str, ...]:
 
 
 def load(group: str, name: str) -> DictConfig:
+    """The entry's settings, with what it `extends` filled in."""
     if name not in names(group):
         raise unknown(group, name, names(group))
-    return OmegaConf.load(group_dir(group) / f"{name}.yaml")  # type: ignore[return-value]
+    entry: DictConfig = OmegaConf.load(group_dir(group) / f"{name}.yaml")  # type: ignore[assignment]
+    base_name = entry.pop("extends", None)
+    if base_name is None:
+        return entry
+    lineage(group, name)  # raises for a cycle
+    base = load(group, str(base_name))
+    strays = [str(key) for key in entry.keys() if key not in base]
+    if strays:
+        raise ConfigError(
+            f"{group} '{name}' extends '{base_name}' but sets keys it does not have: "
+            f"{', '.join(strays)}. Valid keys: {choices(str(k) for k in base.keys())}."
+        )
+    return OmegaConf.merge(base, entry)  # type: ignore[return-value]
+
+
+def lineage(group: str, name: str) -> tuple[str, ...]:
+    """`name`, then the entry it extends, and so on; a name not in the catalog (a run's
+    `agent.name` set by hand) is its own lineage."""
+    chain = [name]
+    while chain[-1] in names(group):
+        base = OmegaConf.load(group_dir(group) / f"{chain[-1]}.yaml").get("extends")
+        if base is None:
+            break
+        if str(base) in chain:
+            raise ConfigError(
+                f"{group} entries extend one another in a cycle: {' -> '.join([*chain, str(base)])}"
+            )
+        if str(base) not in names(group):
+            raise ConfigError(
+                f"{group} '{chain[-1]}' extends '{base}', which is not in the catalog. "
+                f"Valid choices: {choices(names(group))}."
+            )
+        chain.append(str(base))
+    return tuple(chain)
 
 
 def summary(group: str, name: str) -> str:

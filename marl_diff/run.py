@@ -126,13 +126,15 @@ def prepare_arguments(args: list[str]) -> list[str]:
 
 def with_agent_defaults(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """`cfg` with its scenario's `agent_defaults` for its agent applied, except the keys the
-    command line `overrides` set. Called on each composed job (one run, or every job of a `-m`
-    sweep with its own scenario and agent), never on a resumed run, which keeps its saved
-    settings."""
+    command line `overrides` set. An agent without an entry of its own takes the entry of the
+    agent it extends (`catalog.lineage`): a preset keeps its family's needs. Called on each
+    composed job (one run, or every job of a `-m` sweep with its own scenario and agent), never
+    on a resumed run, which keeps its saved settings."""
     if cfg.get("resume") not in (None, "auto"):
         return cfg
     table = cfg.scenario.get("agent_defaults") or {}
-    defaults = table.get(str(cfg.agent.name)) or {}
+    lineage = catalog.lineage("agent", str(cfg.agent.name))
+    defaults = next((table[name] for name in lineage if name in table), None) or {}
     given = {o.lstrip("+~").partition("=")[0] for o in overrides}
     for key, value in defaults.items():
         if f"agent.{key}" not in given:

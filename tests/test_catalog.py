@@ -1,5 +1,6 @@
 """Every catalog YAML: a leading comment, `name` equal to its file stem, exactly the fields of
-its class's Config dataclass, and it validates against that dataclass."""
+its class's Config dataclass (a preset: the entry it `extends` and some of those fields), and
+it validates against that dataclass."""
 
 from __future__ import annotations
 
@@ -46,9 +47,10 @@ def test_yaml_matches_its_config_dataclass(group, name):
     path = catalog.group_dir(group) / f"{name}.yaml"
     text = path.read_text(encoding="utf-8")
     assert text.startswith("#"), f"{path} must start with a comment describing it"
-    node = OmegaConf.load(path)
-    assert isinstance(node, DictConfig)
-    assert node.name == name, f"{path}: name '{node.name}' differs from the file stem"
+    raw = OmegaConf.load(path)
+    assert isinstance(raw, DictConfig)
+    assert raw.name == name, f"{path}: name '{raw.name}' differs from the file stem"
+    node = catalog.load(group, name)
     cls = config_class(group, node)
     fields = {f.name for f in dataclasses.fields(cls)}
     keys = {str(k) for k in node.keys()}
@@ -81,3 +83,43 @@ def test_listing_names_every_entry():
     first_words = [line.split()[0] for line in catalog.listing().splitlines()]
     for _, name in ENTRIES:
         assert name in first_words
+
+
+def test_a_preset_is_the_entry_it_extends_with_its_own_keys_replaced():
+    fast, ddpl = catalog.load("agent", "ddpl_fast"), catalog.load("agent", "ddpl")
+    own = OmegaConf.load(catalog.group_dir("agent") / "ddpl_fast.yaml")
+    changed = {str(k) for k in fast if fast[k] != ddpl[k]}
+    assert changed == {str(k) for k in own if k != "extends"}
+    assert "name" in changed and fast.algorithm == "ddpl" and "extends" not in fast
+    assert catalog.lineage("agent", "ddpl_fast") == ("ddpl_fast", "ddpl")
+    assert catalog.lineage("agent", "ddpl") == ("ddpl",)
+    assert catalog.lineage("agent", "renamed_by_hand") == ("renamed_by_hand",)
+
+
+@pytest.mark.parametrize(
+    "entries, needles",
+    [
+        ({"fast": "extends: base\nname: fast\nwidth: 3\n"}, ["fast", "width", "Valid keys: lr"]),
+        ({"fast": "extends: nowhere\nname: fast\n"}, ["'nowhere'", "Valid choices"]),
+        (
+            {"fast": "extends: loop\nname: fast\n", "loop": "extends: fast\nname: loop\n"},
+            ["cycle: fast -> loop -> fast"],
+        ),
+    ],
+    ids=["unknown-key", "unknown-base", "cycle"],
+)
+def test_a_broken_preset_is_refused_with_what_is_wrong(tmp_path, monkeypatch, entries, needles):
+    from marl_diff.errors import ConfigError
+
+    (tmp_path / "base.yaml").write_text("# base\nname: base\nlr: 0.1\n")
+    for name, text in entries.items():
+        (tmp_path / f"{name}.yaml").write_text(f"# {name}\n{text}")
+    monkeypatch.setattr(catalog, "group_dir", lambda group: tmp_path)
+    catalog.names.cache_clear()
+    try:
+        with pytest.raises(ConfigError) as err:
+            catalog.load("agent", "fast")
+        for needle in needles:
+            assert needle in str(err.value), str(err.value)
+    finally:
+        catalog.names.cache_clear()

@@ -234,6 +234,28 @@ def test_the_command_line_wins_over_agent_defaults_key_by_key(compose_config):
     assert cfg.agent.target_entropy_scale == -0.5  # still the scenario's default
 
 
+def test_a_preset_agent_is_its_base_with_the_overrides_it_names(compose_config):
+    """`agent=ddpl_fast` trains what `agent=ddpl` and its six keys on the command line train
+    (the peer benchmark's fastest ddpl), the scenario's ddpl defaults included: VMAS's T=10,
+    multigoal's 32 candidates over the preset's 4; the command line still wins."""
+    fast = [
+        "agent.compile_chain_loop=true",
+        "agent.compile_denoiser=true",
+        "agent.compile_update=true",
+        "agent.sample_steps=5",
+        "agent.n_candidates=4",
+        "agent.resampled_candidates=2",
+    ]
+    preset, _ = compose_config(["scenario=vmas_navigation", "agent=ddpl_fast"])
+    spelled, _ = compose_config(["scenario=vmas_navigation", "agent=ddpl", *fast])
+    assert preset.agent.name == "ddpl_fast" and preset.agent.diffusion_steps == 10
+    preset.agent.name = "ddpl"
+    assert preset.agent == spelled.agent
+    multigoal, _ = compose_config(["scenario=multigoal", "agent=ddpl_fast", "agent.clip=2.0"])
+    assert multigoal.agent.n_candidates == 32 and multigoal.agent.target == "soft"
+    assert multigoal.agent.resampled_candidates == 2 and multigoal.agent.clip == 2.0
+
+
 def test_a_resumed_run_keeps_its_saved_agent_settings(trained, compose_config):
     """Resuming never re-applies agent_defaults: the saved config is the one that trained."""
     from marl_diff.run import resumed_config
