@@ -305,11 +305,20 @@ def test_ddpl_covers_more_goals_than_gaussian_on_multigoal_when_both_sample(tmp_
 
 
 @pytest.mark.learning(seconds=165)
-@pytest.mark.parametrize("candidate_states", ["batch", "next"])
-def test_ddpl_learns_vmas_navigation(tmp_path, candidate_states):
+@pytest.mark.parametrize(
+    "agent, candidate_states",
+    [
+        ("ddpl", "batch"),
+        ("ddpl", "next"),
+        pytest.param(
+            "ddpl_fast", "batch", marks=pytest.mark.slow
+        ),  # 2 min alone, compiles included
+    ],
+)
+def test_ddpl_learns_vmas_navigation(tmp_path, agent, candidate_states):
     """Two agents, shaped reward = progress toward their goals: an untrained policy scores
     about 0 per episode, reaching both goals about 1 or more. The scenario's ddpl defaults
-    (T=10, M=8) stand; the overrides are for the suite's budget.
+    (T=10, M=8; `agent=ddpl_fast`: its preset's) stand; the overrides are for the suite's budget.
 
     At 16000 env steps the final policies of seeds 0-3 return 0.95, 1.13, 0.98 and 1.30 on
     256 evaluation episodes. At 8000 (this test's budget until 2026-12-02) they returned 0.38,
@@ -335,7 +344,9 @@ def test_ddpl_learns_vmas_navigation(tmp_path, candidate_states):
         f"agent.candidate_states={candidate_states}": "the catalog's, and the candidates drawn "
         "at the next states, shared with the critic target",
     }
-    report, records = train_run(tmp_path, ["scenario=vmas_navigation", "agent=ddpl", *overrides])
+    report, records = train_run(
+        tmp_path, ["scenario=vmas_navigation", f"agent={agent}", *overrides]
+    )
     first_train = next(r["train/episode_return"] for r in records if "train/episode_return" in r)
     assert first_train < 0.1
     assert report["mean_return"] > 0.45, report["mean_return"]

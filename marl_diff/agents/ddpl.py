@@ -163,9 +163,11 @@ is learned; each is a setting, and the old behaviour is one override away:
   twelve seeds (lower in 5, p = 0.47) and took a 4-agent update at MASAC's peer settings to
   0.64x its time (results/speed.md, twenty-ninth session). On top of those, ISSM on half the
   states (`actor_batch_size` 128 of the study's 256) returned 1.23 against 1.29 (lower in 9 of
-  12, p = 0.18), as 8 candidates without it did (1.22), and `policy_delay` 3 returned 1.18
-  (lower in 9 of 12, p = 0.05); half the states (64 of MASAC's 128) took a 4-agent update at
-  MASAC's peer settings to 0.72x its time, `policy_delay` 3 to 0.83x (thirtieth session).
+  12, p = 0.18), as 8 candidates without it did (1.22); the catalog's runs of the same seeds
+  returned 1.32 (half the states lower in 8, p = 0.03; thirty-first session). `policy_delay` 3
+  returned 1.18 (lower in 9 of 12, p = 0.05). Half the states (64 of MASAC's 128) took a
+  4-agent update at MASAC's peer settings to 0.72x its time, `policy_delay` 3 to 0.83x
+  (thirtieth session).
 - `update_precision` stays "run". "bfloat16" (mixed precision, `loss_precision`: the critic's
   loss with its target actions and the score-matching loss on bfloat16 tensors) took an update
   to 0.82x (VMAS) and 0.83x (Ant) its time at these defaults on an AMD EPYC (`bench update`,
@@ -181,12 +183,18 @@ is learned; each is a setting, and the old behaviour is one override away:
   compiled denoiser it took ddpl to 0.96-1.10x BenchMARL MASAC's frames/s at MASAC's settings
   (five seeds, mean 1.02x, AMD EPYC Zen 3; 0.93-0.96x over three with the critic's loss alone
   compiled), and over twelve vmas_navigation study seeds that setting returned 1.22 against
-  1.21 without it (p = 0.37). With 4 candidates as well (`n_candidates`, above) ddpl made
-  0.93-1.07x MASAC's frames/s with 4 agents (six seeds, mean 1.00x) and 1.23-1.40x with 2
-  (three seeds; 8 candidates 0.74-0.78x and 1.15x in those hours), and with half the states
-  as well (`actor_batch_size`, above) 1.29-1.35x with 4 (three seeds). Its backward rounds
+  1.21 without it (p = 0.37). With 4 candidates as well (`n_candidates`, above; together
+  `agent=ddpl_fast`) ddpl made 0.93-1.07x MASAC's frames/s with 4 agents (eight seeds, mean
+  0.99x) and 1.23-1.40x with 2 (three seeds; 8 candidates 0.74-0.78x and 1.15x in those
+  hours), and with half the states as well (`actor_batch_size`, above) 1.29-1.35x with 4
+  (three seeds). Its backward rounds
   otherwise than eager's, its random draws come from the compiler's generator, and the
   catalog's results were made eagerly (results/speed.md).
+`agent=ddpl_fast` (agents/ddpl_fast.yaml) is the catalog's ddpl with the six cheap settings
+above that learned as it did: `compile_chain_loop`, `compile_denoiser`, `compile_update`,
+`sample_steps` 5, `n_candidates` 4 and `resampled_candidates` 2 (1.287 over twelve study
+seeds against the catalog's 1.321 on the same seeds, lower in 6, p = 0.79). It is a preset, not
+the default, because its seeds 0-2 evaluate at 1.34 in their runs, under the speed issue's 1.4.
 `python -m marl_diff.bench update` measures the ratio per family (results/update_time_*.md).
 """
 
