@@ -187,9 +187,8 @@ is learned; each is a setting, and the old behaviour is one override away:
   `agent=ddpl_fast`) ddpl made 0.93-1.07x MASAC's frames/s with 4 agents (eight seeds, mean
   0.99x) and 1.23-1.40x with 2 (three seeds; 8 candidates 0.74-0.78x and 1.15x in those
   hours), and with half the states as well (`actor_batch_size`, above) 1.29-1.35x with 4
-  (three seeds). Its backward rounds
-  otherwise than eager's, its random draws come from the compiler's generator, and the
-  catalog's results were made eagerly (results/speed.md).
+  (three seeds). Its backward rounds otherwise than eager's, its random draws come from the
+  compiler's generator, and the catalog's results were made eagerly (results/speed.md).
 `agent=ddpl_fast` (agents/ddpl_fast.yaml) is the catalog's ddpl with the six cheap settings
 above that learned as it did: `compile_chain_loop`, `compile_denoiser`, `compile_update`,
 `sample_steps` 5, `n_candidates` 4 and `resampled_candidates` 2 (1.287 over twelve study
