@@ -35,23 +35,29 @@ def names(group: str) -> tuple[str, ...]:
     return tuple(sorted(p.stem for p in group_dir(group).glob("*.yaml")))
 
 
+def _read(group: str, name: str) -> DictConfig:
+    return OmegaConf.load(group_dir(group) / f"{name}.yaml")  # type: ignore[return-value]
+
+
 def load(group: str, name: str) -> DictConfig:
     """The entry's settings, with what it `extends` filled in."""
     if name not in names(group):
         raise unknown(group, name, names(group))
-    entry: DictConfig = OmegaConf.load(group_dir(group) / f"{name}.yaml")  # type: ignore[assignment]
-    base_name = entry.pop("extends", None)
-    if base_name is None:
-        return entry
-    lineage(group, name)  # raises for a cycle
-    base = load(group, str(base_name))
-    strays = [str(key) for key in entry.keys() if key not in base]
-    if strays:
-        raise ConfigError(
-            f"{group} '{name}' extends '{base_name}' but sets keys it does not have: "
-            f"{', '.join(strays)}. Valid keys: {choices(str(k) for k in base.keys())}."
-        )
-    return OmegaConf.merge(base, entry)  # type: ignore[return-value]
+    merged, base_name = None, None
+    for entry_name in reversed(lineage(group, name)):  # the root first
+        entry = _read(group, entry_name)
+        entry.pop("extends", None)
+        if merged is not None:
+            strays = [str(key) for key in entry.keys() if key not in merged]
+            if strays:
+                raise ConfigError(
+                    f"{group} '{entry_name}' extends '{base_name}' but sets keys it does not "
+                    f"have: {', '.join(strays)}. Valid keys: "
+                    f"{choices(str(k) for k in merged.keys())}."
+                )
+            entry = OmegaConf.merge(merged, entry)  # type: ignore[assignment]
+        merged, base_name = entry, entry_name
+    return merged  # type: ignore[return-value]
 
 
 def lineage(group: str, name: str) -> tuple[str, ...]:
@@ -59,7 +65,7 @@ def lineage(group: str, name: str) -> tuple[str, ...]:
     `agent.name` set by hand) is its own lineage."""
     chain = [name]
     while chain[-1] in names(group):
-        base = OmegaConf.load(group_dir(group) / f"{chain[-1]}.yaml").get("extends")
+        base = _read(group, chain[-1]).get("extends")
         if base is None:
             break
         if str(base) in chain:
