@@ -190,10 +190,14 @@ is learned; each is a setting, and the old behaviour is one override away:
   (three seeds). Its backward rounds otherwise than eager's, its random draws come from the
   compiler's generator, and the catalog's results were made eagerly (results/speed.md).
 `agent=ddpl_fast` (agents/ddpl_fast.yaml) is the catalog's ddpl with the six cheap settings
-above that learned as it did: `compile_chain_loop`, `compile_denoiser`, `compile_update`,
-`sample_steps` 5, `n_candidates` 4 and `resampled_candidates` 2 (1.287 over twelve study
-seeds against the catalog's 1.321 on the same seeds, lower in 6, p = 0.79). It is a preset, not
-the default, because its seeds 0-2 evaluate at 1.34 in their runs, under the speed issue's 1.4.
+above: `compile_chain_loop`, `compile_denoiser`, `compile_update`, `sample_steps` 5,
+`n_candidates` 4 and `resampled_candidates` 2. It is a preset, not the default, because it
+learns less: at the vmas_navigation study setting, run on one machine (AMD EPYC Zen 4) with
+the catalog, it returned 1.212 over twenty-four seeds against the catalog's 1.294 (lower in
+17, Wilcoxon p = 0.02). Each setting above was judged on twelve seeds, several of them on an
+AMD EPYC Zen 3 against the catalog's Zen 4 runs; compiled graphs round otherwise on another
+CPU, and the same preset returned 1.287 over twelve seeds there against 1.182 on the Zen 4,
+so twelve seeds and two machines resolve differences of about 0.1 only (results/speed.md).
 `python -m marl_diff.bench update` measures the ratio per family (results/update_time_*.md).
 """
 
