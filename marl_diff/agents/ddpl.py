@@ -164,7 +164,9 @@ is learned; each is a setting, and the old behaviour is one override away:
   0.64x its time (results/speed.md, twenty-ninth session). On top of those, ISSM on half the
   states (`actor_batch_size` 128 of the study's 256) returned 1.23 against 1.29 (lower in 9 of
   12, p = 0.18), as 8 candidates without it did (1.22); the catalog's runs of the same seeds
-  returned 1.32 (half the states lower in 8, p = 0.03; thirty-first session). `policy_delay` 3
+  returned 1.32 (half the states lower in 8, p = 0.03; thirty-first session), but those were
+  Zen 4 runs against Zen 3 ones; on one Zen 4 half the states returned 1.15 against the
+  catalog's 1.32 (lower in 11 of 12, p = 0.001; thirty-second session). `policy_delay` 3
   returned 1.18 (lower in 9 of 12, p = 0.05). Half the states (64 of MASAC's 128) took a
   4-agent update at MASAC's peer settings to 0.72x its time, `policy_delay` 3 to 0.83x
   (thirtieth session).
