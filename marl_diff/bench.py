@@ -409,6 +409,8 @@ UPDATE_COST_KEYS = (
     "compile_chain_loop",
     "graph_chains",
     "chain_precision",
+    "weights_precision",
+    "update_precision",
     "adam_impl",
     "compile_update",
 )

@@ -186,6 +186,7 @@ def test_issm_weights_read_the_twin_critics_min_or_its_first_member_alone(
 ):
     """`weights_critic`: the candidates' Q_i is min(Q1, Q2) ("reduced") or Q1 alone ("first"),
     each at agent i's candidate with the other agent's replay action."""
+    torch.manual_seed(0)  # a critic whose two members differ at these candidates
     ddpl = agent(jitter=False, weights_critic=weights_critic)
     g = torch.Generator().manual_seed(0)
     batch = one_state_batch().map(lambda field: torch.randn(2, *field.shape[1:], generator=g))
@@ -208,6 +209,40 @@ def test_issm_weights_read_the_twin_critics_min_or_its_first_member_alone(
     first, smaller = twin[0], twin.min(0).values
     assert not torch.allclose(first, smaller)  # the two choices differ here
     torch.testing.assert_close(seen["q"], first if weights_critic == "first" else smaller)
+
+
+def test_bfloat16_weights_take_the_candidates_q_from_bfloat16_products(monkeypatch):
+    """`weights_precision=bfloat16`: the critic's products at the candidates come out in
+    bfloat16, the Q the weights read is float32 and close to the float32 one, and the critic's
+    own update keeps float32."""
+    torch.manual_seed(0)
+    ddpl = agent(jitter=False, weights_precision="bfloat16")
+    reference = agent(jitter=False)
+    reference.load_state_dict(ddpl.state_dict())
+    g = torch.Generator().manual_seed(0)
+    batch = one_state_batch().map(lambda field: torch.randn(64, *field.shape[1:], generator=g))
+    candidates = torch.rand(3, 64, 2, 1, generator=g) * 2 - 1  # [M, B, N, A]
+    seen = {}
+    for name, made in (("bfloat16", ddpl), ("float32", reference)):
+
+        def importance_weights(q, inverse_density=None, name=name):
+            seen[name] = q
+            return torch.full_like(q, 1 / 3)
+
+        monkeypatch.setattr(made.policy, "sample", lambda obs, **kw: candidates)
+        monkeypatch.setattr(made, "importance_weights", importance_weights)
+    dtypes = []
+    hook = ddpl.critic.q.net[-1].register_forward_hook(lambda *args: dtypes.append(args[2].dtype))
+    ddpl.update_actor(batch)
+    reference.update_actor(batch)
+    assert dtypes == [torch.bfloat16]
+    assert seen["bfloat16"].dtype == torch.float32
+    gap = (seen["bfloat16"] - seen["float32"]).abs().max().item()
+    assert 0 < gap < 0.05, gap
+    dtypes.clear()
+    ddpl.update_critic(batch)
+    hook.remove()
+    assert dtypes and set(dtypes) == {torch.float32}
 
 
 def test_best_of_k_picks_each_agents_highest_q_sample(monkeypatch):
@@ -275,6 +310,7 @@ def test_bad_settings_are_config_errors():
         {"resampled_candidates": -1},
         {"candidate_states": "replay"},
         {"weights_critic": "second"},
+        {"weights_precision": "bf16"},
     ):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             agent(**bad)

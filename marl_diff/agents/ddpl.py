@@ -178,6 +178,17 @@ is learned; each is a setting, and the old behaviour is one override away:
   1.40 (mean 1.32) against 1.37, 1.35, 1.44, 1.38, 1.30, 1.13 (1.33): lower in 4 of 6 seeds,
   within their spread. Not in the catalog: one rounding more in every update, for a gain that
   a whole run at MASAC's peer settings did not show (results/speed.md).
+- `weights_precision` stays "run". The candidates' Q for the weights (`candidates_q`) is the
+  critic at M x B x N joint actions, twice over for the twin min: at MASAC's peer settings
+  with 4 agents it took 5.7 ms of an actor update, as much as the candidates' chain.
+  "bfloat16" computes its products on bfloat16 tensors (autocast), 1.8 ms there on an AMD EPYC
+  Zen 4, and an update at 0.87x its time on top of bfloat16 chains and updates. Its Q moves by
+  about 5% of the spread of Q among a state's candidates (trained study critics), which the
+  weights read; the critic's last layer kept in float32 (measured, not built) leaves 3-4%.
+  Over forty-eight vmas_navigation study seeds on the preset with bfloat16 chains and updates
+  it returned 1.193 against 1.229 (lower in 25, p = 0.27; seeds 0-23 1.163 against 1.234,
+  seeds 24-47 1.223 against 1.224): no loss shown, none excluded (results/speed.md,
+  thirty-third session).
 - `compile_update` stays off, as for every agent in the catalog. It makes the critic's loss
   (its target actions drawn first), the actor's score-matching loss (`fit_loss`) and the
   temperature's and jitter's loss (`entropy_loss`) each one graph with its gradients and Adam
@@ -211,8 +222,13 @@ from dataclasses import dataclass
 
 import torch
 
+from marl_diff import precision
 from marl_diff.agents.base import best_candidate, check_at_least, check_choices, resample
-from marl_diff.agents.diffusion_actor import DiffusionActorConfig, DiffusionActorCritic
+from marl_diff.agents.diffusion_actor import (
+    CHAIN_PRECISIONS,
+    DiffusionActorConfig,
+    DiffusionActorCritic,
+)
 from marl_diff.buffer import Batch
 from marl_diff.diffusion.entropy import knn_entropy, knn_log_distances
 from marl_diff.envs.base import EnvSpec
@@ -225,6 +241,7 @@ CHOICES = {
     "action_selection": ("sample", "best_of_k"),
     "candidate_states": ("batch", "next"),
     "weights_critic": ("reduced", "first"),
+    "weights_precision": CHAIN_PRECISIONS,
 }
 
 
@@ -251,6 +268,8 @@ class DDPLConfig(DiffusionActorConfig):
     candidate_states: str = "batch"
     # the candidates' Q for the weights: "reduced" over the twin critic (min), "first": Q1 alone
     weights_critic: str = "reduced"
+    # The matrix-product precision of the candidates' Q for the weights ("run": the run's own)
+    weights_precision: str = "run"
     action_selection: str = "sample"
     best_of_k: int = 16
 
@@ -352,7 +371,7 @@ class DDPLAgent(DiffusionActorCritic):
             else:
                 base = self.sample_policy(batch.obs)
             members = 1 if cfg.weights_critic == "first" else None
-            q = self.q_each_agent(batch.state, base, candidates, members=members)  # [M, B, N]
+            q = self.candidates_q(batch.state, base, candidates, members)  # [M, B, N]
             # soft target: divide by the proposal's kNN density estimate
             inverse_density = (
                 self.act_dims * knn_log_distances(candidates) if cfg.target == "soft" else None
@@ -378,6 +397,21 @@ class DDPLAgent(DiffusionActorCritic):
         if cfg.proposal == "lagged" and (self.updates + 1) % cfg.lag_updates == 0:
             self.old_policy.load_state_dict(self.policy.state_dict())
         return metrics
+
+    def candidates_q(
+        self,
+        state: torch.Tensor,
+        base: torch.Tensor,
+        candidates: torch.Tensor,
+        members: int | None,
+    ) -> torch.Tensor:
+        """Q_i at each agent's candidates [M, B, N] for the weights (`q_each_agent`), its
+        products at `weights_precision`; float32 out."""
+        mode = self.config.weights_precision
+        if mode == "run":
+            return self.q_each_agent(state, base, candidates, members=members)
+        with precision.scoped(mode, torch.device(self.device).type):
+            return self.q_each_agent(state, base, candidates, members=members).float()
 
     def fit_loss(self, fit: tuple) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """ISSM's score-matching loss and its metrics. `fit` is (candidates [M or K, B, N, A],
