@@ -76,7 +76,11 @@ is learned; each is a setting, and the old behaviour is one override away:
   `sample_steps` 5, the candidates' chain, took an update at BenchMARL MASAC's settings (with
   `compile_chain_loop` and 2 resampled candidates) to 0.90-0.92x its time, and returned 1.207
   against 1.242 over twelve study seeds (lower in 5, p = 0.79) in 0.88x the run time: not in
-  the catalog, no gain shown in a whole run (results/speed.md, twenty-fifth session).
+  the catalog, no gain shown in a whole run (results/speed.md, twenty-fifth session). The
+  chain's length does not change what a trained policy returns: twenty-four catalog policies
+  evaluated with 5 steps returned 1.299 against 1.294 with their 10, and twenty-four
+  `agent=ddpl_fast` ones with 10 steps 1.211 against 1.212 with their 5 (256 episodes each;
+  thirty-third session). What 5 steps cost, they cost in training.
 - `n_candidates` 8 (was 16) and `policy_delay` 2 (the actor updates every second critic
   update, as DACER and TD3 do).
 - `actor_hidden` [256, 256], the Gaussian actor's size. The DDPL paper gives no network; DPMD's
