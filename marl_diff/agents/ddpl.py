@@ -218,8 +218,8 @@ so twelve seeds and two machines resolve differences of about 0.1 only (results/
 Its 4 candidates cost most of what it loses: on the Zen 4, with `n_candidates` 8 and bfloat16
 chains, updates and candidates' Q (`chain_precision`, `update_precision`, `weights_precision`) it
 returned 1.275 over the same twenty-four seeds (the catalog 1.294, p = 0.48; the preset
-+0.063, p = 0.02) and made 0.97x and 0.98x MASAC's frames/s with 4 agents (thirty-third
-session); bfloat16 products need a CPU with AVX512-BF16 or AMX.
++0.063, p = 0.02) and made 0.94-1.14x MASAC's frames/s with 4 agents (four seeds, mean
+1.01x; thirty-third session); bfloat16 products need a CPU with AVX512-BF16 or AMX.
 `python -m marl_diff.bench update` measures the ratio per family (results/update_time_*.md).
 """
 
