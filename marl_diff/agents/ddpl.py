@@ -225,6 +225,7 @@ returned 1.275 over the same twenty-four seeds (the catalog 1.294, p = 0.48; the
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -417,9 +418,12 @@ class DDPLAgent(DiffusionActorCritic):
         """Q_i at each agent's candidates [M, B, N] for the weights (`q_each_agent`), its
         products at `weights_precision`; float32 out."""
         mode = self.config.weights_precision
-        if mode == "run":
-            return self.q_each_agent(state, base, candidates, members=members)
-        with precision.scoped(mode, torch.device(self.device).type):
+        scope = (
+            contextlib.nullcontext()
+            if mode == "run"
+            else precision.scoped(mode, torch.device(self.device).type)
+        )
+        with scope:
             return self.q_each_agent(state, base, candidates, members=members).float()
 
     def fit_loss(self, fit: tuple) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
