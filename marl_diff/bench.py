@@ -407,6 +407,7 @@ UPDATE_COST_KEYS = (
     "compile_denoiser",
     "compile_chains",
     "compile_chain_loop",
+    "compile_weights",
     "graph_chains",
     "chain_precision",
     "weights_precision",

@@ -298,6 +298,34 @@ def test_compile_chain_loop_samples_and_learns_what_eager_ddpl_does(monkeypatch)
         torch.testing.assert_close(value, eager.state_dict()[key], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
+def test_compile_weights_learns_what_eager_ddpl_does_bit_for_bit():
+    """`compile_weights`: the candidates' Q comes from the agent's compiled graph, and in
+    float32 updates leave the parameters exactly where the eager agent's go; in bfloat16 its
+    Q stays within the bfloat16 gap of the float32 one."""
+    compiled, eager = agent(compile_weights=True), agent()
+    eager.load_state_dict(compiled.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        Batch(*(torch.rand(8, *shape, generator=generator) for shape in SHAPES)) for _ in range(4)
+    ]
+    for ddpl in (compiled, eager):
+        torch.manual_seed(1)
+        for data in batches:
+            ddpl.update(data)
+    assert "candidates_q" in compiled._compiled_functions
+    assert "candidates_q" not in eager._compiled_functions
+    for key, value in compiled.state_dict().items():
+        assert torch.equal(value, eager.state_dict()[key]), key
+    state, base = batches[0].state, batches[0].action
+    candidates = torch.rand(3, *base.shape, generator=generator) * 2 - 1
+    reference = eager.candidates_q(state, base, candidates, None)
+    compiled.config.weights_precision = "bfloat16"
+    bfloat16 = compiled.candidates_q(state, base, candidates, None)
+    assert bfloat16.dtype == torch.float32
+    assert 0 < (bfloat16 - reference).abs().max().item() < 0.05
+
+
 def test_bad_settings_are_config_errors():
     from marl_diff.errors import ConfigError
 

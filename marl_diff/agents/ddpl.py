@@ -193,6 +193,17 @@ is learned; each is a setting, and the old behaviour is one override away:
   it returned 1.193 against 1.229 (lower in 25, p = 0.27; seeds 0-23 1.163 against 1.234,
   seeds 24-47 1.223 against 1.224): no loss shown, none excluded (results/speed.md,
   thirty-third session).
+- `compile_weights`: the candidates' Q for the weights as one compiled graph of fixed shapes
+  (the agent's own, built at its first actor update): the joint actions' share of the first
+  layer, the state's share, the activations and the members' min fused around the matrix
+  products, where eagerly each is a pass over the M x B x N rows. In float32 on a CPU it gives
+  the eager Q bit for bit, so a run learns what it learns eagerly (tests/test_ddpl.py; two
+  catalog study seeds returned 1.387 and 1.430 with it, as without). At MASAC's 4-agent peer
+  settings it took `agent=ddpl_fast`'s update to 0.98x its time, and to 0.96x with 8
+  candidates and bfloat16 chains, updates and candidates' Q, where the call alone took 0.79x
+  (results/update_time_ddpl_fast/masac_peer_settings_n4_compile_weights*.md; thirty-fourth
+  session). In bfloat16 a tanh critic rounds otherwise compiled (its activation is fused in
+  float32); with the study's relu critic those runs came out bit for bit too.
 - `compile_update` stays off, as for every agent in the catalog. It makes the critic's loss
   (its target actions drawn first), the actor's score-matching loss (`fit_loss`) and the
   temperature's and jitter's loss (`entropy_loss`) each one graph with its gradients and Adam
@@ -206,27 +217,27 @@ is learned; each is a setting, and the old behaviour is one override away:
   hours), and with half the states as well (`actor_batch_size`, above) 1.29-1.35x with 4
   (three seeds). Its backward rounds otherwise than eager's, its random draws come from the
   compiler's generator, and the catalog's results were made eagerly (results/speed.md).
-`agent=ddpl_fast` (agents/ddpl_fast.yaml) is the catalog's ddpl with the six cheap settings
-above: `compile_chain_loop`, `compile_denoiser`, `compile_update`, `sample_steps` 5,
-`n_candidates` 4 and `resampled_candidates` 2. It is a preset, not the default, because it
-learns less: at the vmas_navigation study setting, run on one machine (AMD EPYC Zen 4) with
-the catalog, it returned 1.212 over twenty-four seeds against the catalog's 1.294 (lower in
-17, Wilcoxon p = 0.02). Each setting above was judged on twelve seeds, several of them on an
-AMD EPYC Zen 3 against the catalog's Zen 4 runs; compiled graphs round otherwise on another
-CPU, and the same preset returned 1.287 over twelve seeds there against 1.182 on the Zen 4,
-so twelve seeds and two machines resolve differences of about 0.1 only (results/speed.md).
-Its 4 candidates cost most of what it loses: on the Zen 4, with `n_candidates` 8 and bfloat16
-chains, updates and candidates' Q (`chain_precision`, `update_precision`, `weights_precision`) it
-returned 1.275 over the same twenty-four seeds (the catalog 1.294, p = 0.48; the preset
-+0.063, p = 0.02) and made 0.94-1.14x MASAC's frames/s with 4 agents (four seeds, mean
-1.01x; thirty-third session); bfloat16 products need a CPU with AVX512-BF16 or AMX.
-`python -m marl_diff.bench update` measures the ratio per family (results/update_time_*.md).
+`agent=ddpl_fast` (agents/ddpl_fast.yaml) is the catalog's ddpl with the seven cheap settings above:
+`compile_chain_loop`, `compile_denoiser`, `compile_update`, `compile_weights`, `sample_steps` 5,
+`n_candidates` 4 and `resampled_candidates` 2. It is a preset, not the default, because it learns
+less: at the vmas_navigation study setting, run on one machine (AMD EPYC Zen 4) with the catalog, it
+returned 1.212 over twenty-four seeds against the catalog's 1.294 (lower in 17, Wilcoxon p = 0.02).
+Each setting above was judged on twelve seeds, several of them on an AMD EPYC Zen 3 against the
+catalog's Zen 4 runs; compiled graphs round otherwise on another CPU, and the same preset returned
+1.287 over twelve seeds there against 1.182 on the Zen 4, so twelve seeds and two machines resolve
+differences of about 0.1 only (results/speed.md). Its 4 candidates cost most of what it loses: on
+the Zen 4, with `n_candidates` 8 and bfloat16 chains, updates and candidates' Q (`chain_precision`,
+`update_precision`, `weights_precision`) it returned 1.275 over the same twenty-four seeds (the
+catalog 1.294, p = 0.48; the preset +0.063, p = 0.02) and made 0.94-1.14x MASAC's frames/s with 4
+agents (four seeds, mean 1.01x; thirty-third session); bfloat16 products need a CPU with AVX512-BF16
+or AMX. `python -m marl_diff.bench update` measures the ratio per family (results/update_time_*.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 from dataclasses import dataclass
 
@@ -243,6 +254,7 @@ from marl_diff.buffer import Batch
 from marl_diff.diffusion.entropy import knn_entropy, knn_log_distances
 from marl_diff.envs.base import EnvSpec
 from marl_diff.errors import ConfigError
+from marl_diff.nn import compiler_available
 
 CHOICES = {
     "target": ("mirror", "soft"),
@@ -280,6 +292,8 @@ class DDPLConfig(DiffusionActorConfig):
     weights_critic: str = "reduced"
     # The matrix-product precision of the candidates' Q for the weights ("run": the run's own)
     weights_precision: str = "run"
+    # The candidates' Q for the weights as one compiled graph (float32: the eager Q bit for bit)
+    compile_weights: bool = False
     action_selection: str = "sample"
     best_of_k: int = 16
 
@@ -416,15 +430,25 @@ class DDPLAgent(DiffusionActorCritic):
         members: int | None,
     ) -> torch.Tensor:
         """Q_i at each agent's candidates [M, B, N] for the weights (`q_each_agent`), its
-        products at `weights_precision`; float32 out."""
+        products at `weights_precision`; float32 out. With `compile_weights` one compiled
+        graph of fixed shapes (`_compiled`), built at the first actor update."""
         mode = self.config.weights_precision
         scope = (
             contextlib.nullcontext()
             if mode == "run"
             else precision.scoped(mode, torch.device(self.device).type)
         )
+        q_each_agent = self.q_each_agent
+        if self.compiles_weights:
+            q_each_agent = functools.partial(
+                self._compiled("candidates_q", type(self).q_each_agent), self
+            )
         with scope:
-            return self.q_each_agent(state, base, candidates, members=members).float()
+            return q_each_agent(state, base, candidates, members=members).float()
+
+    @functools.cached_property
+    def compiles_weights(self) -> bool:
+        return self.config.compile_weights and compiler_available()
 
     def fit_loss(self, fit: tuple) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """ISSM's score-matching loss and its metrics. `fit` is (candidates [M or K, B, N, A],
