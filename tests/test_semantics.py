@@ -18,7 +18,7 @@ import marl_diff.experiment as experiment
 from marl_diff.agents import make_agent
 from marl_diff.agents.networks import CentralCritic, substitute_each_agent
 from marl_diff.buffer import Batch
-from marl_diff.diffusion.entropy import knn_entropy
+from marl_diff.diffusion.entropy import knn_entropy, knn_log_distances
 from marl_diff.envs.base import BatchedMultiAgentEnv, StepResult
 from marl_diff.errors import ConfigError
 
@@ -362,6 +362,21 @@ def test_knn_entropy_of_two_thousand_float32_samples():
     samples = torch.rand(2000, 1, 1, generator=g) * 2.0
     assert knn_entropy(samples.double()).mean().item() == pytest.approx(math.log(2.0), abs=0.1)
     assert knn_entropy(samples).mean().item() == pytest.approx(math.log(2.0), abs=0.1)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_knn_log_distances_are_each_samples_kth_nearest_neighbour(k):
+    """Against a brute-force sort of every sample's distances to the other samples of its
+    state, exactly (k = 1 takes the minimum, other k kthvalue)."""
+    g = torch.Generator().manual_seed(k)
+    samples = torch.rand(8, 5, 3, 2, generator=g)  # [M, ..., d]
+    points = samples.movedim(0, -2)  # [..., M, d]
+    distances = (points[..., :, None, :] - points[..., None, :, :]).square().sum(-1).sqrt()
+    others = distances.sort(-1).values[..., 1:]  # the zero self-distance first
+    expected = others[..., k - 1].log().movedim(-1, 0)
+    torch.testing.assert_close(knn_log_distances(samples, k), expected, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="need 1 <= k < M"):
+        knn_log_distances(samples, 8)
 
 
 def test_knn_entropy_of_zero_padded_samples_counts_only_the_real_dims():
