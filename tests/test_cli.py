@@ -235,13 +235,14 @@ def test_the_command_line_wins_over_agent_defaults_key_by_key(compose_config):
 
 
 def test_a_preset_agent_is_its_base_with_the_overrides_it_names(compose_config):
-    """`agent=ddpl_fast` trains what `agent=ddpl` and its six keys on the command line train
+    """`agent=ddpl_fast` trains what `agent=ddpl` and its seven keys on the command line train
     (the peer benchmark's fastest ddpl), the scenario's ddpl defaults included: VMAS's T=10,
     multigoal's 32 candidates over the preset's 4; the command line still wins."""
     fast = [
         "agent.compile_chain_loop=true",
         "agent.compile_denoiser=true",
         "agent.compile_update=true",
+        "agent.compile_weights=true",
         "agent.sample_steps=5",
         "agent.n_candidates=4",
         "agent.resampled_candidates=2",
