@@ -203,7 +203,10 @@ is learned; each is a setting, and the old behaviour is one override away:
   candidates and bfloat16 chains, updates and candidates' Q, where the call alone took 0.79x
   (results/update_time_ddpl_fast/masac_peer_settings_n4_compile_weights*.md; thirty-fourth
   session). In bfloat16 a tanh critic rounds otherwise compiled (its activation is fused in
-  float32); with the study's relu critic those runs came out bit for bit too.
+  float32); with the study's relu critic those runs came out bit for bit too. Off in the
+  catalog: at its float32 VMAS and Ant settings, where the candidates' Q is a smaller share, a
+  whole update took the same time (40.0 against 40.3 ms; 29.5 against 29.4 ms,
+  results/update_time_compile_weights/), and the graph costs a compile.
 - `compile_update` stays off, as for every agent in the catalog. It makes the critic's loss
   (its target actions drawn first), the actor's score-matching loss (`fit_loss`) and the
   temperature's and jitter's loss (`entropy_loss`) each one graph with its gradients and Adam
