@@ -257,6 +257,24 @@ def test_a_preset_agent_is_its_base_with_the_overrides_it_names(compose_config):
     assert multigoal.agent.resampled_candidates == 2 and multigoal.agent.clip == 2.0
 
 
+def test_the_bfloat16_preset_is_ddpl_fast_with_its_four_keys(compose_config):
+    """`agent=ddpl_fast_bfloat16` extends a preset: what the peer benchmark ran as
+    `agent=ddpl_fast` and four overrides, the scenario's ddpl defaults included."""
+    keys = [
+        "agent.n_candidates=8",
+        "agent.chain_precision=bfloat16",
+        "agent.update_precision=bfloat16",
+        "agent.weights_precision=bfloat16",
+    ]
+    preset, _ = compose_config(["scenario=vmas_navigation", "agent=ddpl_fast_bfloat16"])
+    spelled, _ = compose_config(["scenario=vmas_navigation", "agent=ddpl_fast", *keys])
+    assert preset.agent.name == "ddpl_fast_bfloat16" and preset.agent.diffusion_steps == 10
+    preset.agent.name = "ddpl_fast"
+    assert preset.agent == spelled.agent
+    multigoal, _ = compose_config(["scenario=multigoal", "agent=ddpl_fast_bfloat16"])
+    assert multigoal.agent.n_candidates == 32 and multigoal.agent.compile_weights
+
+
 def test_a_resumed_run_keeps_its_saved_agent_settings(trained, compose_config):
     """Resuming never re-applies agent_defaults: the saved config is the one that trained."""
     from marl_diff.run import resumed_config
