@@ -367,7 +367,8 @@ def test_knn_entropy_of_two_thousand_float32_samples():
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_knn_log_distances_are_each_samples_kth_nearest_neighbour(k):
     """Against a brute-force sort of every sample's distances to the other samples of its
-    state, exactly (k = 1 takes the minimum, other k kthvalue)."""
+    state (k = 1 takes the minimum, other k kthvalue), to float rounding: the brute force
+    computes the distances in another order."""
     g = torch.Generator().manual_seed(k)
     samples = torch.rand(8, 5, 3, 2, generator=g)  # [M, ..., d]
     points = samples.movedim(0, -2)  # [..., M, d]

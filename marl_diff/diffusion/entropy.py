@@ -35,8 +35,8 @@ def knn_log_distances(samples: torch.Tensor, k: int = 1) -> torch.Tensor:
     distances = torch.cdist(points, points, compute_mode="donot_use_mm_for_euclid_dist")
     eye = torch.eye(m, dtype=torch.bool, device=samples.device)
     distances = distances.masked_fill(eye, float("inf"))
-    # k = 1 (every caller's): the row's minimum, kthvalue's value exactly at about a seventh of
-    # its time (a quarter of ddpl's kNN estimate at MASAC's 4-agent peer shapes was kthvalue's)
+    # k = 1 (every caller's): the row's minimum, kthvalue's value exactly at about an eighth of
+    # its time (kthvalue was most of ddpl's kNN estimate at MASAC's 4-agent peer shapes)
     kth = distances.amin(-1) if k == 1 else distances.kthvalue(k, dim=-1).values  # [..., M]
     return kth.clamp_min(MIN_DISTANCE).log().movedim(-1, 0)
 
