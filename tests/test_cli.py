@@ -234,6 +234,16 @@ def test_the_command_line_wins_over_agent_defaults_key_by_key(compose_config):
     assert cfg.agent.target_entropy_scale == -0.5  # still the scenario's default
 
 
+def assert_preset_spells(compose_config, preset: str, base: str, keys: list[str]) -> None:
+    """On vmas_navigation `agent=preset` composes to `agent=base` with `keys` on the command
+    line, apart from its name, VMAS's ddpl defaults (T=10) included."""
+    composed, _ = compose_config(["scenario=vmas_navigation", f"agent={preset}"])
+    spelled, _ = compose_config(["scenario=vmas_navigation", f"agent={base}", *keys])
+    assert composed.agent.name == preset and composed.agent.diffusion_steps == 10
+    composed.agent.name = base
+    assert composed.agent == spelled.agent
+
+
 def test_a_preset_agent_is_its_base_with_the_overrides_it_names(compose_config):
     """`agent=ddpl_fast` trains what `agent=ddpl` and its seven keys on the command line train
     (the peer benchmark's fastest ddpl), the scenario's ddpl defaults included: VMAS's T=10,
@@ -247,11 +257,7 @@ def test_a_preset_agent_is_its_base_with_the_overrides_it_names(compose_config):
         "agent.n_candidates=4",
         "agent.resampled_candidates=2",
     ]
-    preset, _ = compose_config(["scenario=vmas_navigation", "agent=ddpl_fast"])
-    spelled, _ = compose_config(["scenario=vmas_navigation", "agent=ddpl", *fast])
-    assert preset.agent.name == "ddpl_fast" and preset.agent.diffusion_steps == 10
-    preset.agent.name = "ddpl"
-    assert preset.agent == spelled.agent
+    assert_preset_spells(compose_config, "ddpl_fast", "ddpl", fast)
     multigoal, _ = compose_config(["scenario=multigoal", "agent=ddpl_fast", "agent.clip=2.0"])
     assert multigoal.agent.n_candidates == 32 and multigoal.agent.target == "soft"
     assert multigoal.agent.resampled_candidates == 2 and multigoal.agent.clip == 2.0
@@ -266,11 +272,7 @@ def test_the_bfloat16_preset_is_ddpl_fast_with_its_four_keys(compose_config):
         "agent.update_precision=bfloat16",
         "agent.weights_precision=bfloat16",
     ]
-    preset, _ = compose_config(["scenario=vmas_navigation", "agent=ddpl_fast_bfloat16"])
-    spelled, _ = compose_config(["scenario=vmas_navigation", "agent=ddpl_fast", *keys])
-    assert preset.agent.name == "ddpl_fast_bfloat16" and preset.agent.diffusion_steps == 10
-    preset.agent.name = "ddpl_fast"
-    assert preset.agent == spelled.agent
+    assert_preset_spells(compose_config, "ddpl_fast_bfloat16", "ddpl_fast", keys)
     multigoal, _ = compose_config(["scenario=multigoal", "agent=ddpl_fast_bfloat16"])
     assert multigoal.agent.n_candidates == 32 and multigoal.agent.compile_weights
 

@@ -35,6 +35,20 @@ def agent(**overrides):
     return make_agent({**TINY_DDPL, **overrides}, make_spec(), "cpu")
 
 
+def update_alike(*agents) -> list[Batch]:
+    """Four updates of each agent on the same four random batches, each agent's from the same
+    global seed (its own random draws then alike); returns the batches."""
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        Batch(*(torch.rand(8, *shape, generator=generator) for shape in SHAPES)) for _ in range(4)
+    ]
+    for each in agents:
+        torch.manual_seed(1)
+        for data in batches:
+            each.update(data)
+    return batches
+
+
 def one_state_batch() -> Batch:
     """A replay batch of one all-zero transition of `make_spec()`'s two agents."""
     return Batch(
@@ -286,14 +300,7 @@ def test_compile_chain_loop_samples_and_learns_what_eager_ddpl_does(monkeypatch)
         acts.append(ddpl.act(obs, explore=True))
     torch.testing.assert_close(acts[0], acts[1], atol=1e-5, rtol=0)
     assert len(runs) == 1
-    generator = torch.Generator().manual_seed(0)
-    batches = [
-        Batch(*(torch.rand(8, *shape, generator=generator) for shape in SHAPES)) for _ in range(4)
-    ]
-    for ddpl in (looped, eager):
-        torch.manual_seed(1)
-        for data in batches:
-            ddpl.update(data)
+    update_alike(looped, eager)
     assert len(runs) == 1 + 4 * 2  # each update: the target's chain and the candidates'
     for key, value in looped.state_dict().items():
         torch.testing.assert_close(value, eager.state_dict()[key], atol=1e-5, rtol=1e-5)
@@ -306,20 +313,13 @@ def test_compile_weights_learns_what_eager_ddpl_does_bit_for_bit():
     Q stays within the bfloat16 gap of the float32 one."""
     compiled, eager = agent(compile_weights=True), agent()
     eager.load_state_dict(compiled.state_dict())
-    generator = torch.Generator().manual_seed(0)
-    batches = [
-        Batch(*(torch.rand(8, *shape, generator=generator) for shape in SHAPES)) for _ in range(4)
-    ]
-    for ddpl in (compiled, eager):
-        torch.manual_seed(1)
-        for data in batches:
-            ddpl.update(data)
+    batches = update_alike(compiled, eager)
     assert "candidates_q" in compiled._compiled_functions
     assert "candidates_q" not in eager._compiled_functions
     for key, value in compiled.state_dict().items():
         assert torch.equal(value, eager.state_dict()[key]), key
     state, base = batches[0].state, batches[0].action
-    candidates = torch.rand(3, *base.shape, generator=generator) * 2 - 1
+    candidates = torch.rand(3, *base.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
     reference = eager.candidates_q(state, base, candidates, None)
     compiled.config.weights_precision = "bfloat16"
     bfloat16 = compiled.candidates_q(state, base, candidates, None)
