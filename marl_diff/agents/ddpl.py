@@ -234,10 +234,10 @@ the Zen 4, with `n_candidates` 8 and bfloat16 chains, updates and candidates' Q 
 catalog 1.294, p = 0.48; the preset +0.063, p = 0.02) and made 0.94-1.14x MASAC's frames/s with 4
 agents (four seeds, mean 1.01x; thirty-third session); bfloat16 products need a CPU with AVX512-BF16
 or AMX. Since `compile_weights` joined the preset, that setting is `agent=ddpl_fast_bfloat16`
-(agents/ddpl_fast_bfloat16.yaml): 1.00-1.09x with 4 agents (four seeds, mean 1.05x) and 1.10x, 1.50x
-with 2; 6 candidates (1.225, p = 0.03 against the catalog) or 1 resampled candidate (1.183, p =
-0.007) learned less (thirty-fourth session). `python -m marl_diff.bench update` measures the ratio
-per family (results/update_time_*.md).
+(agents/ddpl_fast_bfloat16.yaml): 0.96-1.30x with 4 agents (eight seeds, mean 1.08x, two under 1)
+and 1.10-1.50x with 2 (four seeds); 6 candidates (1.225, p = 0.03 against the catalog) or 1
+resampled candidate (1.183, p = 0.007) learned less (thirty-fourth session). `python -m
+marl_diff.bench update` measures the ratio per family (results/update_time_*.md).
 """
 
 from __future__ import annotations
