@@ -59,6 +59,12 @@ def configure(mode: str) -> None:
     torch.set_float32_matmul_precision(mode)
 
 
+def setting_scope(setting: str, device_type: str) -> contextlib.AbstractContextManager:
+    """The block of an agent's precision setting (`update_precision`, `weights_precision`):
+    "run" leaves the run's own precision, any of SCOPED_MODES is `scoped`."""
+    return contextlib.nullcontext() if setting == "run" else scoped(setting, device_type)
+
+
 @contextlib.contextmanager
 def scoped(mode: str, device_type: str) -> Iterator[None]:
     """`mode` (one of SCOPED_MODES) for the float32 matrix products inside the block, the

@@ -390,9 +390,7 @@ class ActorCriticAgent(Agent):
         at the vmas_navigation study setting ended at 1.32 against 1.33 (6 seeds, 256 episodes
         each). Off by default: it is another rounding of every update, and the catalog's
         results were made in float32."""
-        if self.config.update_precision == precision.BFLOAT16:
-            return precision.scoped(precision.BFLOAT16, torch.device(self.device).type)
-        return contextlib.nullcontext()
+        return precision.setting_scope(self.config.update_precision, torch.device(self.device).type)
 
     @functools.cached_property
     def compiles_update(self) -> bool:

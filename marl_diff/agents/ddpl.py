@@ -242,7 +242,6 @@ marl_diff.bench update` measures the ratio per family (results/update_time_*.md)
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import math
@@ -439,11 +438,8 @@ class DDPLAgent(DiffusionActorCritic):
         """Q_i at each agent's candidates [M, B, N] for the weights (`q_each_agent`), its
         products at `weights_precision`; float32 out. With `compile_weights` one compiled
         graph of fixed shapes (`_compiled`), built at the first actor update."""
-        mode = self.config.weights_precision
-        scope = (
-            contextlib.nullcontext()
-            if mode == "run"
-            else precision.scoped(mode, torch.device(self.device).type)
+        scope = precision.setting_scope(
+            self.config.weights_precision, torch.device(self.device).type
         )
         q_each_agent = self.q_each_agent
         if self.compiles_weights:
