@@ -397,6 +397,7 @@ UPDATE_COST_KEYS = (
     "diffusion_steps",
     "sample_steps",
     "candidate_steps",
+    "candidate_spacing",
     "candidates_share_start",
     "candidate_states",
     "n_candidates",

@@ -282,6 +282,22 @@ def test_respaced_chains_visit_evenly_spaced_steps():
         policy.chain(0)
 
 
+def test_quadratically_spaced_chains_crowd_their_steps_near_the_data_end():
+    """(i / (K-1))^2 (T-1), rounded: VMAS's T = 10 in 4 steps visits 0, 1, 4, 9 against the
+    even 0, 3, 6, 9; a full or one-step chain is the same either way."""
+    policy = small_policy(steps=10)
+    assert policy.chain(4, "quadratic") == [0, 1, 4, 9]
+    assert policy.chain(4) == policy.chain(4, "even") == [0, 3, 6, 9]
+    assert policy.chain(5, "quadratic") == [0, 1, 2, 5, 9]
+    assert policy.chain(10, "quadratic") == list(range(10))
+    assert policy.chain(1, "quadratic") == [9]
+    with pytest.raises(ValueError, match="valid: \\['even', 'quadratic'\\]"):
+        policy.chain(4, "log")
+    obs = torch.randn(3, N, OBS)
+    spaced = policy.sample(obs, steps=4, spacing="quadratic", eta=0.0, deterministic=True)
+    assert not torch.equal(spaced, policy.sample(obs, steps=4, eta=0.0, deterministic=True))
+
+
 def test_a_respaced_ddim_chain_is_the_written_out_strided_chain():
     policy = small_policy(steps=20)
     obs = torch.randn(5, N, OBS)

@@ -864,6 +864,25 @@ def test_critic_targets_use_the_policy_chain_on_the_whole_batch(algorithm, monke
     assert calls == [(8, None, 2, False)]
 
 
+def test_only_the_candidates_chain_takes_the_candidate_spacing(monkeypatch):
+    """`candidate_spacing` spaces the `candidate_steps` chain; the critic target's chain, a
+    `sample_steps` chain, stays evenly spaced."""
+    a = agent(
+        "ddpl", diffusion_steps=10, sample_steps=5, candidate_steps=4, candidate_spacing="quadratic"
+    )
+    spacings, real = [], a.policy.sample
+    monkeypatch.setattr(
+        a.policy,
+        "sample",
+        lambda obs, **kwargs: spacings.append((kwargs["steps"], kwargs.get("spacing")))
+        or real(obs, **kwargs),
+    )
+    a.update_critic(random_batch(b=8))
+    a.critic.requires_grad_(False)
+    a.update_actor(random_batch(b=8))
+    assert spacings == [(5, None), (4, "quadratic")]
+
+
 def test_policy_delay_skips_actor_updates_without_reading_the_device(monkeypatch):
     a = agent("ddpl", policy_delay=3)
     actor_updates = []
@@ -884,6 +903,7 @@ def test_policy_delay_skips_actor_updates_without_reading_the_device(monkeypatch
         ({"candidate_steps": -2}, "agent.candidate_steps must be >= 0"),
         ({"actor_batch_size": -1}, "agent.actor_batch_size must be >= 0"),
         ({"sample_eta": 1.5}, r"agent.sample_eta must be in \[0, 1\]"),
+        ({"candidate_spacing": "log"}, "agent.candidate_spacing must be one of even, quadratic"),
     ],
 )
 def test_bad_chain_settings_are_named(override, message):

@@ -17,7 +17,7 @@ from marl_diff.agents.base import (
     check_choices,
 )
 from marl_diff.buffer import Batch
-from marl_diff.diffusion import SCHEDULE_KINDS, DiffusionPolicy, make_schedule
+from marl_diff.diffusion import CHAIN_SPACINGS, SCHEDULE_KINDS, DiffusionPolicy, make_schedule
 from marl_diff.envs.base import EnvSpec
 from marl_diff.errors import ConfigError
 
@@ -66,6 +66,11 @@ class DiffusionActorConfig(ActorCriticConfig, DiffusionPolicyConfig):
     # Chain steps for the candidates an update weights or chooses among by Q (ISSM proposals,
     # QVPO's Q-weighted samples, best-of-K): 0 = `sample_steps`.
     candidate_steps: int = 0
+    # Where a respaced candidates' chain (`candidate_steps` < T) puts its steps among the T
+    # levels (`DiffusionPolicy.chain`): "even", or "quadratic", dense near the data end (DDIM's
+    # "quad" skip). On multigoal's soft target 4 even steps lost every goal where 4 quadratic
+    # ones kept them (ddpl.py: `candidate_steps`).
+    candidate_spacing: str = "even"
     # The candidates of a state share their chain's start x_T and first step (see
     # `DiffusionPolicy.sample`): that step runs once per state instead of once per candidate.
     candidates_share_start: bool = False
@@ -189,6 +194,7 @@ class DiffusionActorCritic(ActorCriticAgent):
     def __init__(self, config: DiffusionActorConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)
         check_at_least(config, ("candidate_steps", "actor_batch_size"), minimum=0)
+        check_choices(config, {"candidate_spacing": CHAIN_SPACINGS})
         self.policy = make_diffusion_policy(config, spec)
 
     def chain_options(self) -> dict:
@@ -223,10 +229,12 @@ class DiffusionActorCritic(ActorCriticAgent):
         self, obs: torch.Tensor, count: int, policy: DiffusionPolicy | None = None
     ) -> torch.Tensor:
         """`count` samples per state of `policy` (default: the current one), no gradient:
-        obs [B, N, D] -> [count, B, N, A], on the `candidate_steps` chain."""
+        obs [B, N, D] -> [count, B, N, A], on the `candidate_steps` chain (spaced by
+        `candidate_spacing`)."""
         options = self.chain_options()
         if self.config.candidate_steps:
             options["steps"] = self.config.candidate_steps
+            options["spacing"] = self.config.candidate_spacing
         policy = self.policy if policy is None else policy
         return policy.sample(
             obs, candidates=count, shared_start=self.config.candidates_share_start, **options

@@ -31,6 +31,9 @@ from marl_diff.diffusion.denoiser import Conditioning, StackedDenoiser
 from marl_diff.diffusion.schedules import NoiseSchedule, make_schedule
 from marl_diff.nn import compiled_for, compiler_available
 
+# How a respaced chain of K < T steps places its steps among the T levels (`chain`).
+CHAIN_SPACINGS = ("even", "quadratic")
+
 
 class DiffusionPolicy(nn.Module):
     """N agents' DDPM policies with eps-prediction, over a shared `NoiseSchedule`.
@@ -135,16 +138,22 @@ class DiffusionPolicy(nn.Module):
         """x_T ~ N(0, I) (a VP process ends at the standard normal)."""
         return torch.randn(shape, device=like.device, dtype=like.dtype, generator=generator)
 
-    def chain(self, steps: int | None = None) -> list[int]:
+    def chain(self, steps: int | None = None, spacing: str = "even") -> list[int]:
         """The schedule steps a reverse chain visits, ascending: all T (`steps` None or >= T),
-        or `steps` of them evenly spaced from 0 to T-1 (a respaced chain, as in DDIM and
-        improved DDPM: the model is trained on all T noise levels and sampled on fewer)."""
+        or `steps` of them from 0 to T-1 (a respaced chain, as in DDIM and improved DDPM: the
+        model is trained on all T noise levels and sampled on fewer). `spacing` "even" spaces
+        them evenly; "quadratic" at (i / (K-1))^2 (T-1), dense near the data end (DDIM's
+        "quad" skip), where a step's error reaches the sample least smoothed."""
+        if spacing not in CHAIN_SPACINGS:
+            raise ValueError(f"unknown chain spacing {spacing!r}; valid: {list(CHAIN_SPACINGS)}")
         if steps is None or steps >= self.steps:
             return list(range(self.steps))
         if steps < 1:
             raise ValueError(f"a chain needs at least one step, got steps={steps}")
         if steps == 1:
             return [self.steps - 1]
+        if spacing == "quadratic":
+            return sorted({round((i / (steps - 1)) ** 2 * (self.steps - 1)) for i in range(steps)})
         return sorted({round(i * (self.steps - 1) / (steps - 1)) for i in range(steps)})
 
     def denoise_step(
@@ -217,13 +226,14 @@ class DiffusionPolicy(nn.Module):
         steps: int | None = None,
         eta: float = 1.0,
         shared_start: bool = False,
+        spacing: str = "even",
     ) -> torch.Tensor:
         """Run the reverse chain: obs [..., N, D] -> actions [..., N, A] in [-1, 1].
 
         With `candidates=M`, M independent actions per state come from the same batched call:
         [M, ..., N, A]. `noise_scale` scales the noise injected by each stochastic step (not
         x_T; 0 makes the chain deterministic given x_T). `steps` K < T runs the respaced chain
-        of `chain(K)` with generalised DDIM steps of noise `eta` (1: DDPM-like, 0: DDIM);
+        of `chain(K, spacing)` with generalised DDIM steps of noise `eta` (1: DDPM-like, 0: DDIM);
         the default is the full T-step ancestral chain. `grad=True` keeps the graph through
         every step (DACER's policy loss backpropagates through the whole chain); otherwise the
         chain runs under `chain_context`. The only Python loop is over the steps.
@@ -245,6 +255,7 @@ class DiffusionPolicy(nn.Module):
             steps=steps,
             eta=eta,
             shared_start=shared_start,
+            spacing=spacing,
         )
         if self.graph_chains and obs.is_cuda and not grad and generator is None:
             return self.chain_graphs.replay(self._chain, obs, options)
@@ -261,6 +272,7 @@ class DiffusionPolicy(nn.Module):
         steps: int | None,
         eta: float,
         shared_start: bool,
+        spacing: str,
         grad: bool = False,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
@@ -268,7 +280,7 @@ class DiffusionPolicy(nn.Module):
         them, then the steps (`_reverse`; compiled as one graph with `compile_chain_loop`)."""
         lead = obs.shape[:-2] if candidates is None else (candidates, *obs.shape[:-2])
         shape = (*lead, self.n_agents, self.act_dim)
-        visited = self.chain(steps)
+        visited = self.chain(steps, spacing)
         full = len(visited) == self.steps
         with self.chain_context(grad):
             stochastic = not deterministic and noise_scale != 0 and (full or eta != 0)
