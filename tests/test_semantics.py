@@ -871,12 +871,12 @@ def test_only_the_candidates_chain_takes_the_candidate_spacing(monkeypatch):
         "ddpl", diffusion_steps=10, sample_steps=5, candidate_steps=4, candidate_spacing="quadratic"
     )
     spacings, real = [], a.policy.sample
-    monkeypatch.setattr(
-        a.policy,
-        "sample",
-        lambda obs, **kwargs: spacings.append((kwargs["steps"], kwargs.get("spacing")))
-        or real(obs, **kwargs),
-    )
+
+    def recording(obs, **kwargs):
+        spacings.append((kwargs["steps"], kwargs.get("spacing")))
+        return real(obs, **kwargs)
+
+    monkeypatch.setattr(a.policy, "sample", recording)
     a.update_critic(random_batch(b=8))
     a.critic.requires_grad_(False)
     a.update_actor(random_batch(b=8))
