@@ -68,8 +68,8 @@ class DiffusionActorConfig(ActorCriticConfig, DiffusionPolicyConfig):
     candidate_steps: int = 0
     # Where a respaced candidates' chain (`candidate_steps` < T) puts its steps among the T
     # levels (`DiffusionPolicy.chain`): "even", or "quadratic", dense near the data end (DDIM's
-    # "quad" skip). On multigoal's soft target 4 even steps lost every goal where 4 quadratic
-    # ones kept them (ddpl.py: `candidate_steps`).
+    # "quad" skip). On multigoal's soft target 4 even steps covered at most one goal of 4,
+    # 4 quadratic ones two or three (ddpl.py: `candidate_steps`).
     candidate_spacing: str = "even"
     # The candidates of a state share their chain's start x_T and first step (see
     # `DiffusionPolicy.sample`): that step runs once per state instead of once per candidate.

@@ -143,7 +143,8 @@ class DiffusionPolicy(nn.Module):
         or `steps` of them from 0 to T-1 (a respaced chain, as in DDIM and improved DDPM: the
         model is trained on all T noise levels and sampled on fewer). `spacing` "even" spaces
         them evenly; "quadratic" at (i / (K-1))^2 (T-1), dense near the data end (DDIM's
-        "quad" skip), where a step's error reaches the sample least smoothed."""
+        "quad" skip), where a step's error reaches the sample least smoothed. Rounded to
+        levels, steps that fall on one level merge: K near T visits fewer than K."""
         if spacing not in CHAIN_SPACINGS:
             raise ValueError(f"unknown chain spacing {spacing!r}; valid: {list(CHAIN_SPACINGS)}")
         if steps is None or steps >= self.steps:
