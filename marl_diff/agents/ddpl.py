@@ -78,7 +78,8 @@ is learned; each is a setting, and the old behaviour is one override away:
   -7 to -8, against 3 goals and -0.3 to 2.2 with 5). Spaced quadratically
   (`candidate_spacing`, levels 0, 1, 4, 9) it covered 3, 2 and 3 there (returns 1.3-2.6) and
   returned 1.242 on vmas_navigation (the catalog 1.290, lower in 23 of 36, p = 0.10; the
-  preset 1.267, p = 0.48). 3 even steps (0.83x) returned 1.209 over twenty-four (against
+  preset 1.267, p = 0.48; over forty-eight seeds 1.235, the catalog 1.271, p = 0.18, and 4
+  even steps 1.252, p = 0.62). 3 even steps (0.83x) returned 1.209 over twenty-four (against
   the catalog p = 0.03; results/speed.md).
 - `sample_steps` 10: the policy acts and bootstraps from a 10-step respaced chain of its
   20 trained levels (DDIM / improved-DDPM respacing); on a 4-mode target its samples matched
