@@ -823,13 +823,15 @@ def test_runner_stores_true_final_observations_and_terminal_flags(tmp_path, monk
 
 
 # ---------------------------------------------------------------------------- update cost settings
-def recorded_samples(policy, monkeypatch) -> list[tuple]:
-    """(states, candidates, chain steps, with gradient) of every `sample` call of a policy."""
+def recorded_samples(policy, monkeypatch, also: tuple[str, ...] = ()) -> list[tuple]:
+    """(states, candidates, chain steps, with gradient) of every `sample` call of a policy,
+    then the keyword arguments named in `also` (None where a call leaves them out)."""
     calls, real = [], policy.sample
 
     def recording(obs, **kwargs):
         calls.append(
             (obs.shape[0], kwargs.get("candidates"), kwargs.get("steps"), kwargs.get("grad", False))
+            + tuple(kwargs.get(name) for name in also)
         )
         return real(obs, **kwargs)
 
@@ -870,17 +872,12 @@ def test_only_the_candidates_chain_takes_the_candidate_spacing(monkeypatch):
     a = agent(
         "ddpl", diffusion_steps=10, sample_steps=5, candidate_steps=4, candidate_spacing="quadratic"
     )
-    spacings, real = [], a.policy.sample
-
-    def recording(obs, **kwargs):
-        spacings.append((kwargs["steps"], kwargs.get("spacing")))
-        return real(obs, **kwargs)
-
-    monkeypatch.setattr(a.policy, "sample", recording)
+    calls = recorded_samples(a.policy, monkeypatch, also=("spacing",))
     a.update_critic(random_batch(b=8))
     a.critic.requires_grad_(False)
     a.update_actor(random_batch(b=8))
-    assert spacings == [(5, None), (4, "quadratic")]
+    # the critic target's chain on 8 next states; ddpl's 3 candidates on the 8 states
+    assert calls == [(8, None, 5, False, None), (8, 3, 4, False, "quadratic")]
 
 
 def test_policy_delay_skips_actor_updates_without_reading_the_device(monkeypatch):
