@@ -263,14 +263,16 @@ def test_a_preset_agent_is_its_base_with_the_overrides_it_names(compose_config):
     assert multigoal.agent.resampled_candidates == 2 and multigoal.agent.clip == 2.0
 
 
-def test_the_bfloat16_preset_is_ddpl_fast_with_its_four_keys(compose_config):
+def test_the_bfloat16_preset_is_ddpl_fast_with_its_six_keys(compose_config):
     """`agent=ddpl_fast_bfloat16` extends a preset: what the peer benchmark ran as
-    `agent=ddpl_fast` and four overrides, the scenario's ddpl defaults included."""
+    `agent=ddpl_fast` and six overrides, the scenario's ddpl defaults included."""
     keys = [
         "agent.n_candidates=8",
         "agent.chain_precision=bfloat16",
         "agent.update_precision=bfloat16",
         "agent.weights_precision=bfloat16",
+        "agent.candidate_steps=4",
+        "agent.candidate_spacing=quadratic",
     ]
     assert_preset_spells(compose_config, "ddpl_fast_bfloat16", "ddpl_fast", keys)
     multigoal, _ = compose_config(["scenario=multigoal", "agent=ddpl_fast_bfloat16"])
