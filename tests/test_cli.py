@@ -264,7 +264,7 @@ def test_a_preset_agent_is_its_base_with_the_overrides_it_names(compose_config):
 
 
 def test_the_bfloat16_preset_is_ddpl_fast_with_its_six_keys(compose_config):
-    """`agent=ddpl_fast_bfloat16` extends a preset: what the peer benchmark ran as
+    """`agent=ddpl_fast_bfloat16` extends a preset: the study runs spelled it as
     `agent=ddpl_fast` and six overrides, the scenario's ddpl defaults included."""
     keys = [
         "agent.n_candidates=8",

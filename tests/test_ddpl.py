@@ -372,7 +372,10 @@ def test_ddpl_covers_more_goals_than_gaussian_on_multigoal_when_both_sample(tmp_
     1/23/50/17%. Earlier, with 16 candidates and 3000 steps, seed 0 gave 62/22/4/10% and seed 1
     24/73%: the claim hung on one seed. `agent=ddpl_fast` (its 2 resampled of the scenario's 32
     candidates, 5-step chains, compiled; 2026-12-07, seed 0): 16/34/19/4% in 5 min alone;
-    `agent=ddpl_fast_bfloat16` 8/34/25/15% in 2 min with the Gaussian's run (AMD EPYC Zen 4)."""
+    `agent=ddpl_fast_bfloat16` 8/34/25/15% in 2 min with the Gaussian's run (AMD EPYC Zen 4),
+    and 36/23/7/19% (return 2.60) in 82 s with its 4-step quadratic candidates' chain (since
+    2026-12-07). Seeds 3-5 of that preset cover 2, 2 and 1 goals, those of its 5-step chain 2,
+    1 and 1: the claim at this budget stands on seeds 0-2 (results/speed.md)."""
     budget = [arg for arg in MULTIGOAL if not arg.startswith("runner.total_steps=")]
     budget.append("runner.total_steps=6000")  # budget (catalog: 20000)
     ddpl_args = [*budget, f"agent={agent}", "agent.diffusion_steps=10"]  # budget: half of T=20

@@ -69,18 +69,17 @@ is learned; each is a setting, and the old behaviour is one override away:
   candidates come from a 5-step respaced chain of the same T-level model (ancestral noise,
   `sample_eta` 1, which kept the modes' shares; a deterministic DDIM chain skewed them). The
   target is then proposal x exp(Q / alpha), the proposal a slightly smoother pi_old.
-  `candidate_steps=0` draws them from the policy's own chain. 4 steps are task-dependent,
-  so no preset takes them (thirty-fifth session, `agent=ddpl_fast_bfloat16` on an AMD EPYC
-  Zen 4): a 4-agent update at BenchMARL MASAC's settings took 0.90x as long, and ddpl made
-  1.00-1.27x MASAC's frames/s (eight seeds, mean 1.10x). On vmas_navigation (T = 10, levels
-  0, 3, 6, 9) the preset returned 1.266 over thirty-six study seeds against 1.267 with 5
-  (p = 0.83), but on multigoal it covered at most one goal in each of three seeds (returns
-  -7 to -8, against 3 goals and -0.3 to 2.2 with 5). Spaced quadratically
-  (`candidate_spacing`, levels 0, 1, 4, 9) it covered 3, 2 and 3 there (returns 1.3-2.6) and
-  returned 1.242 on vmas_navigation (the catalog 1.290, lower in 23 of 36, p = 0.10; the
-  preset 1.267, p = 0.48; over forty-eight seeds 1.235, the catalog 1.271, p = 0.18, and 4
-  even steps 1.252, p = 0.62). 3 even steps (0.83x) returned 1.209 over twenty-four (against
-  the catalog p = 0.03; results/speed.md).
+  `candidate_steps=0` draws them from the policy's own chain. Fewer steps depend on where
+  they fall (thirty-fifth and thirty-sixth sessions, on an AMD EPYC Zen 4, on top of
+  `agent=ddpl_fast_bfloat16`'s other keys): with 4 a 4-agent update at BenchMARL MASAC's
+  settings took 0.90x as long. Evenly spaced (levels 0, 3, 6, 9 of vmas_navigation's T = 10)
+  they returned 1.252 over forty-eight study seeds against 1.272 with 5 (p = 0.51), but on
+  multigoal's soft target they covered at most one goal in each of three seeds (returns -7 to
+  -8, against 3 goals and -0.3 to 2.2 with 5). Spaced quadratically (`candidate_spacing`,
+  levels 0, 1, 4, 9) they covered as many goals as 5 steps over six seeds (3, 2, 3, 2, 2, 1
+  against 3, 3, 3, 2, 1, 1) and returned 1.233 over seventy-two study seeds against 5 steps'
+  1.249 (p = 0.42): the bfloat16 preset takes them. 3 even steps (0.83x) returned 1.209 over
+  twenty-four (against the catalog p = 0.03; results/speed.md).
 - `sample_steps` 10: the policy acts and bootstraps from a 10-step respaced chain of its
   20 trained levels (DDIM / improved-DDPM respacing); on a 4-mode target its samples matched
   the full chain's (tests/test_diffusion.py). 0 samples all T steps. On VMAS (T = 10)

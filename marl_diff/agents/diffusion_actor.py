@@ -69,7 +69,8 @@ class DiffusionActorConfig(ActorCriticConfig, DiffusionPolicyConfig):
     # Where a respaced candidates' chain (`candidate_steps` < T) puts its steps among the T
     # levels (`DiffusionPolicy.chain`): "even", or "quadratic", dense near the data end (DDIM's
     # "quad" skip). On multigoal's soft target 4 even steps covered at most one goal of 4,
-    # 4 quadratic ones two or three (ddpl.py: `candidate_steps`).
+    # 4 quadratic ones as many as 5 steps did (`agent=ddpl_fast_bfloat16` takes them; ddpl.py:
+    # `candidate_steps`).
     candidate_spacing: str = "even"
     # The candidates of a state share their chain's start x_T and first step (see
     # `DiffusionPolicy.sample`): that step runs once per state instead of once per candidate.
