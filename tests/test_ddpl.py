@@ -226,6 +226,42 @@ def test_issm_weights_read_the_twin_critics_min_or_its_first_member_alone(
     torch.testing.assert_close(seen["q"], first if weights_critic == "first" else smaller)
 
 
+@pytest.mark.parametrize("critic_rewards", ["team", "per_agent"])
+def test_joint_candidates_weigh_each_agents_candidate_by_q_at_the_joint_candidate(
+    critic_rewards, monkeypatch
+):
+    """`others_actions=candidates`: candidate j of agent i is weighed by Q at joint candidate j
+    (every agent at its own j-th candidate), the twin critic's min; the team's Q is every
+    agent's, a per-agent critic gives agent i its own output."""
+    torch.manual_seed(0)
+    ddpl = agent(jitter=False, others_actions="candidates", critic_rewards=critic_rewards)
+    g = torch.Generator().manual_seed(0)
+    batch = one_state_batch().map(lambda field: torch.randn(2, *field.shape[1:], generator=g))
+    candidates = torch.rand(3, 2, 2, 1, generator=g) * 2 - 1  # [M, B, N, A]
+    seen = {}
+
+    def importance_weights(q, inverse_density=None):
+        seen["q"] = q
+        return torch.full_like(q, 1 / 3)
+
+    monkeypatch.setattr(ddpl.policy, "sample", lambda obs, **kw: candidates)
+    monkeypatch.setattr(ddpl, "importance_weights", importance_weights)
+    ddpl.update_actor(batch)
+    with torch.no_grad():
+        q = ddpl.critic(batch.state, candidates).min(0).values  # [M, B] or [M, B, N]
+    expected = q if critic_rewards == "per_agent" else q.unsqueeze(-1).expand(3, 2, 2)
+    torch.testing.assert_close(seen["q"], expected)
+    assert not torch.allclose(expected[:, 0], expected[0, 0])  # the candidates' Q differ
+
+
+def test_joint_candidates_are_a_choice_of_ddpl_only():
+    from marl_diff.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="others_actions.*candidates"):
+        make_agent({"algorithm": "gaussian", "others_actions": "candidates"}, make_spec(), "cpu")
+    assert agent(others_actions="candidates").config.others_actions == "candidates"
+
+
 def test_bfloat16_weights_take_the_candidates_q_from_bfloat16_products(monkeypatch):
     """`weights_precision=bfloat16`: the critic's products at the candidates come out in
     bfloat16, the Q the weights read is float32 and close to the float32 one, and the critic's
@@ -320,6 +356,9 @@ def test_compile_weights_learns_what_eager_ddpl_does_bit_for_bit():
         assert torch.equal(value, eager.state_dict()[key]), key
     state, base = batches[0].state, batches[0].action
     candidates = torch.rand(3, *base.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    joint = compiled.candidates_q(state, None, candidates, None)  # others_actions=candidates
+    assert "joint_candidates_q" in compiled._compiled_functions
+    assert torch.equal(joint, eager.candidates_q(state, None, candidates, None))
     reference = eager.candidates_q(state, base, candidates, None)
     compiled.config.weights_precision = "bfloat16"
     bfloat16 = compiled.candidates_q(state, base, candidates, None)

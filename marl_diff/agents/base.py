@@ -188,7 +188,8 @@ class ActorCriticConfig(AgentConfig):
     # reward, agent i ascending Q_i (MADDPG's and MASAC's critics with individual rewards).
     critic_rewards: str = "team"
     # Where the other agents' actions come from when evaluating Q_i(s, a_i, a_-i):
-    # "replay" (HASAC-style, the batch's actions) or "policy" (fresh samples of their policies).
+    # "replay" (HASAC-style, the batch's actions) or "policy" (fresh samples of their policies);
+    # DDPL adds "candidates" (the others' own ISSM candidates of the same index).
     others_actions: str = "replay"
     policy_delay: int = 1  # actor updates once every `policy_delay` critic updates
     # The critic's TD targets over up to `n_step` env steps of the same episode (n-step

@@ -25,7 +25,16 @@ w_j ∝ exp(Q_i(s, a^(j)) / alpha). Our reading of the paper, each choice a conf
   makes alpha scale-free. It is the default: on vmas_navigation the Q gaps between candidates
   are about 0.01, and softmax weights at alpha 0.1 were uniform (ESS 0.998).
 - `others_actions`: Q_i(s, a_i, a_-i) takes the other agents' actions from the replay batch
-  (HASAC-style) or from fresh samples of their current policies.
+  (HASAC-style) or from fresh samples of their current policies ("policy"). "candidates":
+  from the other agents' own candidates of the same index, so that candidate j of every
+  agent is weighed by Q at joint candidate j. The candidates' Q then runs on M x B critic rows
+  instead of N x M x B, as MASAC's actor reads Q once at the joint action sampled afresh for
+  all agents. Each agent then fits its marginal of the joint target pi_old(a) exp(Q(s, a) /
+  alpha), not its own, and its weights carry the other agents' luck; with one agent nothing
+  changes. At BenchMARL MASAC's 4-agent peer settings it took an update of
+  `agent=ddpl_fast_bfloat16` to 0.88x its time (float32 with 8 candidates 0.73x), but at the
+  vmas_navigation study setting (2 agents) that preset returned 1.075 over eighteen seeds
+  against 1.259 (lower in 13, Wilcoxon p = 0.002), so no preset takes it (results/speed.md).
 - `weights_critic`: Q_i for the weights from the twin critic reduced as its targets are (min,
   "reduced", the default), or from its first member alone ("first"), as TD3's actor reads Q1
   only, at half the critic's cost at the M x B candidates. At BenchMARL MASAC's peer settings
@@ -316,6 +325,7 @@ class DDPLConfig(DiffusionActorConfig):
 
 class DDPLAgent(DiffusionActorCritic):
     Config = DDPLConfig
+    OTHERS_ACTIONS = (*DiffusionActorCritic.OTHERS_ACTIONS, "candidates")
 
     def __init__(self, config: DDPLConfig, spec: EnvSpec, device: torch.device):
         super().__init__(config, spec, device)
@@ -406,7 +416,9 @@ class DDPLAgent(DiffusionActorCritic):
             if cfg.jitter:
                 noise = torch.randn_like(samples) * self.log_jitter.exp()[:, None]
                 candidates = (samples + noise).clamp(-1.0, 1.0) * self.act_mask
-            if cfg.others_actions == "replay":
+            if cfg.others_actions == "candidates":
+                base = None  # each joint candidate: the others play their own of that index
+            elif cfg.others_actions == "replay":
                 base = batch.action
             else:
                 base = self.sample_policy(batch.obs)
@@ -441,23 +453,37 @@ class DDPLAgent(DiffusionActorCritic):
     def candidates_q(
         self,
         state: torch.Tensor,
-        base: torch.Tensor,
+        base: torch.Tensor | None,
         candidates: torch.Tensor,
         members: int | None,
     ) -> torch.Tensor:
-        """Q_i at each agent's candidates [M, B, N] for the weights (`q_each_agent`), its
-        products at `weights_precision`; float32 out. With `compile_weights` one compiled
-        graph of fixed shapes (`_compiled`), built at the first actor update."""
+        """Q_i at each agent's candidates [M, B, N] for the weights, the others playing `base`
+        (`q_each_agent`) or, base None, their own candidates of the same index
+        (`q_joint_candidates`); its products at `weights_precision`, float32 out. With
+        `compile_weights` one compiled graph of fixed shapes (`_compiled`), built at the first
+        actor update."""
         scope = precision.setting_scope(
             self.config.weights_precision, torch.device(self.device).type
         )
-        q_each_agent = self.q_each_agent
+        key, name, args = (
+            ("joint_candidates_q", "q_joint_candidates", ())
+            if base is None
+            else ("candidates_q", "q_each_agent", (base,))
+        )
+        q_function = getattr(self, name)
         if self.compiles_weights:
-            q_each_agent = functools.partial(
-                self._compiled("candidates_q", type(self).q_each_agent), self
-            )
+            q_function = functools.partial(self._compiled(key, getattr(type(self), name)), self)
         with scope:
-            return q_each_agent(state, base, candidates, members=members).float()
+            return q_function(state, *args, candidates, members=members).float()
+
+    def q_joint_candidates(
+        self, state: torch.Tensor, candidates: torch.Tensor, members: int | None = None
+    ) -> torch.Tensor:
+        """Q at each joint candidate, as every agent's Q_i: state [B, S], candidates [M, B, N,
+        A] -> [M, B, N]. One critic row per candidate instead of N (the team critic; a
+        per-agent critic gives each agent its own output at the same rows)."""
+        q = self.critic.value(state, candidates, members)  # [M, B] ([M, B, N] per agent)
+        return q if self.critic.per_agent else q.unsqueeze(-1).expand(*q.shape, self.spec.n_agents)
 
     @functools.cached_property
     def compiles_weights(self) -> bool:
