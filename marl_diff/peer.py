@@ -1,6 +1,6 @@
 """Peer benchmark: BenchMARL's MASAC and MAPPO against marl_diff agents on VMAS navigation.
 
-`python -m marl_diff.bench peer [agents=2,4] [methods=masac,mappo,gaussian,ddpl]
+`python -m marl_diff.bench peer [agents=2,4] [methods=auto]
 [frames=60000] [threshold=1.0] [seeds=0] [settings=masac] [eval_episodes=0] [device=cpu]
 [venv=.peer_venv] [runs=results/runs/peer] [out=results/peer.md] [agent.<key>=value ...]
 [runner.<key>=value ...]`
@@ -26,6 +26,10 @@ In one run:
    first reaches `threshold=`, and frames/s relative to MASAC at the same agent count and seed.
    A second table gathers the time to `threshold=` over the seeds (time to quality);
    `threshold=0.8,0.9,1.0` gives one such table per value (the results table takes the first).
+
+`methods=auto` (the default) runs BenchMARL's masac and mappo, the catalog's gaussian and ddpl,
+and the presets made for this machine's arithmetic (`fast_presets`); `methods=` names any of
+them, or any online catalog agent, in the order given.
 
 `eval_episodes=K` (0: BenchMARL's 10) sets the episodes of every evaluation on both sides. A
 mean over 10 episodes of one policy varies by about +-0.3 on this task, so with 10 a run can
@@ -59,13 +63,14 @@ from pathlib import Path
 
 import torch
 
+from marl_diff import precision
 from marl_diff.bench import _header, _split, _write, agent_catalogs
 from marl_diff.checkpoint import claim_new_dir
 from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_on_user_error
 
 PEER_SETTINGS = {
     "agents": "2,4",
-    "methods": "masac,mappo,gaussian,ddpl",
+    "methods": "auto",  # masac, mappo, gaussian, ddpl and `fast_presets`
     # 10 BenchMARL iterations per run. Measured here (2 cores, 1 torch thread each run), the
     # whole default benchmark takes about 2 hours, most of it ddpl: raise it where that is cheap.
     "frames": "60000",
@@ -79,6 +84,7 @@ PEER_SETTINGS = {
     "out": "results/peer.md",
 }
 BENCHMARL_METHODS = ("masac", "mappo")
+CATALOG_METHODS = ("gaussian", "ddpl")
 SETTINGS_MODES = ("masac", "own")
 DEVICES = ("cpu", "cuda")
 BENCHMARL_VERSION = "1.5.2"
@@ -330,12 +336,26 @@ def _benchmarl_json(python: Path, args: list[str], log: Path, what: str) -> dict
 
 
 # --------------------------------------------------------------------------- the benchmark
+def fast_presets(device: str) -> list[str]:
+    """The catalog's presets that pass MASAC's frames/s on `device`: the bfloat16 ones where
+    matrix products take bfloat16 tensors (a GPU; a CPU with AVX512-BF16 or AMX), else
+    `ddpl_fast`, float32 (bfloat16 products run about 100x slower there). The catalog's
+    gaussian and ddpl stay in the default run beside them: the presets round otherwise, and
+    `ddpl_fast` learns less than ddpl."""
+    if device == "cuda" or precision.cpu_has_bfloat16_kernels():
+        return ["gaussian_bfloat16", "ddpl_fast_bfloat16"]
+    return ["ddpl_fast"]
+
+
 def _parse(args: list[str]) -> tuple[dict, list[str]]:
     from marl_diff.experiment import agent_names
 
     values, passthrough = _split(args, PEER_SETTINGS, ("agent", "runner"))
     valid_methods = (*BENCHMARL_METHODS, *agent_names("online"))
-    methods = [m for m in values["methods"].split(",") if m]
+    if values["methods"] == "auto":
+        methods = [*BENCHMARL_METHODS, *CATALOG_METHODS, *fast_presets(values["device"])]
+    else:
+        methods = [m for m in values["methods"].split(",") if m]
     for method in methods:
         if method not in valid_methods:
             raise ConfigError(f"unknown method '{method}'. Valid choices: {choices(valid_methods)}")

@@ -236,10 +236,10 @@ def test_the_command_line_wins_over_agent_defaults_key_by_key(compose_config):
 
 def assert_preset_spells(compose_config, preset: str, base: str, keys: list[str]) -> None:
     """On vmas_navigation `agent=preset` composes to `agent=base` with `keys` on the command
-    line, apart from its name, VMAS's ddpl defaults (T=10) included."""
+    line, apart from its name, VMAS's defaults for the base included (ddpl's T=10)."""
     composed, _ = compose_config(["scenario=vmas_navigation", f"agent={preset}"])
     spelled, _ = compose_config(["scenario=vmas_navigation", f"agent={base}", *keys])
-    assert composed.agent.name == preset and composed.agent.diffusion_steps == 10
+    assert composed.agent.name == preset
     composed.agent.name = base
     assert composed.agent == spelled.agent
 
@@ -258,6 +258,8 @@ def test_a_preset_agent_is_its_base_with_the_overrides_it_names(compose_config):
         "agent.resampled_candidates=2",
     ]
     assert_preset_spells(compose_config, "ddpl_fast", "ddpl", fast)
+    vmas, _ = compose_config(["scenario=vmas_navigation", "agent=ddpl_fast"])
+    assert vmas.agent.diffusion_steps == 10
     multigoal, _ = compose_config(["scenario=multigoal", "agent=ddpl_fast", "agent.clip=2.0"])
     assert multigoal.agent.n_candidates == 32 and multigoal.agent.target == "soft"
     assert multigoal.agent.resampled_candidates == 2 and multigoal.agent.clip == 2.0
@@ -277,6 +279,13 @@ def test_the_bfloat16_preset_is_ddpl_fast_with_its_six_keys(compose_config):
     assert_preset_spells(compose_config, "ddpl_fast_bfloat16", "ddpl_fast", keys)
     multigoal, _ = compose_config(["scenario=multigoal", "agent=ddpl_fast_bfloat16"])
     assert multigoal.agent.n_candidates == 32 and multigoal.agent.compile_weights
+
+
+def test_the_gaussian_bfloat16_preset_is_the_gaussian_with_its_two_keys(compose_config):
+    """`agent=gaussian_bfloat16` trains what the peer runs measured as `agent=gaussian` and two
+    overrides."""
+    keys = ["agent.compile_update=true", "agent.update_precision=bfloat16"]
+    assert_preset_spells(compose_config, "gaussian_bfloat16", "gaussian", keys)
 
 
 def test_a_resumed_run_keeps_its_saved_agent_settings(trained, compose_config):

@@ -118,6 +118,25 @@ def test_agent_and_runner_passthrough_is_accepted_by_the_parser():
         peer._parse(["scenario.n_agents=4"])  # agents= sets it
 
 
+@pytest.mark.parametrize(
+    ("device", "bfloat16_kernels", "presets"),
+    [
+        ("cpu", True, ["gaussian_bfloat16", "ddpl_fast_bfloat16"]),
+        ("cpu", False, ["ddpl_fast"]),
+        ("cuda", False, ["gaussian_bfloat16", "ddpl_fast_bfloat16"]),
+    ],
+)
+def test_the_default_methods_add_the_presets_made_for_this_machine(
+    device, bfloat16_kernels, presets, monkeypatch
+):
+    monkeypatch.setattr(peer.precision, "cpu_has_bfloat16_kernels", lambda: bfloat16_kernels)
+    assert peer.fast_presets(device) == presets
+    if device == "cpu":
+        methods = peer._parse([])[0]["methods"]
+        assert methods == ["masac", "mappo", "gaussian", "ddpl", *presets]
+    assert peer._parse(["methods=ddpl,masac"])[0]["methods"] == ["ddpl", "masac"]
+
+
 # --------------------------------------------------------------------------- mapping
 def test_masac_settings_map_onto_marl_diff_overrides():
     keys = set(catalog.load("agent", "gaussian").keys())
