@@ -71,8 +71,9 @@ from marl_diff.errors import ConfigError, MarlDiffError, choices, exit_cleanly_o
 PEER_SETTINGS = {
     "agents": "2,4",
     "methods": "auto",  # masac, mappo, gaussian, ddpl and `fast_presets`
-    # 10 BenchMARL iterations per run. Measured here (2 cores, 1 torch thread each run), the
-    # whole default benchmark takes about 2 hours, most of it ddpl: raise it where that is cheap.
+    # 10 BenchMARL iterations per run. Measured here (2 cores, two torch threads, AMD EPYC Zen
+    # 4), the whole default benchmark takes about 25 min, a third of it the catalog's ddpl:
+    # raise it where that is cheap.
     "frames": "60000",
     "threshold": "1.0",  # comma-separated: a time-to-quality table per value
     "seeds": "0",  # comma-separated; time to quality wants several
