@@ -195,17 +195,12 @@ def test_next_state_candidates_are_the_critic_targets_and_issms(monkeypatch):
     assert seen["target"][1].shape == (4, 2, 1)
 
 
-@pytest.mark.parametrize("weights_critic", ["reduced", "first"])
-def test_issm_weights_read_the_twin_critics_min_or_its_first_member_alone(
-    weights_critic, monkeypatch
-):
-    """`weights_critic`: the candidates' Q_i is min(Q1, Q2) ("reduced") or Q1 alone ("first"),
-    each at agent i's candidate with the other agent's replay action."""
-    torch.manual_seed(0)  # a critic whose two members differ at these candidates
-    ddpl = agent(jitter=False, weights_critic=weights_critic)
+def candidates_q_of_one_actor_update(ddpl, monkeypatch):
+    """One actor update of `ddpl` on a random 2-state batch with 3 fixed candidates per state
+    and agent; returns the batch, the candidates [M, B, N, A] and the Q its weights read."""
     g = torch.Generator().manual_seed(0)
     batch = one_state_batch().map(lambda field: torch.randn(2, *field.shape[1:], generator=g))
-    candidates = torch.rand(3, 2, 2, 1, generator=g) * 2 - 1  # [M, B, N, A]
+    candidates = torch.rand(3, 2, 2, 1, generator=g) * 2 - 1
     seen = {}
 
     def importance_weights(q, inverse_density=None):
@@ -215,6 +210,18 @@ def test_issm_weights_read_the_twin_critics_min_or_its_first_member_alone(
     monkeypatch.setattr(ddpl.policy, "sample", lambda obs, **kw: candidates)
     monkeypatch.setattr(ddpl, "importance_weights", importance_weights)
     ddpl.update_actor(batch)
+    return batch, candidates, seen["q"]
+
+
+@pytest.mark.parametrize("weights_critic", ["reduced", "first"])
+def test_issm_weights_read_the_twin_critics_min_or_its_first_member_alone(
+    weights_critic, monkeypatch
+):
+    """`weights_critic`: the candidates' Q_i is min(Q1, Q2) ("reduced") or Q1 alone ("first"),
+    each at agent i's candidate with the other agent's replay action."""
+    torch.manual_seed(0)  # a critic whose two members differ at these candidates
+    ddpl = agent(jitter=False, weights_critic=weights_critic)
+    batch, candidates, weighed_q = candidates_q_of_one_actor_update(ddpl, monkeypatch)
     twin = torch.empty(2, 3, 2, 2)  # [member, M, B, N]
     for i in range(2):
         joint = batch.action.expand(3, -1, -1, -1).clone()
@@ -223,7 +230,7 @@ def test_issm_weights_read_the_twin_critics_min_or_its_first_member_alone(
             twin[..., i] = ddpl.critic(batch.state, joint)
     first, smaller = twin[0], twin.min(0).values
     assert not torch.allclose(first, smaller)  # the two choices differ here
-    torch.testing.assert_close(seen["q"], first if weights_critic == "first" else smaller)
+    torch.testing.assert_close(weighed_q, first if weights_critic == "first" else smaller)
 
 
 @pytest.mark.parametrize("critic_rewards", ["team", "per_agent"])
@@ -235,22 +242,11 @@ def test_joint_candidates_weigh_each_agents_candidate_by_q_at_the_joint_candidat
     agent's, a per-agent critic gives agent i its own output."""
     torch.manual_seed(0)
     ddpl = agent(jitter=False, others_actions="candidates", critic_rewards=critic_rewards)
-    g = torch.Generator().manual_seed(0)
-    batch = one_state_batch().map(lambda field: torch.randn(2, *field.shape[1:], generator=g))
-    candidates = torch.rand(3, 2, 2, 1, generator=g) * 2 - 1  # [M, B, N, A]
-    seen = {}
-
-    def importance_weights(q, inverse_density=None):
-        seen["q"] = q
-        return torch.full_like(q, 1 / 3)
-
-    monkeypatch.setattr(ddpl.policy, "sample", lambda obs, **kw: candidates)
-    monkeypatch.setattr(ddpl, "importance_weights", importance_weights)
-    ddpl.update_actor(batch)
+    batch, candidates, weighed_q = candidates_q_of_one_actor_update(ddpl, monkeypatch)
     with torch.no_grad():
         q = ddpl.critic(batch.state, candidates).min(0).values  # [M, B] or [M, B, N]
     expected = q if critic_rewards == "per_agent" else q.unsqueeze(-1).expand(3, 2, 2)
-    torch.testing.assert_close(seen["q"], expected)
+    torch.testing.assert_close(weighed_q, expected)
     assert not torch.allclose(expected[:, 0], expected[0, 0])  # the candidates' Q differ
 
 
