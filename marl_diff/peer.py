@@ -338,7 +338,7 @@ def _benchmarl_json(python: Path, args: list[str], log: Path, what: str) -> dict
 
 # --------------------------------------------------------------------------- the benchmark
 def fast_presets(device: str) -> list[str]:
-    """The catalog's presets that pass MASAC's frames/s on `device`: the bfloat16 ones where
+    """The catalog's presets made for MASAC's frames/s on `device`: the bfloat16 ones where
     matrix products take bfloat16 tensors (a GPU; a CPU with AVX512-BF16 or AMX), else
     `ddpl_fast`, float32 (bfloat16 products run about 100x slower there). The catalog's
     gaussian and ddpl stay in the default run beside them: the presets round otherwise, and
